@@ -1,0 +1,100 @@
+"""``pkd extract``: the frozen, heavy models run once over a data set into Zarr stores.
+
+Two stages, each a plain function of a typed config:
+
+- :func:`extract_foundation` — the frozen foundation model (CLIP- or BLIP-style) over every image
+  (``foundation_images.zarr``: vision tokens + image embedding), every question
+  (``foundation_questions.zarr``: text tokens, embedding, token ids) and optionally every caption.
+- :func:`extract_regions` — boxes from a detector spec (``given:`` / ``hf:`` / ``detectron2:``) or
+  from another store (``boxes_from``, the DistillVLM aligned teacher) and per-box features pooled
+  from a backbone (or the detector's own per-box features).
+
+Runs are resumable, shardable (``part``) and scale out on dask (see :mod:`pkd.pipeline.runner`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pkd.pipeline.runner import RunOptions, RunReport, run_stage
+from pkd.pipeline.sources import SourceConfig, load_source
+
+
+@dataclass(frozen=True)
+class FoundationRecipe:
+    source: SourceConfig  # which data set / splits / images
+    model: str  # Hugging Face id or local directory of a CLIP- or BLIP-ITM-style model
+    target: str = "images"  # "images" | "questions" | "captions"
+    device: str = "cpu"  # torch device
+    dtype: str = "float32"  # autocast dtype: "float32" | "float16" | "bfloat16"
+    max_text_len: int = 32  # text tokens kept per question / caption
+    batch_size: int = 32  # items per forward pass
+
+
+@dataclass(frozen=True)
+class RegionRecipe:
+    source: SourceConfig  # which data set / splits / images
+    detector: str | None = None  # "given:PATH" | "hf:MODEL" | "detectron2:CONFIG"
+    boxes_from: str | None = None  # take boxes from this regions store instead of a detector
+    backbone: str | None = None  # HF vision backbone (id/path) to pool features from
+    conf: float = 0.2  # detector score threshold
+    iou: float = 0.5  # NMS IoU threshold
+    min_boxes: int = 10  # bottom-up convention: at least this many boxes per image
+    max_boxes: int = 100  # at most this many boxes per image (= store padding)
+    device: str = "cpu"  # torch device
+    batch_size: int = 16  # images per forward pass
+
+
+@dataclass
+class ExtractReport:
+    reports: list[RunReport] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        return sum(len(r.failures) for r in self.reports)
+
+
+def build_foundation_stage(recipe: FoundationRecipe):
+    """Load the frozen foundation model and the stage for one target (runs once per process)."""
+    from pkd.pipeline.foundation import FoundationSpec, load_foundation
+    from pkd.pipeline.stages import FoundationImageStage, FoundationTextStage
+
+    model = load_foundation(
+        FoundationSpec(recipe.model, device=recipe.device, dtype=recipe.dtype,
+                       max_text_len=recipe.max_text_len)
+    )
+    producer = {**model.provenance(), "stage": f"foundation/{recipe.target}"}
+    source = load_source(recipe.source, with_images=recipe.target == "images")
+    if recipe.target == "images":
+        return FoundationImageStage(model, source, recipe.batch_size, producer)
+    if recipe.target == "questions":
+        return FoundationTextStage(model, source.questions, source.question_ids, "question_id",
+                                   recipe.batch_size, producer)
+    return FoundationTextStage(model, source.captions, source.caption_ids, "caption_id",
+                               recipe.batch_size, producer)
+
+
+def build_region_stage(recipe: RegionRecipe):
+    """Build the detector / box source and backbone of a region stage (once per process)."""
+    from pkd.pipeline.regions import make_region_stage
+
+    return make_region_stage(recipe, load_source(recipe.source))
+
+
+def extract_foundation(recipe: FoundationRecipe, out: Path, opts: RunOptions,
+                       targets: tuple[str, ...] = ("images", "questions")) -> ExtractReport:
+    """Write ``out/foundation_<target>.zarr`` for each target."""
+    from dataclasses import replace
+
+    report = ExtractReport()
+    for target in targets:
+        r = replace(recipe, target=target)
+        store = Path(out) / f"foundation_{target}.zarr"
+        report.reports.append(run_stage(r, build_foundation_stage, store, opts, f"foundation {target}"))
+    return report
+
+
+def extract_regions(recipe: RegionRecipe, out: Path, opts: RunOptions) -> ExtractReport:
+    """Write the regions store at ``out``."""
+    return ExtractReport([run_stage(recipe, build_region_stage, Path(out), opts, "regions")])

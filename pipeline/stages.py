@@ -1,0 +1,123 @@
+"""Extraction stages: each turns the ids of one store shard into that shard's arrays.
+
+A stage knows its store (``spec()``, ``ids``) and computes one work unit (``run(ids)``) with an
+explicit error policy: an image that cannot be read is recorded as a :class:`Failure`, its row is
+left zero with ``ok = 0``, and the rest of the shard goes on. Stages hold their frozen model, so a
+process (or dask worker) builds each stage once and runs many shards with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from pkd.data.images import ImageError, load_rgb
+from pkd.pipeline.prefetch import prefetch
+from pkd.pipeline.sources import Source
+from pkd.stores import ArraySpec, Failure, StoreSpec
+
+ImageBatch = tuple[list[int], list, list[Failure]]  # (positions in shard, PIL images, failures)
+
+
+def batches(n: int, size: int) -> Iterator[range]:
+    """Consecutive position ranges of at most ``size`` covering ``range(n)``."""
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))
+
+
+def load_images(source: Source, ids: Sequence[int], positions: range) -> ImageBatch:
+    """Decode the images at ``positions`` of ``ids``; unreadable ones become failures."""
+    ok_pos, images, failures = [], [], []
+    for p in positions:
+        image_id = int(ids[p])
+        path = source.image_path(image_id)
+        if path is None:
+            failures.append(Failure(image_id, "", "no image file for this id"))
+            continue
+        try:
+            images.append(load_rgb(path))
+            ok_pos.append(p)
+        except ImageError as err:
+            failures.append(Failure(image_id, str(path), str(err)))
+    return ok_pos, images, failures
+
+
+def iter_image_batches(source: Source, ids: Sequence[int], batch_size: int) -> Iterator[ImageBatch]:
+    """Image batches of one shard, decoded one batch ahead in a background thread."""
+    yield from prefetch(lambda r: load_images(source, ids, r), batches(len(ids), batch_size))
+
+
+def empty_arrays(spec: StoreSpec, n: int) -> dict[str, np.ndarray]:
+    """Zero-filled arrays for ``n`` rows of every array in ``spec``."""
+    return {a.name: np.zeros((n, *a.item_shape), dtype=a.dtype) for a in spec.arrays}
+
+
+class FoundationImageStage:
+    """Vision tokens + projected image embedding of the frozen foundation model, per image."""
+
+    kind = "foundation_image"
+
+    def __init__(self, model, source: Source, batch_size: int, producer: dict):
+        self.model, self.source, self.batch_size = model, source, batch_size
+        self.ids = source.image_ids
+        d = model.dims
+        self._spec = StoreSpec(
+            kind=self.kind,
+            key="image_id",
+            arrays=(
+                ArraySpec("vision_tokens", (d["vision_tokens"], d["vision_dim"]), "float16"),
+                ArraySpec("image_embeds", (d["embed_dim"],), "float32"),
+            ),
+            producer=producer,
+            dims=dict(d),
+        )
+
+    def spec(self) -> StoreSpec:
+        return self._spec
+
+    def run(self, ids: Sequence[int]) -> tuple[dict[str, np.ndarray], list[Failure]]:
+        arrays = empty_arrays(self._spec, len(ids))
+        failures: list[Failure] = []
+        for pos, images, failed in iter_image_batches(self.source, ids, self.batch_size):
+            failures += failed
+            if images:
+                out = self.model.encode_images(images)
+                for name in arrays:
+                    arrays[name][pos] = out[name]
+        return arrays, failures
+
+
+class FoundationTextStage:
+    """Text tokens, projected text embedding and token ids of the foundation model, per text."""
+
+    kind = "foundation_text"
+
+    def __init__(self, model, texts: dict[int, str], ids: list[int], key: str, batch_size: int,
+                 producer: dict):
+        self.model, self.texts, self.ids, self.batch_size = model, texts, ids, batch_size
+        d = model.dims
+        length = d["max_text_len"]
+        self._spec = StoreSpec(
+            kind=self.kind,
+            key=key,
+            arrays=(
+                ArraySpec("text_tokens", (length, d["text_dim"]), "float16"),
+                ArraySpec("text_embeds", (d["embed_dim"],), "float32"),
+                ArraySpec("input_ids", (length,), "int32"),
+                ArraySpec("num_tokens", (), "int32"),
+            ),
+            producer=producer,
+            dims=dict(d),
+        )
+
+    def spec(self) -> StoreSpec:
+        return self._spec
+
+    def run(self, ids: Sequence[int]) -> tuple[dict[str, np.ndarray], list[Failure]]:
+        arrays = empty_arrays(self._spec, len(ids))
+        for r in batches(len(ids), self.batch_size):
+            out = self.model.encode_texts([self.texts[int(ids[p])] for p in r])
+            for name in arrays:
+                arrays[name][r.start : r.stop] = out[name]
+        return arrays, []

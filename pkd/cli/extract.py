@@ -1,0 +1,107 @@
+"""``pkd extract``: run the frozen foundation model / detectors once into Zarr stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pkd.errors import PkdError
+
+app = typer.Typer(help="Extract features into Zarr stores (resumable, shardable, dask).",
+                  no_args_is_help=True)
+
+Data = Annotated[Path, typer.Option("--data", help="data set folder (e.g. `pkd data synth` output)")]
+Dataset = Annotated[str, typer.Option(help="synth | vqa2 | vqacp2")]
+Splits = Annotated[str, typer.Option(help="comma-separated question splits")]
+Images = Annotated[Path | None, typer.Option(help="image folder (default DATA/images)")]
+Shard = Annotated[str | None, typer.Option("--shard", help="run one slice i/n of the shards")]
+Workers = Annotated[int, typer.Option(help="dask LocalCluster worker processes (0 = in-process)")]
+Scheduler = Annotated[str | None, typer.Option(help="address of a running dask scheduler")]
+Overwrite = Annotated[bool, typer.Option(help="delete an existing store and start over")]
+Strict = Annotated[bool, typer.Option(help="exit non-zero when any image failed")]
+PerShard = Annotated[int, typer.Option(help="items per shard (work unit)")]
+Device = Annotated[str, typer.Option(help="torch device")]
+BatchSize = Annotated[int, typer.Option(help="items per forward pass")]
+
+
+def _options(shard, workers, scheduler, overwrite, items_per_shard):
+    from pkd.pipeline.runner import RunOptions
+
+    part = None
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            raise PkdError(f"--shard {shard}: expected i/n with 0 <= i < n") from None
+        part = (i, n)
+    return RunOptions(part=part, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                      items_per_shard=items_per_shard)
+
+
+def _source(data, dataset, splits, images, captions=False):
+    from pkd.pipeline.sources import SourceConfig
+
+    return SourceConfig(root=data, dataset=dataset, splits=tuple(s for s in splits.split(",") if s),
+                        images=images, captions=captions)
+
+
+def _finish(report, strict: bool) -> None:
+    from pkd.cli.report import print_extract_report
+
+    print_extract_report(report)
+    if strict and report.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def foundation(
+    data: Data,
+    model: Annotated[str, typer.Option(help="HF id or local dir of a CLIP / BLIP-ITM model")],
+    out: Annotated[Path, typer.Option(help="folder for foundation_<target>.zarr stores")],
+    dataset: Dataset = "synth", splits: Splits = "train,val,test,test_iid", images: Images = None,
+    captions: Annotated[bool, typer.Option(help="also encode DATA/captions.json")] = False,
+    dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16")] = "float32",
+    max_text_len: Annotated[int, typer.Option(help="text tokens per item")] = 32,
+    device: Device = "cpu", batch_size: BatchSize = 32, shard: Shard = None, workers: Workers = 0,
+    scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
+    items_per_shard: PerShard = 512,
+) -> None:
+    """Frozen foundation model features: images, questions (and captions)."""
+    from pkd.pipeline.extract import FoundationRecipe, extract_foundation
+
+    recipe = FoundationRecipe(_source(data, dataset, splits, images, captions), model,
+                              device=device, dtype=dtype, max_text_len=max_text_len,
+                              batch_size=batch_size)
+    targets = ("images", "questions", "captions") if captions else ("images", "questions")
+    opts = _options(shard, workers, scheduler, overwrite, items_per_shard)
+    _finish(extract_foundation(recipe, out, opts, targets), strict)
+
+
+@app.command()
+def regions(
+    data: Data,
+    out: Annotated[Path, typer.Option(help="the regions store to write (NAME.zarr)")],
+    detector: Annotated[str | None, typer.Option(help="given:PATH | hf:MODEL | detectron2:CFG")] = None,
+    boxes_from: Annotated[str | None, typer.Option(help="reuse the boxes of this store")] = None,
+    backbone: Annotated[str | None, typer.Option(help="HF backbone to pool box features")] = None,
+    dataset: Dataset = "synth", splits: Splits = "train,val,test,test_iid", images: Images = None,
+    captions: Annotated[bool, typer.Option(help="also cover caption images")] = False,
+    conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10, max_boxes: int = 100,
+    device: Device = "cpu", batch_size: BatchSize = 16, shard: Shard = None, workers: Workers = 0,
+    scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
+    items_per_shard: PerShard = 512,
+) -> None:
+    """Boxes and per-box features (a detector, or the boxes of another store)."""
+    from pkd.pipeline.extract import RegionRecipe, extract_regions
+
+    recipe = RegionRecipe(_source(data, dataset, splits, images, captions), detector, boxes_from,
+                          backbone, conf, iou, min_boxes, max_boxes, device, batch_size)
+    opts = _options(shard, workers, scheduler, overwrite, items_per_shard)
+    _finish(extract_regions(recipe, out, opts), strict)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="extract")

@@ -1,0 +1,32 @@
+"""Every package folder is listed in pyproject.toml, so a non-editable install ships it."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPPED = {"pkd": "pkd", "pkd.pipeline": "pipeline", "pkd.train": "train", "pkd.stores": "stores"}
+
+
+def _package_folders() -> set[str]:
+    names = set()
+    for top, folder in MAPPED.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            names.add(".".join([top, *rel.parts]) if rel.parts else top)
+    return names
+
+
+def test_pyproject_lists_every_package():
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert conf["package-dir"] == MAPPED
+    missing = _package_folders() - set(conf["packages"])
+    assert not missing, f"add to [tool.setuptools] packages: {sorted(missing)}"
+
+
+def test_library_floors_do_not_import_typer():
+    for folder in ("stores", "pipeline", "train", "pkd/data"):
+        for py in (ROOT / folder).rglob("*.py"):
+            text = py.read_text()
+            assert "import typer" not in text, f"{py} imports typer (library floors stay CLI-free)"

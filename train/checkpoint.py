@@ -1,0 +1,344 @@
+"""Safe, atomic training checkpoints: safetensors weights + JSON state, never pickle.
+
+Layout of a checkpoint root (e.g. ``RUN/ckpt``)::
+
+    latest.json               {"format": "pkd.checkpoint.pointer", "name": "step_000100"}
+    step_000100/
+      model.safetensors       model state_dict
+      state.safetensors       every tensor found inside ``state`` (optimizer moments, RNG, ...)
+      state.json              {"format": "pkd.checkpoint", "version": 1, "state": SKELETON}
+
+``SKELETON`` is ``state`` as JSON with each tensor replaced by ``{"__tensor__": NAME}`` (its name
+in ``state.safetensors``), tuples by ``{"__tuple__": [...]}``, numpy arrays by
+``{"__ndarray__": [...], "dtype": ...}`` and dicts with non-string keys (an optimizer's
+``state`` is keyed by int) by ``{"__items__": [[key, value], ...]}``, so
+``optimizer.load_state_dict`` gets back exactly what ``state_dict()`` gave.
+
+Atomicity: a checkpoint is written into ``.tmp-*`` inside the root, then renamed into place with
+``os.replace``; ``latest.json`` is rewritten the same way afterwards. A crash at any moment leaves
+``latest.json`` naming a complete checkpoint (except when the *same* step is saved twice and
+the crash falls between the two renames that swap it). One writer per root (rank 0).
+
+Loading refuses (``PkdError``) a checkpoint whose saved config differs from the expected one in
+the model-relevant keys (:data:`MODEL_RELEVANT`), and never unpickles: a ``.pt/.pth/.bin/.ckpt``
+file is only read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pkd.errors import PkdError
+
+FORMAT, POINTER_FORMAT = "pkd.checkpoint", "pkd.checkpoint.pointer"
+POINTER, MODEL_FILE, TENSOR_FILE, STATE_FILE = (
+    "latest.json", "model.safetensors", "state.safetensors", "state.json")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Config keys (dotted prefixes) that must match to resume / evaluate a checkpoint.
+MODEL_RELEVANT = ("model", "method", "data.dataset", "data.answer_min_count",
+                  "data.max_question_length")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def save_checkpoint(root: str | Path, model_state: dict[str, torch.Tensor], state: dict,
+                    keep_last: int = 0) -> Path:
+    """Write ``root/step_NNNNNN`` (step = ``state["step"]``) atomically; return its path.
+
+    ``state`` may hold ``step``, ``epoch``, ``optimizer`` (a ``state_dict()``), ``rng``
+    (:func:`capture_rng_state`), ``metrics``, ``config`` (a dict) and anything else made of
+    tensors, numpy arrays, dicts, lists, tuples and JSON scalars. ``keep_last`` > 0 prunes older
+    ``step_*`` checkpoints.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(root)
+    name = checkpoint_name(int(state.get("step", 0)))
+    tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        skeleton = _encode(state, tensors, "state")
+        save_file(_unshared(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        save_file(_unshared(tensors), str(tmp / TENSOR_FILE), metadata={"format": "pt"})
+        _write_json(tmp / STATE_FILE, {"format": FORMAT, "version": 1, "state": skeleton})
+        _fsync_files(tmp)
+        _move_into_place(tmp, root / name)
+        _write_json(root / POINTER, {"format": POINTER_FORMAT, "name": name})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if keep_last > 0:
+        prune_checkpoints(root, keep_last)
+    return root / name
+
+
+def load_checkpoint(path: str | Path, expected_config: Any = None,
+                    compare: Sequence[str] = MODEL_RELEVANT
+                    ) -> tuple[dict[str, torch.Tensor], dict]:
+    """(model_state, state) from a checkpoint root, a ``step_*`` dir, or a weights file.
+
+    With ``expected_config`` (dict or dataclass), a checkpoint whose saved config differs in a
+    key under ``compare`` is refused. A bare weights file (``.safetensors`` or weights-only
+    ``.pt``...) carries no config: only the caller's ``load_state_dict(strict=True)`` checks it,
+    and its state is ``{"source": PATH}``.
+    """
+    path = Path(path)
+    if path.is_file() or path.suffix in (*PICKLE_SUFFIXES, ".safetensors"):
+        return _load_weights_file(path), {"source": str(path)}
+    ckpt = resolve_checkpoint(path)
+    doc = _read_json(ckpt / STATE_FILE)
+    if doc.get("format") != FORMAT or not isinstance(doc.get("state"), dict):
+        raise PkdError(f"{ckpt / STATE_FILE}: not a pkd checkpoint state (format != '{FORMAT}')")
+    if expected_config is not None:
+        check_config(ckpt / STATE_FILE, _decode(doc["state"], None).get("config"),
+                     expected_config, compare)
+    state = _decode(doc["state"], _load_safetensors(ckpt / TENSOR_FILE))
+    return _load_safetensors(ckpt / MODEL_FILE), state
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The ``step_*`` directory meant by ``path`` (a root with ``latest.json`` or a step dir)."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    if (path / POINTER).is_file():
+        pointer = _read_json(path / POINTER)
+        name = pointer.get("name")
+        if pointer.get("format") != POINTER_FORMAT or not isinstance(name, str) or "/" in name:
+            raise PkdError(f"{path / POINTER}: not a pkd checkpoint pointer")
+        if not (path / name / STATE_FILE).is_file():
+            raise PkdError(f"{path / POINTER}: points to missing checkpoint '{name}'")
+        return path / name
+    raise PkdError(f"{path}: not a pkd checkpoint (no {STATE_FILE} or {POINTER})")
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The checkpoint ``root/latest.json`` names, or None when there is none yet."""
+    root = Path(root)
+    return resolve_checkpoint(root) if (root / POINTER).is_file() else None
+
+
+def prune_checkpoints(root: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` ``step_*`` dirs (never the latest); return them."""
+    root = Path(root)
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir()
+                   if p.is_dir() and (m := _STEP_DIR.match(p.name)))
+    latest = latest_checkpoint(root)
+    removed = [p for _, p in steps[:-keep_last] if p != latest]
+    for p in removed:
+        shutil.rmtree(p)
+    return removed
+
+
+def check_config(file: Path, saved: Any, expected: Any, compare: Sequence[str]) -> None:
+    """PkdError naming ``file`` and the keys under ``compare`` where the configs differ."""
+    if saved is None:
+        raise PkdError(f"{file}: checkpoint has no saved config to compare with")
+    a, b = _flatten(_jsonable(saved)), _flatten(_jsonable(expected))
+    keys = sorted(k for k in a.keys() | b.keys()
+                  if any(k == p or k.startswith(p + ".") for p in compare)
+                  and a.get(k, "<missing>") != b.get(k, "<missing>"))
+    if keys:
+        shown = ", ".join(f"{k}={a.get(k, '<missing>')!r} (expected {b.get(k, '<missing>')!r})"
+                          for k in keys[:5])
+        more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+        raise PkdError(f"{file}: checkpoint was made with another config: {shown}{more}")
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def capture_rng_state() -> dict:
+    """Python, numpy and torch (CPU, and CUDA when present) RNG states."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(),
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng_state(rng: dict) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only if this machine has CUDA)."""
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ----------------------------------------------------------------------------- state <-> JSON
+
+
+def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    """JSON skeleton of ``obj``; its tensors go into ``tensors`` under dotted path names."""
+    if isinstance(obj, torch.Tensor):
+        name = path if path not in tensors else f"{path}#{len(tensors)}"
+        tensors[name] = obj.detach().cpu().contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {"__items__": [[_encode(k, tensors, path), _encode(v, tensors, f"{path}.{k}")]
+                              for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint {path}: cannot store a {type(obj).__name__}")
+
+
+def _decode(obj: Any, tensors: dict[str, torch.Tensor] | None) -> Any:
+    """Inverse of :func:`_encode`; with ``tensors=None`` tensor slots decode to None."""
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        if tensors is None:
+            return None
+        if obj["__tensor__"] not in tensors:
+            raise PkdError(f"{TENSOR_FILE}: missing tensor '{obj['__tensor__']}'")
+        return tensors[obj["__tensor__"]]
+    if "__ndarray__" in obj:
+        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+    if "__tuple__" in obj:
+        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU contiguous tensors, cloning any that share storage (safetensors refuses those)."""
+    out, seen = {}, set()
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        out[name] = t.clone() if ptr in seen and t.numel() else t
+        seen.add(ptr)
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a bare weights file; pickles only through ``torch.load(weights_only=True)``."""
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise PkdError(f"{path}: unknown checkpoint file (expected a checkpoint directory, "
+                       f".safetensors or a weights-only {'/'.join(PICKLE_SUFFIXES)})")
+    if not path.is_file():
+        raise PkdError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any failure means: not a plain weights file
+        raise PkdError(f"{path}: refusing to unpickle (not a weights-only checkpoint)") from None
+    for candidate in (obj, *(obj.get(k) for k in ("state_dict", "model")
+                             if isinstance(obj, dict))):
+        if isinstance(candidate, dict) and candidate and all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in candidate.items()):
+            return candidate
+    raise PkdError(f"{path}: no tensor state dict inside (keys 'state_dict' / 'model' / top level)")
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise PkdError(f"{path}: missing checkpoint file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PkdError(f"{path}: not a valid safetensors file ({err})") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise PkdError(f"{path}: cannot read ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise PkdError(f"{path}: not valid JSON (line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise PkdError(f"{path}: expected a JSON object")
+    return data
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write JSON via a temp file + fsync + ``os.replace`` (readers see old or new, never half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished dir ``tmp`` to ``target`` (an existing ``target`` is replaced)."""
+    if target.exists():  # same step saved again: swap the old one out first
+        old = target.with_name(f".tmp-old-{target.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_files(folder: Path) -> None:
+    """Flush every file of ``folder`` to disk before the rename makes it visible."""
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Remove leftovers of an interrupted save (only one writer per root)."""
+    for p in root.glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _jsonable(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    return json.loads(json.dumps(cfg))
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}

@@ -1,0 +1,364 @@
+"""Typed training configuration: dataclasses, YAML loading, dotted ``key=value`` overrides.
+
+``pkd train CONFIG.yaml model.hidden_size=256 optim.lr=1e-4`` becomes
+``load_config("CONFIG.yaml", ["model.hidden_size=256", "optim.lr=1e-4"])``:
+
+1. the YAML file is read with ``yaml.safe_load`` (no YAML tags that run code) and merged over the
+   dataclass defaults;
+2. each override ``a.b.c=VALUE`` is merged on top, ``VALUE`` parsed with ``yaml.safe_load`` too
+   (so ``true``, ``3``, ``[0.9, 0.98]``, ``null`` mean what they mean in YAML);
+3. every value is checked against the field's annotation. An unknown key raises
+   :class:`PkdError` naming the file (or the override) and the key, with close-match suggestions;
+   a value of the wrong type names the field and the expected type.
+
+The code is generic over dataclasses: a new field only needs its annotation and default.
+Accepted annotations: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
+``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]`` and nested dataclasses.
+Coercions (nothing else is coerced): an ``int`` is accepted for a ``float`` field, and so is a
+numeric string such as ``1e-4`` (PyYAML reads ``1e-4`` without a dot as a string); a YAML list is
+accepted for a ``tuple`` field.
+
+Parameters marked *(ours)* follow our reading of the methods (``shared/METHODS.md``), not numbers
+published by the papers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pkd.errors import PkdError
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"  # data root (questions / annotations / synthetic benchmark)
+    dataset: Literal["synth", "vqa2", "vqacp2"] = "synth"  # which benchmark format to read
+    train_split: str = "train"  # split name used for training
+    val_split: str = "val"  # split name used for validation (VQA-CP: carved out of train)
+    test_split: str = "test"  # split name used for the final test
+    regions: str = ""  # path of the `regions` store (region_features, region_geometry, ...)
+    foundation_image: str = ""  # path of the `foundation_image` store ("" = not used)
+    foundation_text: str = ""  # path of the `foundation_text` store ("" = not used)
+    teacher: str | None = None  # path of a precomputed `teacher` store (DistillVLM), optional
+    answer_min_count: int = 9  # an answer enters the vocabulary if it is seen this often in train
+    max_question_length: int = 14  # question tokens kept (longer questions are truncated)
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["updn", "fusion"] = "updn"  # UpDn baseline or Oscar-style transformer fusion
+    hidden_size: int = 512  # joint / transformer hidden size H
+    num_layers: int = 4  # transformer layers (fusion)
+    num_heads: int = 8  # attention heads (fusion)
+    intermediate_size: int = 2048  # transformer MLP width (fusion)
+    max_positions: int = 64  # word position embeddings (fusion); >= max_question_length + 2
+    word_dim: int = 300  # word embedding size (updn; fusion embeds words at hidden_size)
+    dropout: float = 0.1  # dropout in attention / hidden layers
+    classifier_dropout: float = 0.5  # dropout inside the answer classifier MLP
+    use_foundation_features: bool = False  # also feed cached image_embeds / text_embeds
+    encoder: str = "native"  # "native" plain-torch encoder; "hf:PATH" reserved (not built yet)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    weight_decay: float = 0.01  # decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 0.25  # max global gradient norm (0 = off); UpDn used 0.25
+    warmup_steps: int = 0  # linear warmup steps from 0 to lr
+    schedule: Literal["cosine", "constant"] = "cosine"  # lr after warmup
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"  # run directory: resolved config, checkpoints, logs, results
+    seed: int = 0  # seed for torch, numpy and python random
+    epochs: int = 10  # passes over the training set (ignored when max_steps > 0)
+    max_steps: int = 0  # stop after this many optimizer steps (0 = use epochs)
+    batch_size: int = 256  # questions per optimizer step
+    eval_every: int = 1000  # evaluate on val every N steps (0 = once per epoch)
+    checkpoint_every: int = 1000  # save a checkpoint every N steps (0 = once per epoch)
+    keep_last: int = 3  # checkpoints kept on disk (older ones are pruned; 0 = keep all)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto" = cuda when available
+    amp: bool = False  # bf16/fp16 autocast on cuda
+    num_workers: int = 0  # data-loading worker processes
+    log_every: int = 50  # print / log training metrics every N steps
+
+
+@dataclass
+class PKDConfig:
+    lambda_mkd: float = 1.0  # weight of the model-level KD loss L_mkd (ours)
+    lambda_itm: float = 1.0  # weight of the predictors' ITM loss L_itm (ours)
+    lambda_div: float = 1.0  # weight of the feature divergence loss L_div (ours)
+    divergence: Literal["kl", "cosine", "mse"] = "kl"  # D(predicted, cached foundation) (ours)
+    div_temperature: float = 1.0  # softmax temperature of the "kl" divergence (ours)
+    kd_temperature: float = 1.0  # temperature T of the two-class ITM KL in L_mkd (ours)
+    memory_size: int = 1024  # K, FIFO memory of pooled predicted features (ours)
+    learnable_slots: int = 0  # extra learnable memory slots next to the FIFO queue (ours)
+    predictor_layers: int = 2  # transformer layers of each feature predictor P_v, P_t (ours)
+    predictor_tokens: int = 0  # predicted tokens P' / L' (0 = as many as the cached store) (ours)
+    use_predictors: bool = True  # ablation: train / use the cross-modal feature predictors
+    use_memory: bool = True  # ablation: fuse the memory into region and word features
+    use_model_kd: bool = True  # ablation: model-level distillation through the ITM head
+    finetune_predictors: bool = False  # stage 2 also trains predictors with L_itm + L_div
+
+
+@dataclass
+class DistillConfig:
+    alpha: float = 1.0  # weight of the attention distillation loss L_att (ours)
+    beta: float = 1.0  # weight of the token-wise noise contrastive loss L_nce (ours)
+    gamma: float = 1.0  # weight of the output distillation loss L_kd (ours)
+    tau: float = 0.07  # temperature of L_nce
+    queue_size: int = 4096  # MoCo-style queue of teacher token vectors (4096 reported best)
+    nce_dim: int = 128  # projection size of z_s, z_t in L_nce (ours)
+    attention_layers: Literal["last", "uniform"] = "last"  # student<-teacher layer mapping
+    online_teacher: bool = False  # run the teacher each step instead of reading the teacher store
+    teacher_model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(arch="fusion", hidden_size=768, num_layers=12,
+                                            num_heads=12, intermediate_size=3072)
+    )  # teacher transformer (online teacher / teacher-adapt)
+    teacher_checkpoint: str | None = None  # fine-tuned teacher checkpoint dir (online teacher)
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["baseline", "pkd-predictors", "pkd", "teacher-adapt", "distillvlm"] = (
+        "baseline"
+    )  # which training task runs
+    pkd: PKDConfig = field(default_factory=PKDConfig)  # PKD settings (pkd-predictors, pkd)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # DistillVLM settings
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)  # datasets and feature stores
+    model: ModelConfig = field(default_factory=ModelConfig)  # the trained VQA model
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and lr schedule
+    run: RunConfig = field(default_factory=RunConfig)  # run directory, steps, device, logging
+    method: MethodConfig = field(default_factory=MethodConfig)  # method and its loss weights
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then each dotted ``key=value``."""
+    cfg = TrainConfig()
+    if path is not None:
+        cfg = merge_dict(cfg, _read_yaml(Path(path)), source=str(path))
+    for text in overrides:
+        cfg = merge_dict(cfg, _override_to_dict(text), source=f"override '{text}'")
+    return cfg
+
+
+def config_from_dict(data: dict, source: str = "<config>") -> TrainConfig:
+    """A validated :class:`TrainConfig` from a (possibly partial) nested dict."""
+    return merge_dict(TrainConfig(), data, source=source)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict of a config dataclass (tuples become lists, ready for JSON / YAML)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config atomically as JSON (``.json``) or YAML (``.yaml`` / ``.yml``)."""
+    path = Path(path)
+    data = config_to_dict(cfg)
+    if path.suffix == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    elif path.suffix in (".yaml", ".yml"):
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        raise PkdError(f"{path}: config files end in .json, .yaml or .yml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def merge_dict(base: Any, data: Any, source: str, where: str = "") -> Any:
+    """A copy of dataclass ``base`` with the values of nested dict ``data`` checked and set."""
+    if not isinstance(data, dict):
+        raise PkdError(f"{source}: {where or 'config'}: expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(type(base))
+    names = [f.name for f in dataclasses.fields(base)]
+    changes = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise PkdError(f"{source}: unknown key '{dotted}'{_suggest(str(key), names, where)}")
+        changes[key] = _coerce(value, hints[key], getattr(base, key), source, dotted)
+    return dataclasses.replace(base, **changes)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise PkdError(f"{path}: cannot read config ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PkdError(f"{path}: invalid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PkdError(f"{path}: a config file is a mapping of sections, got {_kind(data)}")
+    return data
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)=(.*)$", re.DOTALL)
+
+
+def _override_to_dict(text: str) -> dict:
+    """``a.b.c=VALUE`` -> ``{"a": {"b": {"c": yaml.safe_load(VALUE)}}}``."""
+    match = _OVERRIDE.match(text.strip())
+    if match is None:
+        raise PkdError(f"override '{text}': expected dotted key=value, e.g. optim.lr=1e-4")
+    try:
+        value = yaml.safe_load(match.group(2)) if match.group(2).strip() else ""
+    except yaml.YAMLError:
+        raise PkdError(f"override '{text}': value is not valid YAML") from None
+    for part in reversed(match.group(1).split(".")):
+        value = {part: value}
+    return value
+
+
+# ----------------------------------------------------------------------------- type checks
+
+
+def _coerce(value: Any, tp: Any, current: Any, source: str, where: str) -> Any:
+    """``value`` checked against annotation ``tp`` (merged into ``current`` for dataclasses)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        base = current if dataclasses.is_dataclass(current) else tp()
+        return merge_dict(base, value, source, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, current, source, where)
+            except PkdError:
+                continue
+        raise _type_error(value, tp, source, where)
+    if origin is Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        raise _type_error(value, tp, source, where)
+    if origin in (tuple, list):
+        return _coerce_sequence(value, tp, source, where)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(value, tp, source, where)
+        return {k: _coerce(v, args[1], None, source, f"{where}.{k}") for k, v in value.items()}
+    return _coerce_scalar(value, tp, source, where)
+
+
+def _coerce_sequence(value: Any, tp: Any, source: str, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise _type_error(value, tp, source, where)
+    if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+        items = [_coerce(v, args[0], None, source, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif len(value) == len(args):
+        items = [_coerce(v, a, None, source, f"{where}[{i}]") for i, (v, a) in
+                 enumerate(zip(value, args, strict=True))]
+    else:
+        raise _type_error(value, tp, source, where)
+    return list(items) if origin is list else tuple(items)
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _coerce_scalar(value: Any, tp: Any, source: str, where: str) -> Any:
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (bool, str):
+        if isinstance(value, tp):
+            return value
+    else:
+        raise TypeError(f"config field {where}: unsupported annotation {tp!r}")
+    raise _type_error(value, tp, source, where)
+
+
+def _type_error(value: Any, tp: Any, source: str, where: str) -> PkdError:
+    return PkdError(f"{source}: {where}: expected {_type_name(tp)}, got {_kind(value)}")
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    if origin in (tuple, list):
+        return f"a list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"a mapping of str to {_type_name(args[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping (section)"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _suggest(key: str, names: list[str], where: str) -> str:
+    """`` (did you mean 'x'?)`` from the same section, else from any section."""
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    if close:
+        prefix = f"{where}." if where else ""
+        return " (did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?)"
+    leaves = _all_keys(TrainConfig())
+    close = [d for d in leaves if difflib.get_close_matches(key, [d.rsplit(".", 1)[-1]],
+                                                               cutoff=0.8)][:3]
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)" if close else ""
+
+
+def _all_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        dotted = f"{prefix}{f.name}"
+        keys.append(dotted)
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(_all_keys(value, dotted + "."))
+    return keys
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
