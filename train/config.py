@@ -52,6 +52,7 @@ class DataConfig:
     foundation_image: str = ""  # path of the `foundation_image` store ("" = not used)
     foundation_text: str = ""  # path of the `foundation_text` store ("" = not used)
     teacher: str | None = None  # path of a precomputed `teacher` store (DistillVLM), optional
+    teacher_regions: str = ""  # `regions` store of teacher features on the student's boxes
     answer_min_count: int = 9  # an answer enters the vocabulary if it is seen this often in train
     max_question_length: int = 14  # question tokens kept (longer questions are truncated)
 
@@ -122,6 +123,7 @@ class DistillConfig:
     beta: float = 1.0  # weight of the token-wise noise contrastive loss L_nce (ours)
     gamma: float = 1.0  # weight of the output distillation loss L_kd (ours)
     tau: float = 0.07  # temperature of L_nce
+    kd_temperature: float = 1.0  # temperature T of L_kd = T^2 BCE(s/T, sigmoid(t/T)) (ours)
     queue_size: int = 4096  # MoCo-style queue of teacher token vectors (4096 reported best)
     nce_dim: int = 128  # projection size of z_s, z_t in L_nce (ours)
     attention_layers: Literal["last", "uniform"] = "last"  # student<-teacher layer mapping

@@ -1,8 +1,65 @@
-"""``pkd evaluate``: the official VQA metric on a results file (or a trained run)."""
+"""``pkd evaluate``: the official VQA metric on a results file (or a trained run).
+
+Mode 1 (now): ``--questions Q.json --annotations A.json --results R.json [--out M.json]``.
+Mode 2 (later issue): ``--checkpoint RUN --split test`` predicts with the run, then scores.
+Every option is optional for Typer; the combinations are checked here.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def evaluate() -> None:
-    """Score VQA results with the official-equivalent metric."""
-    raise NotImplementedError
+import typer
+
+from pkd.errors import PkdError
+
+Questions = Annotated[Path | None, typer.Option(help="questions JSON (VQA v2 / VQA-CP v2 / synth)")]
+Answers = Annotated[Path | None, typer.Option("--annotations", help="annotations JSON")]
+Results = Annotated[Path | None, typer.Option(help="results JSON [{question_id, answer}]")]
+Out = Annotated[Path | None, typer.Option(help="write the metrics JSON here")]
+Checkpoint = Annotated[Path | None, typer.Option(help="trained run folder (not available yet)")]
+Split = Annotated[str | None, typer.Option(help="split to predict with --checkpoint")]
+
+
+def evaluate(questions: Questions = None, annotations: Answers = None, results: Results = None,
+             out: Out = None, checkpoint: Checkpoint = None, split: Split = None) -> None:
+    """Score VQA results with the official metric (same numbers as vqaEval.py)."""
+    from pkd.data.metric import evaluate_files, write_metrics
+
+    if checkpoint is not None:
+        # --- mode 2: `--checkpoint RUN --split S` goes here (predict, then score) ---
+        raise PkdError("--checkpoint: not available yet")
+    if split is not None:
+        raise PkdError("--split: only valid with --checkpoint")
+    given = {"--questions": questions, "--annotations": annotations, "--results": results}
+    lacking = [name for name, value in given.items() if value is None]
+    if lacking:
+        raise PkdError(f"pkd evaluate: missing {', '.join(lacking)} "
+                       "(give --questions, --annotations and --results)")
+    metrics = evaluate_files(questions, annotations, results)
+    if out is not None:
+        write_metrics(metrics, out)
+    _print_metrics(metrics, out)
+
+
+def _print_metrics(metrics: dict, out: Path | None) -> None:
+    """One table: overall, then each answer type, then each question type."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"VQA accuracy ({metrics['answered']}/{metrics['questions']} answered)")
+    table.add_column("group")
+    table.add_column("type")
+    table.add_column("accuracy %", justify="right")
+    table.add_row("overall", "", f"{metrics['overall']:.2f}", end_section=True)
+    for group, key in (("answer type", "perAnswerType"), ("question type", "perQuestionType")):
+        for i, (name, value) in enumerate(metrics[key].items()):
+            table.add_row(group if i == 0 else "", name, f"{value:.2f}",
+                          end_section=i == len(metrics[key]) - 1)
+    console = Console()
+    console.print(table)
+    if metrics["missing"]:
+        console.print(f"{metrics['missing']} questions had no prediction (scored 0)")
+    if out is not None:
+        console.print(f"metrics written to {out}")

@@ -2,6 +2,70 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
+from pkd.errors import PkdError
+
 app = typer.Typer(help="Feature stores: info, import-h5.", no_args_is_help=True)
+
+
+@app.command("info")
+def info(
+    store: Annotated[Path, typer.Argument(help="A store folder (NAME.zarr).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Schema, counts, provenance and completeness of a store."""
+    from pkd.stores import store_info
+
+    summary = store_info(store)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_summary(summary)
+
+
+@app.command("import-h5")
+def import_h5(
+    h5: Annotated[Path, typer.Argument(help="Bottom-up-attention HDF5 file (fixed-36 or pos_boxes layout).")],
+    out: Annotated[Path, typer.Argument(help="The regions store to write (NAME.zarr).")],
+    ids_json: Annotated[Path | None, typer.Option(help="JSON {image_id: row} or [image_id, ...].")] = None,
+    imgid2idx: Annotated[Path | None, typer.Option(help="Classic *_imgid2idx.pkl (read safely).")] = None,
+    items_per_shard: Annotated[int, typer.Option(help="Images per shard (work unit).")] = 512,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing store at OUT first.")] = False,
+) -> None:
+    """Convert HDF5 region features into a `regions` store (resumable)."""
+    from pkd.stores import import_h5 as run_import
+
+    if ids_json and imgid2idx:
+        raise PkdError(f"{out}: give at most one of --ids-json and --imgid2idx")
+    path = run_import(h5, out, ids=ids_json, imgid2idx=imgid2idx, items_per_shard=items_per_shard,
+                      overwrite=overwrite)
+    typer.echo(f"wrote {path}")
+
+
+def _print_summary(s: dict) -> None:
+    """A rich table of :func:`pkd.stores.store_info`'s summary."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)  # long paths and JSON stay on one line
+    state = "complete" if s["complete"] else f"INCOMPLETE, pending shards {s['pending_shards'][:10]}"
+    console.print(f"[bold]{escape(s['path'])}[/bold]  {s['kind']} store keyed by {s['key']}: "
+                  f"{s['n_items']} items, {s['n_ok']} ok, {s['n_failures']} failed; "
+                  f"{s['done_shards']}/{s['n_shards']} shards done ({state}); "
+                  f"{s['bytes_on_disk'] / 2**20:.1f} MiB")
+    table = Table("array", "item shape", "dtype")
+    for a in s["arrays"]:
+        table.add_row(a["name"], str(tuple(a["item_shape"])), a["dtype"])
+    console.print(table)
+    console.print(f"producer: {json.dumps(s['producer'])}", markup=False)
+    console.print(f"dims: {json.dumps(s['dims'])}", markup=False)
+    console.print(f"chunks of {s['items_per_chunk']} items, shards of {s['items_per_shard']}; "
+                  f"created {s['created']} by pkd {s['pkd_version']}")
+    for f in s["failures"]:
+        console.print(f"failed {f['id']}: {f['path']} {f['reason']}", markup=False)

@@ -1,0 +1,150 @@
+"""Region backbones: a frozen transformers vision model whose feature map is RoIAlign-pooled on
+given boxes, one feature vector per box.
+
+Used for ``given:`` boxes (which carry no features) and for the DistillVLM aligned teacher
+(``--boxes-from``: the teacher's backbone pooled on exactly the student's boxes, so row i of both
+stores is the same region).
+
+Per image (no batching across different sizes, no crop, no padding — so pixels map exactly):
+
+1. resize with the processor's own size rule, but never crop: ``height/width`` -> that size;
+   ``shortest_edge`` (+ ``longest_edge``) -> aspect kept; the processor then only rescales and
+   normalizes (``do_resize=False``). Images with equal resized sizes share one forward pass.
+2. feature map ``(C, Hf, Wf)``: ``last_hidden_state`` if it is ``(B, C, H, W)`` (ResNet,
+   ConvNeXt, ...), or ViT tokens ``(B, T, C)`` whose last ``(Hp/p) * (Wp/p)`` tokens are the patch
+   grid (CLS / register tokens first are dropped).
+3. boxes in original pixels -> map coordinates: ``x * Wf / W``, ``y * Hf / H`` (exact when the
+   network stride divides the resized size; otherwise off by less than one map cell per side).
+4. ``roi_align_op(aligned=True, output_size, sampling_ratio)`` -> ``(N, C, o, o)``, mean over the
+   ``o x o`` grid -> ``(N, C)``.
+
+A whole-image box then averages the whole map; when the map side is a multiple of
+``output_size`` every adaptive sample falls on a cell centre and the result is exactly the
+global average of the map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from pkd.errors import PkdError
+from pkd.pipeline.foundation import config_sha256, resolve_model
+from pkd.pipeline.roi_align import roi_align_op
+
+
+def load_image_processor(model: str):
+    """The model's PIL image processor (the torchvision-backed "fast" ones are never used)."""
+    from transformers import AutoImageProcessor
+
+    source, local = resolve_model(model)
+    try:
+        return AutoImageProcessor.from_pretrained(source, backend="pil", local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise PkdError(f"{model}: cannot load its image processor ({first_line(err)})") from err
+
+
+def first_line(err: Exception) -> str:
+    """The first line of an exception message (for one-line PkdErrors)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def resized_size(processor, width: int, height: int) -> tuple[int, int]:
+    """``(w, h)`` the processor's size rule gives an image of ``width x height``, without crop."""
+    size = getattr(processor, "size", None)
+    if not getattr(processor, "do_resize", True) or size is None:
+        return width, height
+    if getattr(size, "height", None) and getattr(size, "width", None):
+        return int(size.width), int(size.height)
+    short = getattr(size, "shortest_edge", None)
+    if not short:
+        return width, height
+    scale = short / min(width, height)
+    long_cap = getattr(size, "longest_edge", None)
+    if long_cap and max(width, height) * scale > long_cap:
+        scale = long_cap / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class RegionBackbone:
+    """A frozen vision backbone pooled on boxes: ``pool(images, boxes) -> [(N, C)]``.
+
+    ``model``: a hub id or local folder loadable by ``AutoModel`` plus its PIL image processor.
+    ViT-style models with fixed position embeddings need a processor with a fixed
+    ``height``/``width`` (an aspect-keeping ``shortest_edge`` size would change the token grid).
+    """
+
+    def __init__(self, model: str, device: str = "cpu", output_size: int = 7,
+                 sampling_ratio: int = -1):
+        from transformers import AutoModel
+
+        source, local = resolve_model(model)
+        try:
+            net = AutoModel.from_pretrained(source, local_files_only=local)
+        except (OSError, ValueError) as err:
+            raise PkdError(f"{model}: cannot load a transformers backbone ({first_line(err)})") from err
+        net = getattr(net, "vision_model", net)  # CLIP/BLIP-style wrappers: the image tower
+        self.model = net.to(device).eval().requires_grad_(False)
+        self.processor = load_image_processor(model)
+        self.model_id, self.device = model, device
+        self.output_size, self.sampling_ratio = output_size, sampling_ratio
+        config = self.model.config
+        sizes = getattr(config, "hidden_sizes", None)
+        self.dim = int(sizes[-1]) if sizes else int(config.hidden_size)  # C of the feature map
+        self.patch_size = getattr(config, "patch_size", None)  # ViT-style token grids only
+
+    def provenance(self) -> dict:
+        return {"model": self.model_id, "config_sha256": config_sha256(self.model.config),
+                "pooling": "roi_align_mean", "output_size": self.output_size,
+                "sampling_ratio": self.sampling_ratio}
+
+    @torch.no_grad()
+    def feature_maps(self, images: Sequence[Image.Image]) -> list[Tensor]:
+        """One ``(C, Hf, Wf)`` map per image (see the module docstring for resize rules)."""
+        sizes = [resized_size(self.processor, *img.size) for img in images]
+        maps: list[Tensor | None] = [None] * len(images)
+        for size in dict.fromkeys(sizes):  # distinct sizes, first-seen order
+            group = [i for i, s in enumerate(sizes) if s == size]
+            resample = int(getattr(self.processor, "resample", Image.Resampling.BILINEAR))
+            resized = [images[i].convert("RGB").resize(size, resample) for i in group]
+            pixels = self.processor(images=resized, do_resize=False, do_center_crop=False,
+                                    return_tensors="pt")["pixel_values"].to(self.device)
+            hidden = self.model(pixel_values=pixels).last_hidden_state
+            fmap = self._as_map(hidden, pixels.shape[-2:])  # (b, C, Hf, Wf)
+            for j, i in enumerate(group):
+                maps[i] = fmap[j]
+        return maps
+
+    def _as_map(self, hidden: Tensor, pixel_hw: torch.Size) -> Tensor:
+        if hidden.ndim == 4:
+            return hidden  # (B, C, Hf, Wf)
+        if hidden.ndim != 3 or not self.patch_size:
+            raise PkdError(f"{self.model_id}: last_hidden_state of shape {tuple(hidden.shape)} "
+                           "is neither a (B, C, H, W) map nor ViT tokens with a patch_size")
+        grid_h, grid_w = pixel_hw[0] // self.patch_size, pixel_hw[1] // self.patch_size
+        tokens = hidden[:, -grid_h * grid_w:]  # (B, Hf*Wf, C): drop CLS / register tokens
+        return tokens.transpose(1, 2).reshape(len(hidden), -1, grid_h, grid_w)
+
+    @torch.no_grad()
+    def pool(self, images: Sequence[Image.Image],
+             boxes_per_image: Sequence[Tensor | np.ndarray]) -> list[Tensor]:
+        """RoIAlign + mean pooling: one float32 ``(N_i, C)`` CPU tensor per image, rows in box
+        order. ``boxes_per_image[i]``: ``(N_i, 4)`` x1y1x2y2 in pixels of ``images[i]``."""
+        if len(images) != len(boxes_per_image):
+            raise ValueError(f"{len(images)} images but {len(boxes_per_image)} box sets")
+        out = []
+        for img, fmap, boxes in zip(images, self.feature_maps(images), boxes_per_image,
+                                    strict=True):
+            width, height = img.size
+            _, map_h, map_w = fmap.shape
+            b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+            scale = torch.tensor([map_w / width, map_h / height] * 2)
+            b = (b * scale).to(fmap.device)  # (N, 4) map coordinates, float32
+            pooled = roi_align_op(fmap[None], [b], self.output_size, 1.0, self.sampling_ratio,
+                                  aligned=True)  # (N, C, o, o)
+            out.append(pooled.mean(dim=(2, 3)).float().cpu())
+        return out

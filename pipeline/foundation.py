@@ -1,0 +1,314 @@
+"""The frozen foundation model: load a CLIP- or BLIP-ITM-style checkpoint, encode images and texts.
+
+``pkd extract foundation`` runs :meth:`FoundationModel.encode_images` / ``encode_texts`` once over
+a data set and caches the results in ``foundation_image`` / ``foundation_text`` stores. The
+trainer later scores (predicted or cached) features with a light frozen *matching head* taken
+from the same checkpoint; :func:`match_scores` is that head's reference implementation and is
+tested against the full model's own score.
+
+What is cached, per family (B items, P = 1 + patches, L = ``max_text_len``):
+
+==================  ======================================  =======================================
+array               CLIP (``CLIPModel``)                    BLIP (``BlipForImageTextRetrieval``)
+==================  ======================================  =======================================
+``vision_tokens``   ``vision_model`` last hidden state      ``vision_model`` last hidden state,
+(B, P, d_v)         *before* ``post_layernorm`` (CLIP       *after* ``post_layernorm``: exactly
+                    applies it to the CLS token only,       what the text encoder cross-attends
+                    inside its pooler)                      to in ITM mode
+``image_embeds``    ``normalize(visual_projection(          ``normalize(vision_proj(
+(B, d_e) f32        post_layernorm(v[:, 0])))``             v[:, 0]))`` (BLIP's ITC feature)
+``text_tokens``     ``text_model`` last hidden state        unimodal ``text_encoder`` output
+(B, L, d_t)         (after ``final_layer_norm``, causal)    (no cross-attention), bidirectional
+``text_embeds``     ``normalize(text_projection(            ``normalize(text_proj(t[:, 0]))``
+(B, d_e) f32        t[:, num_tokens - 1]))`` (EOS token)    (BLIP's ITC feature)
+``input_ids`` i32   tokenizer ids, padded with the pad id   same
+``num_tokens`` i32  non-pad tokens (the attention mask)     same
+==================  ======================================  =======================================
+
+Text rows past ``num_tokens`` are zero in ``text_tokens``. Embeddings are unit-norm, so
+``image_embeds @ text_embeds.T`` is the model's cosine similarity (CLIP multiplies it by
+``exp(logit_scale)``). Matching score from cached features (:func:`match_scores`), an ITM *logit*:
+
+- CLIP: ``s = exp(logit_scale) * cos(visual_projection(post_layernorm(v[:, 0])),
+  text_projection(t[:, num_tokens - 1]))`` = the diagonal of ``logits_per_image``.
+- BLIP: ``q = text_encoder(input_ids, mask, cross-attending to v)``; ``z = itm_head(q[:, 0])``;
+  ``s = z[:, 1] - z[:, 0]``, so ``sigmoid(s) = softmax(itm_score)[:, 1]``, the match probability.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pkd.errors import PkdError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SUPPORTED = "CLIPModel (model_type 'clip') or BlipForImageTextRetrieval (model_type 'blip')"
+# Config keys that say where / with what a checkpoint was saved, not what it computes.
+VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
+
+
+@dataclass(frozen=True)
+class FoundationSpec:
+    model: str  # Hugging Face hub id or local directory (saved with save_pretrained)
+    device: str = "cpu"  # torch device the model runs on
+    dtype: str = "float32"  # autocast compute dtype: "float32" | "float16" | "bfloat16"
+    max_text_len: int = 32  # texts are truncated / padded to this many tokens
+    token_dtype: str = "float16"  # numpy dtype of returned vision/text tokens (stores hold f16)
+
+
+class FoundationModel:
+    """A frozen CLIP- or BLIP-ITM model with its tokenizer and image processor (eval, no grad).
+
+    ``family`` is "clip" or "blip"; ``dims`` holds ``vision_tokens`` (P), ``vision_dim`` (d_v),
+    ``text_dim`` (d_t), ``embed_dim`` (d_e) and ``max_text_len`` (L).
+    """
+
+    def __init__(self, spec: FoundationSpec, family: str, model, tokenizer, image_processor):
+        self.spec, self.family, self.model = spec, family, model
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.device = next(model.parameters()).device
+        self.dims = model_dims(model.config, family, spec.max_text_len)
+
+    def provenance(self) -> dict:
+        """What produced the features: stored in every store and compared when it is reopened."""
+        import transformers
+
+        return {"model": self.spec.model, "family": self.family,
+                "config_hash": config_sha256(self.model.config), "dtype": self.spec.dtype,
+                "transformers_version": transformers.__version__}
+
+    def _empty(self, target: str) -> dict[str, np.ndarray]:
+        """Zero-row arrays of the ``encode_images`` / ``encode_texts`` outputs (empty batch)."""
+        d, tokens = self.dims, self.spec.token_dtype
+        if target == "images":
+            return {"vision_tokens": np.zeros((0, d["vision_tokens"], d["vision_dim"]), tokens),
+                    "image_embeds": np.zeros((0, d["embed_dim"]), np.float32)}
+        length = d["max_text_len"]
+        return {"text_tokens": np.zeros((0, length, d["text_dim"]), tokens),
+                "text_embeds": np.zeros((0, d["embed_dim"]), np.float32),
+                "input_ids": np.zeros((0, length), np.int32),
+                "num_tokens": np.zeros((0,), np.int32)}
+
+    def _autocast(self):
+        dtype = DTYPES[self.spec.dtype]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    @torch.inference_mode()
+    def encode_images(self, images: list) -> dict[str, np.ndarray]:
+        """``vision_tokens`` (B, P, d_v) as token_dtype, ``image_embeds`` (B, d_e) f32 unit norm."""
+        if not images:
+            return self._empty("images")
+        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device)  # (B, 3, H, W)
+        with self._autocast():
+            if self.family == "clip":
+                out = self.model.get_image_features(pixel_values=pixels)
+                tokens, embeds = out.last_hidden_state, out.pooler_output  # (B, P, d_v), (B, d_e)
+            else:
+                tokens = self.model.vision_model(pixel_values=pixels).last_hidden_state
+                embeds = self.model.vision_proj(tokens[:, 0])  # (B, d_e)
+        return {"vision_tokens": _numpy(tokens, self.spec.token_dtype),
+                "image_embeds": _numpy(F.normalize(embeds.float(), dim=-1), "float32")}
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` (B, L) and ``num_tokens`` (B,), padded / truncated to ``max_text_len``."""
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=self.dims["max_text_len"], return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"].sum(-1)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """``text_tokens`` (B, L, d_t), ``text_embeds`` (B, d_e) f32 unit norm, ``input_ids``
+        (B, L) i32, ``num_tokens`` (B,) i32 — what each family caches: see the module doc."""
+        if not texts:
+            return self._empty("texts")
+        input_ids, num_tokens = self.tokenize(texts)
+        if self.family == "clip":
+            _check_eos(input_ids, num_tokens, self.model.config.text_config.eos_token_id,
+                       self.spec.model)
+        ids, mask = input_ids.to(self.device), _length_mask(num_tokens, input_ids.shape[1])
+        mask = mask.to(self.device)  # (B, L) bool
+        with self._autocast():
+            if self.family == "clip":
+                out = self.model.get_text_features(input_ids=ids, attention_mask=mask.long())
+                tokens, embeds = out.last_hidden_state, out.pooler_output  # (B, L, d_t), (B, d_e)
+            else:
+                tokens = self.model.text_encoder(input_ids=ids, attention_mask=mask.long()
+                                                 ).last_hidden_state  # (B, L, d_t)
+                embeds = self.model.text_proj(tokens[:, 0])  # (B, d_e)
+        tokens = tokens.masked_fill(~mask[..., None], 0.0)
+        return {"text_tokens": _numpy(tokens, self.spec.token_dtype),
+                "text_embeds": _numpy(F.normalize(embeds.float(), dim=-1), "float32"),
+                "input_ids": _numpy(input_ids, "int32"), "num_tokens": _numpy(num_tokens, "int32")}
+
+
+def match_scores(model: FoundationModel, vision_tokens: torch.Tensor, input_ids: torch.Tensor,
+                 num_tokens: torch.Tensor, text_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """ITM logit (B,) of each (image, text) pair from cached features only (formulas: module doc).
+
+    ``vision_tokens`` (B, P, d_v), ``input_ids`` (B, L), ``num_tokens`` (B,) as cached. CLIP pools
+    ``text_tokens`` (B, L, d_t) when given, else reruns its frozen text tower on ``input_ids``;
+    BLIP always reruns its text encoder with cross-attention to ``vision_tokens``. Not under
+    ``no_grad``: gradients flow into the (e.g. predicted) inputs while the weights stay frozen.
+    """
+    m, device = model.model, model.device
+    v = vision_tokens.to(device, torch.float32)
+    ids = input_ids.to(device, torch.long)
+    n = num_tokens.to(device, torch.long)
+    mask = _length_mask(n, ids.shape[1]).long()  # (B, L)
+    if model.family == "clip":
+        if text_tokens is None:
+            text_tokens = m.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        t = text_tokens.to(device, torch.float32)
+        pooled_text = t[torch.arange(t.shape[0], device=device), n - 1]  # (B, d_t) EOS token
+        image = m.visual_projection(m.vision_model.post_layernorm(v[:, 0]))  # (B, d_e)
+        text = m.text_projection(pooled_text)  # (B, d_e)
+        return m.logit_scale.exp() * F.cosine_similarity(image, text, dim=-1)
+    image_mask = torch.ones(v.shape[:2], dtype=torch.long, device=device)  # (B, P)
+    q = m.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=v,
+                       encoder_attention_mask=image_mask).last_hidden_state  # (B, L, d_t)
+    logits = m.itm_head(q[:, 0])  # (B, 2): (no match, match)
+    return logits[:, 1] - logits[:, 0]
+
+
+def load_foundation(spec: FoundationSpec) -> FoundationModel:
+    """Load ``spec.model`` frozen (eval, no grad, eager attention) with its own preprocessing.
+
+    A local directory loads with ``local_files_only``; a hub id does too when ``HF_HUB_OFFLINE``
+    is set. Raises :class:`PkdError` for an unknown model, an unsupported architecture, missing
+    weights, a missing tokenizer / image processor or a bad spec.
+    """
+    from transformers import AutoConfig, BlipForImageTextRetrieval, CLIPModel
+
+    _check_spec(spec)
+    source, local = resolve_model(spec.model)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise PkdError(f"{spec.model}: cannot load a model config ({_first_line(err)})") from err
+    family = detect_family(config, spec.model)
+    model_dims(config, family, spec.max_text_len, where=spec.model)  # validates max_text_len
+    cls = CLIPModel if family == "clip" else BlipForImageTextRetrieval
+    try:
+        model, info = cls.from_pretrained(source, local_files_only=local, dtype=torch.float32,
+                                          attn_implementation="eager", output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as err:
+        reason = _first_line(err)
+        raise PkdError(f"{spec.model}: cannot load the {family} weights ({reason})") from err
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise PkdError(f"{spec.model}: checkpoint lacks {len(missing)} weights of {cls.__name__} "
+                       f"(e.g. {missing[0]})")
+    model.requires_grad_(False).eval().to(_device(spec))
+    tokenizer, image_processor = load_preprocessing(source, local, spec.model)
+    return FoundationModel(spec, family, model, tokenizer, image_processor)
+
+
+def resolve_model(model: str) -> tuple[str, bool]:
+    """(what to pass to ``from_pretrained``, local_files_only) for a directory or a hub id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise PkdError(f"{model}: not a model directory (and not a Hugging Face hub id)")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return model, offline
+
+
+def detect_family(config, where: str) -> str:
+    """"clip" or "blip" from a transformers config; anything else is a :class:`PkdError`."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if config.model_type == "clip" and architectures in ([], ["CLIPModel"]):
+        return "clip"
+    if config.model_type == "blip" and "BlipForImageTextRetrieval" in architectures:
+        return "blip"
+    found = ", ".join(architectures) or f"model_type {config.model_type!r}"
+    raise PkdError(f"{where}: unsupported foundation model {found}; supported: {SUPPORTED}")
+
+
+def load_preprocessing(source: str, local: bool, where: str):
+    """(tokenizer, image processor) saved with the checkpoint; PIL processors, no torchvision."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+        image_processor = AutoImageProcessor.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise PkdError(f"{where}: no tokenizer/image processor found (save one with "
+                       "save_pretrained)") from err
+    if tokenizer.pad_token_id is None:
+        raise PkdError(f"{where}: the tokenizer has no pad token (set one and save_pretrained)")
+    return tokenizer, image_processor
+
+
+def model_dims(config, family: str, max_text_len: int, where: str = "") -> dict[str, int]:
+    """Store dims: P = 1 + (image_size / patch_size)^2 vision tokens, widths, text length."""
+    vision, text = config.vision_config, config.text_config
+    if max_text_len > text.max_position_embeddings:
+        raise PkdError(f"{where}: max_text_len {max_text_len} exceeds the model's "
+                       f"{text.max_position_embeddings} text positions")
+    embed = config.projection_dim if family == "clip" else config.image_text_hidden_size
+    return {"vision_tokens": 1 + (vision.image_size // vision.patch_size) ** 2,
+            "vision_dim": vision.hidden_size, "text_dim": text.hidden_size,
+            "embed_dim": embed, "max_text_len": max_text_len}
+
+
+def config_sha256(config) -> str:
+    """sha256 of the config as canonical JSON (sorted keys), without its path and version."""
+
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in VOLATILE_CONFIG_KEYS}
+        return obj
+
+    text = json.dumps(strip(config.to_dict()), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_spec(spec: FoundationSpec) -> None:
+    if spec.dtype not in DTYPES:
+        raise PkdError(f"{spec.model}: dtype {spec.dtype!r} is not one of {', '.join(DTYPES)}")
+    if spec.token_dtype not in ("float16", "float32"):
+        raise PkdError(f"{spec.model}: token_dtype {spec.token_dtype!r} is not float16 or float32")
+    if spec.max_text_len < 2:
+        raise PkdError(f"{spec.model}: max_text_len must be at least 2, got {spec.max_text_len}")
+
+
+def _device(spec: FoundationSpec) -> torch.device:
+    try:
+        return torch.device(spec.device)
+    except RuntimeError as err:
+        raise PkdError(f"{spec.model}: bad device {spec.device!r} ({_first_line(err)})") from err
+
+
+def _check_eos(input_ids: torch.Tensor, num_tokens: torch.Tensor, eos_id: int, where: str) -> None:
+    """CLIP pools each text at ``num_tokens - 1``: that must be where the model's own pooler looks
+    (first ``eos_token_id``; the legacy id 2 means the highest id, as in transformers)."""
+    hits = input_ids.argmax(-1) if eos_id == 2 else (input_ids == eos_id).int().argmax(-1)  # (B,)
+    if not bool((hits == num_tokens - 1).all()):
+        raise PkdError(f"{where}: the tokenizer does not end every text with the config's "
+                       f"eos_token_id {eos_id} (text_config and tokenizer disagree)")
+
+
+def _length_mask(num_tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L) bool, True on the first ``num_tokens`` positions of each row."""
+    return torch.arange(length, device=num_tokens.device)[None] < num_tokens[:, None]
+
+
+def _numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
+    """A detached CPU copy as ``dtype`` (floats go through f32, numpy has no bfloat16)."""
+    x = x.detach().cpu()
+    return (x.float() if x.is_floating_point() else x).numpy().astype(dtype)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,27 @@
+"""``pkd train CONFIG.yaml [key=value ...]``: one training run (baseline, PKD, DistillVLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def train(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (defaults if omitted)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    resume: Annotated[bool, typer.Option(help="continue RUN/ckpt exactly")] = False,
+) -> None:
+    """Train from feature stores; checkpoints, metrics and curves go to run.out_dir."""
+    from pkd.train.config import load_config
+    from pkd.train.loop import fit
+
+    if config is not None and "=" in config.name and not config.exists():
+        overrides, config = [str(config), *(overrides or [])], None
+    result = fit(load_config(config, overrides or []), resume=resume)
+    typer.echo(f"{result.run_dir}: {result.steps} steps, best val score {result.best_val:.2f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,169 @@
+"""Training data: questions + answers of a split, joined by id with the feature stores.
+
+A :class:`SplitData` holds the light per-question data in memory (token ids, sparse soft-score
+targets, answer / question types) ordered by ``(image_id, question_id)``; heavy features stay in
+the Zarr stores and are read per batch by :class:`VQABatches`, so memory does not grow with the
+number of regions or the feature size. Questions whose image failed extraction are dropped (and
+counted) — their features would be zeros.
+
+Batch keys (names flow unchanged from the stores): ``question_tokens`` (B,L) int64,
+``question_mask`` (B,L) bool, ``targets`` (B,A) f32, ``region_features`` (B,N,d) f32,
+``region_geometry`` (B,N,6), ``region_mask`` (B,N) bool, ``question_id`` (B,) int64, and with
+foundation stores ``image_embeds`` / ``text_embeds`` (B,De), ``vision_tokens`` (B,P,dv),
+``text_tokens`` (B,L',dt), ``text_mask`` (B,L') bool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pkd.data.answers import AnswerVocab
+from pkd.data.vqa import dataset_files, load_split
+from pkd.stores import FeatureStore
+from pkd.train.text import QuestionTokenizer
+
+MAX_ANSWERS = 10  # distinct answers per question at most (10 annotators)
+
+
+@dataclass
+class SplitData:
+    name: str  # split name
+    question_ids: np.ndarray  # (Q,) int64, ordered by (image_id, question_id)
+    image_ids: np.ndarray  # (Q,) int64
+    tokens: np.ndarray  # (Q, L) int64 word ids, 0 = padding
+    answer_index: np.ndarray  # (Q, 10) int64 vocabulary index of each scored answer, -1 = none
+    answer_score: np.ndarray  # (Q, 10) float32 soft score of that answer
+    answer_types: list[str]  # per question
+    question_types: list[str]  # per question
+    dropped: int = 0  # questions dropped because their image has no features
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+    def targets(self, positions: np.ndarray, num_answers: int) -> np.ndarray:
+        """Dense soft-score targets (B, A) of the questions at ``positions``."""
+        out = np.zeros((len(positions), num_answers), dtype=np.float32)
+        idx, score = self.answer_index[positions], self.answer_score[positions]
+        rows = np.repeat(np.arange(len(positions)), idx.shape[1])
+        keep = idx.reshape(-1) >= 0
+        out[rows[keep], idx.reshape(-1)[keep]] = score.reshape(-1)[keep]
+        return out
+
+
+def load_split_data(root: str | Path, dataset: str, split: str, vocab: AnswerVocab,
+                    tokenizer: QuestionTokenizer, max_len: int) -> SplitData:
+    """Read one split's questions + annotations and encode them for training."""
+    qpath, apath = dataset_files(Path(root), dataset, split)
+    items = sorted(load_split(qpath, apath), key=lambda x: (x[0].image_id, x[0].question_id))
+    n = len(items)
+    tokens, _ = tokenizer.encode_many([q.question for q, _ in items], max_len)
+    answer_index = np.full((n, MAX_ANSWERS), -1, dtype=np.int64)
+    answer_score = np.zeros((n, MAX_ANSWERS), dtype=np.float32)
+    for i, (_, ann) in enumerate(items):
+        for j, (a, s) in enumerate(sorted(vocab.soft_scores(ann).items())[:MAX_ANSWERS]):
+            answer_index[i, j], answer_score[i, j] = a, s
+    return SplitData(
+        name=split,
+        question_ids=np.array([q.question_id for q, _ in items], dtype=np.int64),
+        image_ids=np.array([q.image_id for q, _ in items], dtype=np.int64),
+        tokens=tokens.astype(np.int64),
+        answer_index=answer_index,
+        answer_score=answer_score,
+        answer_types=[a.answer_type for _, a in items],
+        question_types=[a.question_type for _, a in items],
+    )
+
+
+def keep_rows(split: SplitData, keep: np.ndarray) -> SplitData:
+    """The questions of ``split`` where ``keep`` is True (``dropped`` counts the others)."""
+    return SplitData(
+        name=split.name,
+        question_ids=split.question_ids[keep],
+        image_ids=split.image_ids[keep],
+        tokens=split.tokens[keep],
+        answer_index=split.answer_index[keep],
+        answer_score=split.answer_score[keep],
+        answer_types=[t for t, k in zip(split.answer_types, keep, strict=True) if k],
+        question_types=[t for t, k in zip(split.question_types, keep, strict=True) if k],
+        dropped=split.dropped + int((~keep).sum()),
+    )
+
+
+@dataclass
+class Stores:
+    regions: FeatureStore  # keyed by image_id
+    foundation_image: FeatureStore | None = None  # keyed by image_id
+    foundation_text: FeatureStore | None = None  # keyed by question_id
+
+
+def attach(split: SplitData, stores: Stores) -> tuple[SplitData, dict[str, np.ndarray]]:
+    """Drop questions without features; return the store rows of each remaining question."""
+    ok = stores.regions.ok[stores.regions.rows_of(split.image_ids)]
+    if stores.foundation_image is not None:
+        ok &= stores.foundation_image.ok[stores.foundation_image.rows_of(split.image_ids)]
+    split = keep_rows(split, ok)
+    rows = {"regions": stores.regions.rows_of(split.image_ids)}
+    if stores.foundation_image is not None:
+        rows["foundation_image"] = stores.foundation_image.rows_of(split.image_ids)
+    if stores.foundation_text is not None:
+        rows["foundation_text"] = stores.foundation_text.rows_of(split.question_ids)
+    return split, rows
+
+
+def _trim(arrays: dict[str, np.ndarray], count: np.ndarray, names: list[str]) -> np.ndarray:
+    """Cut padded axis 1 of ``names`` to the batch's own max ``count``; return the mask."""
+    n = max(1, int(count.max()) if len(count) else 1)
+    for name in names:
+        arrays[name] = arrays[name][:, :n]
+    return np.arange(n)[None, :] < count[:, None]
+
+
+class VQABatches(torch.utils.data.Dataset):
+    """``dataset[positions]`` -> one batch dict (use with ``DataLoader(batch_size=None)``)."""
+
+    def __init__(self, split: SplitData, stores: Stores, rows: dict[str, np.ndarray],
+                 num_answers: int, foundation_tokens: bool = False):
+        self.split, self.stores, self.rows = split, stores, rows
+        self.num_answers, self.foundation_tokens = num_answers, foundation_tokens
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, positions) -> dict[str, torch.Tensor]:
+        pos = np.asarray(positions, dtype=np.int64)
+        tokens = self.split.tokens[pos]
+        batch = {
+            "question_id": self.split.question_ids[pos],
+            "question_tokens": tokens,
+            "question_mask": tokens > 0,
+            "targets": self.split.targets(pos, self.num_answers),
+        }
+        regions = self.stores.regions.read(
+            self.rows["regions"][pos], ["region_features", "region_geometry", "num_regions"])
+        batch["region_mask"] = _trim(regions, regions.pop("num_regions"),
+                                     ["region_features", "region_geometry"])
+        batch.update(regions)
+        batch.update(self._foundation(pos))
+        return {k: torch.from_numpy(np.ascontiguousarray(_widen(v))) for k, v in batch.items()}
+
+    def _foundation(self, pos: np.ndarray) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if self.stores.foundation_image is not None:
+            names = ["image_embeds"] + (["vision_tokens"] if self.foundation_tokens else [])
+            out.update(self.stores.foundation_image.read(self.rows["foundation_image"][pos], names))
+        if self.stores.foundation_text is not None:
+            names = ["text_embeds"] + (["text_tokens", "num_tokens"] if self.foundation_tokens else [])
+            text = self.stores.foundation_text.read(self.rows["foundation_text"][pos], names)
+            if self.foundation_tokens:
+                text["text_mask"] = _trim(text, text.pop("num_tokens"), ["text_tokens"])
+            out.update(text)
+        return out
+
+
+def _widen(a: np.ndarray) -> np.ndarray:
+    """float16 store arrays become float32 batch tensors."""
+    return a.astype(np.float32) if a.dtype == np.float16 else a

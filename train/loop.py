@@ -1,0 +1,226 @@
+"""``pkd train``: the slim training loop — data from the stores, one task, safe checkpoints.
+
+``fit(cfg)``: seed -> vocabularies + stores -> model + task -> AdamW + schedule -> steps.
+Every ``checkpoint_every`` steps (and at the end) a checkpoint is written atomically; every
+``eval_every`` steps the validation score is measured and the best model so far is kept in
+``RUN/best`` (selection never looks at the test split). ``resume=True`` continues from
+``RUN/ckpt`` exactly: model, optimizer, schedule, RNG state and the position inside the epoch.
+A non-finite loss stops the run with a clear error; the last good checkpoint stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pkd.errors import PkdError
+from pkd.stores import ChunkShuffleSampler
+from pkd.train import checkpoint as ck
+from pkd.train.config import TrainConfig, config_to_dict, save_config
+from pkd.train.distributed import World, all_reduce_sum, barrier, close_world, init_world
+from pkd.train.metrics_log import MetricsLog, plot_curves
+from pkd.train.models import build_model
+from pkd.train.prepare import (
+    check_provenance,
+    model_dims,
+    open_stores,
+    split_batches,
+    vocabs,
+)
+from pkd.train.schedule import make_scheduler
+from pkd.train.tasks import build_task
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    steps: int
+    best_val: float  # best validation VQA score (%), -1 if never evaluated
+    final_checkpoint: Path | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_sampler(batches, cfg: TrainConfig, world: World, shuffle: bool) -> ChunkShuffleSampler:
+    """Chunk-shuffled batches over the questions (ordered by image, so chunks are local)."""
+    store = batches.stores.regions
+    return ChunkShuffleSampler(
+        batches.rows["regions"], batch_size=cfg.run.batch_size,
+        items_per_chunk=store.spec.items_per_chunk, shuffle=shuffle, seed=cfg.run.seed,
+        drop_last=shuffle, rank=world.rank, world_size=world.size)
+
+
+def evaluate_batches(model, batches, cfg: TrainConfig, world: World) -> float:
+    """Mean VQA soft score (%) of the argmax answer over a split (bottom-up convention)."""
+    from pkd.train.losses.vqa import vqa_score
+
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64)
+    with torch.no_grad():
+        for positions in make_sampler(batches, cfg, world, shuffle=False):
+            batch = _to(batches[positions], world.device)
+            scores = vqa_score(model(batch)["logits"].float(), batch["targets"])
+            total += torch.tensor([scores.sum().item(), len(scores)], dtype=torch.float64)
+    model.train()
+    total = all_reduce_sum(total, world)
+    return float(100.0 * total[0] / max(1.0, float(total[1])))
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(cfg: TrainConfig, world: World):
+    if cfg.run.amp and world.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    """State of one run; ``fit`` drives it. Kept small: setup, step, evaluate, save."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool):
+        self.cfg, self.world = cfg, init_world(cfg.run.device)
+        self.run_dir = Path(cfg.run.out_dir)
+        seed_everything(cfg.run.seed)
+        self.ckpt_root = self.run_dir / "ckpt"
+        latest = ck.latest_checkpoint(self.ckpt_root) if resume else None
+        if resume and latest is None:
+            raise PkdError(f"{self.ckpt_root}: --resume given but there is no checkpoint yet")
+        if not resume and self.world.main and ck.latest_checkpoint(self.ckpt_root) is not None:
+            raise PkdError(f"{self.run_dir}: run folder already has checkpoints "
+                           "(use --resume to continue, or another run.out_dir)")
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        barrier(self.world)
+        self.vocabs = vocabs(cfg, self.run_dir, create=self.world.main)
+        barrier(self.world)
+        self.vocabs = vocabs(cfg, self.run_dir, create=False)
+        stores = open_stores(cfg)
+        if self.world.main:
+            check_provenance(self.run_dir, stores)
+        self.train_data, self.train = split_batches(cfg, cfg.data.train_split, self.vocabs, stores)
+        _, self.val = split_batches(cfg, cfg.data.val_split, self.vocabs, stores)
+        region_dim, fdim = model_dims(stores)
+        model = build_model(cfg.model, len(self.vocabs.words), len(self.vocabs.answers),
+                            region_dim, fdim if cfg.model.use_foundation_features else None)
+        self.task = build_task(cfg, model).to(self.world.device)
+        self.model = model
+        self.ddp = self.task
+        if self.world.size > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.task)
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.task.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                                     weight_decay=o.weight_decay)
+        self.sampler = make_sampler(self.train, cfg, self.world, shuffle=True)
+        self.total = cfg.run.max_steps or cfg.run.epochs * len(self.sampler)
+        self.sched = make_scheduler(self.opt, o.warmup_steps, self.total, o.schedule)
+        self.step, self.epoch, self.in_epoch, self.best = 0, 0, 0, -1.0
+        if latest is not None:
+            self._restore(latest)
+        self.log = MetricsLog(self.run_dir, self.step if latest else None) if self.world.main else None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "in_epoch": self.in_epoch,
+                "best": self.best, "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "rng": ck.capture_rng_state(),
+                "config": config_to_dict(self.cfg)}
+
+    def save(self) -> Path | None:
+        if not self.world.main:
+            return None
+        return ck.save_checkpoint(self.ckpt_root, self.task.state_dict(), self._state(),
+                                  keep_last=self.cfg.run.keep_last)
+
+    def _restore(self, path: Path) -> None:
+        weights, state = ck.load_checkpoint(path, expected_config=self.cfg)
+        self.task.load_state_dict(weights)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        ck.restore_rng_state(state["rng"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.in_epoch, self.best = int(state["in_epoch"]), float(state["best"])
+
+    def _save_best(self, score: float) -> None:
+        self.best = score
+        if self.world.main:
+            ck.save_checkpoint(self.run_dir / "best", self.model.state_dict(),
+                               {"step": self.step, "val_score": score,
+                                "config": config_to_dict(self.cfg)}, keep_last=1)
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self, batch: dict) -> dict[str, float]:
+        with _autocast(self.cfg, self.world):
+            out = self.ddp(_to(batch, self.world.device))
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise PkdError(f"{self.run_dir}: loss became {loss.item()} at step {self.step + 1}; "
+                           f"stopped. Last good checkpoint: {ck.latest_checkpoint(self.ckpt_root)}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.task.parameters(), self.cfg.optim.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return {k: float(v.detach()) for k, v in out.items() if k.endswith("loss")}
+
+    def validate(self) -> float:
+        score = evaluate_batches(self.model, self.val, self.cfg, self.world)
+        if self.log is not None:
+            self.log.log(self.step, "val", {"score": score})
+        if score > self.best:
+            self._save_best(score)
+        return score
+
+    def epoch_batches(self):
+        """The remaining batches of the current epoch (skips those done before a resume)."""
+        self.sampler.set_epoch(self.epoch)
+        for i, positions in enumerate(self.sampler):
+            if i >= self.in_epoch:
+                yield positions
+
+
+def _due(step: int, every: int, end_of_epoch: bool) -> bool:
+    return (every > 0 and step % every == 0) or (every == 0 and end_of_epoch)
+
+
+def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
+    """Train ``cfg`` (or continue it with ``resume``); return where the run lives."""
+    t = Trainer(cfg, resume)
+    r = cfg.run
+    try:
+        while t.step < t.total:
+            n_batches = len(t.sampler)
+            for positions in t.epoch_batches():
+                losses = t.train_step(t.train[positions])
+                t.step, t.in_epoch = t.step + 1, t.in_epoch + 1
+                end = t.in_epoch == n_batches
+                if t.log is not None and (t.step % max(1, r.log_every) == 0 or end):
+                    t.log.log(t.step, "train", {**losses, "lr": t.sched.get_last_lr()[0]})
+                if _due(t.step, r.eval_every, end) or t.step == t.total:
+                    t.validate()
+                if end:
+                    t.epoch, t.in_epoch = t.epoch + 1, 0
+                if _due(t.step, r.checkpoint_every, end) and t.step < t.total:
+                    t.save()
+                if t.step >= t.total:
+                    break
+        final = t.save()
+        if t.world.main:
+            plot_curves(t.run_dir)
+    finally:
+        if t.log is not None:
+            t.log.close()
+        close_world(t.world)
+    return FitResult(t.run_dir, t.step, t.best, final)

@@ -1,0 +1,62 @@
+"""``pkd evaluate --checkpoint RUN --split S``: predict answers with a trained run and score them.
+
+Loads the run's resolved config, vocabularies and its best checkpoint (``RUN/best``; the last one
+in ``RUN/ckpt`` with ``which="last"``), refuses stores whose provenance differs from the ones the
+run was trained on, predicts the argmax answer per question and writes the official results
+format ``[{"question_id", "answer"}]``; the caller scores it with the official metric.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from pkd.errors import PkdError
+from pkd.train import checkpoint as ck
+from pkd.train.config import load_config
+from pkd.train.distributed import World
+from pkd.train.loop import make_sampler
+from pkd.train.models import build_model
+from pkd.train.prepare import check_provenance, model_dims, open_stores, split_batches, vocabs
+
+
+def load_run(run_dir: Path, which: str = "best"):
+    """(cfg, vocabs, stores, model in eval mode) of a trained run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise PkdError(f"{run_dir}: not a pkd run folder (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    v = vocabs(cfg, run_dir, create=False)
+    stores = open_stores(cfg)
+    check_provenance(run_dir, stores)
+    region_dim, fdim = model_dims(stores)
+    model = build_model(cfg.model, len(v.words), len(v.answers), region_dim,
+                        fdim if cfg.model.use_foundation_features else None)
+    root = run_dir / ("best" if which == "best" else "ckpt")
+    weights, _ = ck.load_checkpoint(root, expected_config=cfg)
+    if which != "best":  # a training checkpoint holds the whole task: keep the model's part
+        weights = {k[len("model."):]: t for k, t in weights.items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    return cfg, v, stores, model.eval()
+
+
+def predict(run_dir: Path, split: str, which: str = "best") -> list[dict]:
+    """Official-format results of the run on ``split``."""
+    cfg, v, stores, model = load_run(run_dir, which)
+    data, batches = split_batches(cfg, split, v, stores)
+    results = []
+    with torch.no_grad():
+        for positions in make_sampler(batches, cfg, World(), shuffle=False):
+            batch = batches[positions]
+            best = model(batch)["logits"].argmax(-1)
+            for qid, a in zip(batch["question_id"].tolist(), best.tolist(), strict=True):
+                results.append({"question_id": int(qid), "answer": v.answers.answer(a)})
+    return results
+
+
+def write_results(results: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results))
+    return path
