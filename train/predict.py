@@ -60,3 +60,25 @@ def write_results(results: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results))
     return path
+
+
+def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
+                        out: Path | None = None) -> tuple[dict, Path]:
+    """Predict ``split`` with the run, write ``RUN/results_<split>.json``, score it officially.
+
+    Returns (metrics, results path); metrics are also written to ``out`` (default
+    ``RUN/metrics_<split>.json``).
+    """
+    from pkd.data.metric import evaluate_files, write_metrics
+    from pkd.data.vqa import dataset_files
+
+    run_dir = Path(run_dir)
+    results_path = write_results(predict(run_dir, split, which), run_dir / f"results_{split}.json")
+    cfg = load_config(run_dir / "config.yaml")
+    qpath, apath = dataset_files(Path(cfg.data.root), cfg.data.dataset, split)
+    if apath is None:
+        raise PkdError(f"{qpath}: split {split!r} has no annotations; results written to "
+                       f"{results_path} (submit them to the evaluation server)")
+    metrics = evaluate_files(qpath, apath, results_path)
+    write_metrics(metrics, out or run_dir / f"metrics_{split}.json")
+    return metrics, results_path

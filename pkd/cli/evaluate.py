@@ -1,7 +1,8 @@
 """``pkd evaluate``: the official VQA metric on a results file (or a trained run).
 
-Mode 1 (now): ``--questions Q.json --annotations A.json --results R.json [--out M.json]``.
-Mode 2 (later issue): ``--checkpoint RUN --split test`` predicts with the run, then scores.
+Mode 1: ``--questions Q.json --annotations A.json --results R.json [--out M.json]``.
+Mode 2: ``--checkpoint RUN --split test [--which best|last]`` predicts with a trained run
+(``RUN/results_<split>.json``), then scores it (``RUN/metrics_<split>.json`` or ``--out``).
 Every option is optional for Typer; the combinations are checked here.
 """
 
@@ -18,18 +19,25 @@ Questions = Annotated[Path | None, typer.Option(help="questions JSON (VQA v2 / V
 Answers = Annotated[Path | None, typer.Option("--annotations", help="annotations JSON")]
 Results = Annotated[Path | None, typer.Option(help="results JSON [{question_id, answer}]")]
 Out = Annotated[Path | None, typer.Option(help="write the metrics JSON here")]
-Checkpoint = Annotated[Path | None, typer.Option(help="trained run folder (not available yet)")]
+Checkpoint = Annotated[Path | None, typer.Option(help="trained run folder (pkd train run.out_dir)")]
+Which = Annotated[str, typer.Option(help="best (on val) or last checkpoint of the run")]
 Split = Annotated[str | None, typer.Option(help="split to predict with --checkpoint")]
 
 
 def evaluate(questions: Questions = None, annotations: Answers = None, results: Results = None,
-             out: Out = None, checkpoint: Checkpoint = None, split: Split = None) -> None:
+             out: Out = None, checkpoint: Checkpoint = None, split: Split = None,
+             which: Which = "best") -> None:
     """Score VQA results with the official metric (same numbers as vqaEval.py)."""
     from pkd.data.metric import evaluate_files, write_metrics
 
     if checkpoint is not None:
-        # --- mode 2: `--checkpoint RUN --split S` goes here (predict, then score) ---
-        raise PkdError("--checkpoint: not available yet")
+        from pkd.train.predict import evaluate_checkpoint
+
+        if split is None or which not in ("best", "last"):
+            raise PkdError("--checkpoint: give --split NAME (and --which best|last)")
+        metrics, _ = evaluate_checkpoint(checkpoint, split, which, out)
+        _print_metrics(metrics, out or checkpoint / f"metrics_{split}.json")
+        return
     if split is not None:
         raise PkdError("--split: only valid with --checkpoint")
     given = {"--questions": questions, "--annotations": annotations, "--results": results}
