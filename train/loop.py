@@ -101,9 +101,7 @@ class Trainer:
                            "(use --resume to continue, or another run.out_dir)")
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
-        barrier(self.world)
-        self.vocabs = vocabs(cfg, self.run_dir, create=self.world.main)
+            self.vocabs = vocabs(cfg, self.run_dir, create=True)
         barrier(self.world)
         self.vocabs = vocabs(cfg, self.run_dir, create=False)
         stores = open_stores(cfg)
@@ -127,7 +125,9 @@ class Trainer:
         self.sched = make_scheduler(self.opt, o.warmup_steps, self.total, o.schedule)
         self.step, self.epoch, self.in_epoch, self.best = 0, 0, 0, -1.0
         if latest is not None:
-            self._restore(latest)
+            self._restore(latest)  # refuses a checkpoint of another config
+        if self.world.main:
+            save_config(cfg, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir, self.step if latest else None) if self.world.main else None
 
     # ------------------------------------------------------------------ checkpoints

@@ -17,7 +17,7 @@ def train(
     from pkd.train.config import load_config
     from pkd.train.loop import fit
 
-    if config is not None and "=" in config.name and not config.exists():
+    if config is not None and "=" in str(config) and not config.exists():
         overrides, config = [str(config), *(overrides or [])], None
     result = fit(load_config(config, overrides or []), resume=resume)
     typer.echo(f"{result.run_dir}: {result.steps} steps, best val score {result.best_val:.2f}")
