@@ -28,7 +28,7 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     app.add_typer(stores.app, name="stores")
     app.command("evaluate")(evaluate.evaluate)
-    for optional in ("extract", "train", "demo"):
+    for optional in ("extract", "pretrain", "train", "demo"):
         try:
             module = __import__(f"pkd.cli.{optional}", fromlist=["register"])
         except ModuleNotFoundError as err:  # command group not built yet
