@@ -23,7 +23,9 @@ import torch
 
 from pkd.data.answers import AnswerVocab
 from pkd.data.vqa import dataset_files, load_split
+from pkd.errors import PkdError
 from pkd.stores import FeatureStore
+from pkd.train.teacher_cache import read_teacher
 from pkd.train.text import QuestionTokenizer
 
 MAX_ANSWERS = 10  # distinct answers per question at most (10 annotators)
@@ -98,20 +100,29 @@ class Stores:
     regions: FeatureStore  # keyed by image_id
     foundation_image: FeatureStore | None = None  # keyed by image_id
     foundation_text: FeatureStore | None = None  # keyed by question_id
+    teacher_regions: FeatureStore | None = None  # keyed by image_id (DistillVLM online teacher)
+    teacher: FeatureStore | None = None  # keyed by question_id (DistillVLM cached teacher)
+
+    def by_image(self) -> dict[str, FeatureStore]:
+        """The open stores keyed by image_id, by role."""
+        roles = ("regions", "foundation_image", "teacher_regions")
+        return {r: getattr(self, r) for r in roles if getattr(self, r) is not None}
+
+    def by_question(self) -> dict[str, FeatureStore]:
+        """The open stores keyed by question_id, by role."""
+        roles = ("foundation_text", "teacher")
+        return {r: getattr(self, r) for r in roles if getattr(self, r) is not None}
 
 
 def attach(split: SplitData, stores: Stores) -> tuple[SplitData, dict[str, np.ndarray]]:
-    """Drop questions without features; return the store rows of each remaining question."""
-    ok = stores.regions.ok[stores.regions.rows_of(split.image_ids)]
-    if stores.foundation_image is not None:
-        ok &= stores.foundation_image.ok[stores.foundation_image.rows_of(split.image_ids)]
+    """Drop questions without features in any store; return each store's row per question."""
+    keys = {**{r: ("image_ids", s) for r, s in stores.by_image().items()},
+            **{r: ("question_ids", s) for r, s in stores.by_question().items()}}
+    ok = np.ones(len(split), dtype=bool)
+    for attr, store in keys.values():
+        ok &= store.ok[store.rows_of(getattr(split, attr))]
     split = keep_rows(split, ok)
-    rows = {"regions": stores.regions.rows_of(split.image_ids)}
-    if stores.foundation_image is not None:
-        rows["foundation_image"] = stores.foundation_image.rows_of(split.image_ids)
-    if stores.foundation_text is not None:
-        rows["foundation_text"] = stores.foundation_text.rows_of(split.question_ids)
-    return split, rows
+    return split, {role: store.rows_of(getattr(split, attr)) for role, (attr, store) in keys.items()}
 
 
 def _trim(arrays: dict[str, np.ndarray], count: np.ndarray, names: list[str]) -> np.ndarray:
@@ -148,6 +159,7 @@ class VQABatches(torch.utils.data.Dataset):
                                      ["region_features", "region_geometry"])
         batch.update(regions)
         batch.update(self._foundation(pos))
+        batch.update(self._teacher(pos, batch["region_mask"], tokens.shape[1]))
         return {k: torch.from_numpy(np.ascontiguousarray(_widen(v))) for k, v in batch.items()}
 
     def _foundation(self, pos: np.ndarray) -> dict[str, np.ndarray]:
@@ -161,6 +173,25 @@ class VQABatches(torch.utils.data.Dataset):
             if self.foundation_tokens:
                 text["text_mask"] = _trim(text, text.pop("num_tokens"), ["text_tokens"])
             out.update(text)
+        return out
+
+    def _teacher(self, pos: np.ndarray, region_mask: np.ndarray, n_words: int) -> dict[str, np.ndarray]:
+        """DistillVLM teacher inputs (aligned regions) and/or cached teacher signals."""
+        out: dict[str, np.ndarray] = {}
+        if self.stores.teacher_regions is not None:
+            got = self.stores.teacher_regions.read(
+                self.rows["teacher_regions"][pos],
+                ["region_features", "region_geometry", "num_regions"])
+            mask = _trim(got, got.pop("num_regions"), ["region_features", "region_geometry"])
+            if mask.shape != region_mask.shape or (mask != region_mask).any():
+                raise PkdError(f"{self.stores.teacher_regions.path}: teacher regions do not line "
+                               "up with the student's boxes (build it with --boxes-from)")
+            out.update({"teacher_region_features": got["region_features"],
+                        "teacher_region_geometry": got["region_geometry"],
+                        "teacher_region_mask": mask})
+        if self.stores.teacher is not None:
+            tokens = 2 + n_words + region_mask.shape[1]  # [CLS] words [SEP] regions
+            out.update(read_teacher(self.stores.teacher, self.rows["teacher"][pos], tokens))
         return out
 
 

@@ -24,16 +24,15 @@ from pkd.train import checkpoint as ck
 from pkd.train.config import TrainConfig, config_to_dict, save_config
 from pkd.train.distributed import World, all_reduce_sum, barrier, close_world, init_world
 from pkd.train.metrics_log import MetricsLog, plot_curves
-from pkd.train.models import build_model
 from pkd.train.prepare import (
+    build_run_model,
+    build_run_task,
     check_provenance,
-    model_dims,
     open_stores,
     split_batches,
     vocabs,
 )
 from pkd.train.schedule import make_scheduler
-from pkd.train.tasks import build_task
 
 
 @dataclass
@@ -107,13 +106,11 @@ class Trainer:
         stores = open_stores(cfg)
         if self.world.main:
             check_provenance(self.run_dir, stores)
-        self.train_data, self.train = split_batches(cfg, cfg.data.train_split, self.vocabs, stores)
+        self.train_data, self.train = split_batches(cfg, cfg.data.train_split, self.vocabs, stores,
+                                                    teacher=True)
         _, self.val = split_batches(cfg, cfg.data.val_split, self.vocabs, stores)
-        region_dim, fdim = model_dims(stores)
-        model = build_model(cfg.model, len(self.vocabs.words), len(self.vocabs.answers),
-                            region_dim, fdim if cfg.model.use_foundation_features else None)
-        self.task = build_task(cfg, model).to(self.world.device)
-        self.model = model
+        self.model = build_run_model(cfg, self.vocabs, stores)
+        self.task = build_run_task(cfg, self.model, self.vocabs, stores).to(self.world.device)
         self.ddp = self.task
         if self.world.size > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.task)

@@ -18,8 +18,7 @@ from pkd.train import checkpoint as ck
 from pkd.train.config import load_config
 from pkd.train.distributed import World
 from pkd.train.loop import make_sampler
-from pkd.train.models import build_model
-from pkd.train.prepare import check_provenance, model_dims, open_stores, split_batches, vocabs
+from pkd.train.prepare import build_run_model, check_provenance, open_stores, split_batches, vocabs
 
 
 def load_run(run_dir: Path, which: str = "best"):
@@ -31,9 +30,7 @@ def load_run(run_dir: Path, which: str = "best"):
     v = vocabs(cfg, run_dir, create=False)
     stores = open_stores(cfg)
     check_provenance(run_dir, stores)
-    region_dim, fdim = model_dims(stores)
-    model = build_model(cfg.model, len(v.words), len(v.answers), region_dim,
-                        fdim if cfg.model.use_foundation_features else None)
+    model = build_run_model(cfg, v, stores)
     root = run_dir / ("best" if which == "best" else "ckpt")
     weights, _ = ck.load_checkpoint(root, expected_config=cfg)
     if which != "best":  # a training checkpoint holds the whole task: keep the model's part

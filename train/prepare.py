@@ -10,8 +10,11 @@ producer is refused with the reason.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from torch import nn
 
 from pkd.data.answers import AnswerVocab
 from pkd.data.vqa import dataset_files, load_split
@@ -19,6 +22,10 @@ from pkd.errors import PkdError, StoreMismatch
 from pkd.stores import FeatureStore
 from pkd.train.config import TrainConfig
 from pkd.train.data import SplitData, Stores, VQABatches, attach, load_split_data
+from pkd.train.models import build_model
+from pkd.train.tasks import build_task
+from pkd.train.tasks.distillvlm import load_teacher
+from pkd.train.teacher_cache import cached_layers
 from pkd.train.text import QuestionTokenizer
 
 
@@ -28,13 +35,50 @@ class Vocabs:
     words: QuestionTokenizer
 
 
+def effective_config(cfg: TrainConfig) -> TrainConfig:
+    """The config the model and data are built from.
+
+    ``teacher-adapt`` trains the teacher (``method.distill.teacher_model``) on the aligned teacher
+    regions (``data.teacher_regions``); every other method trains ``model`` on ``data.regions``.
+    """
+    if cfg.method.name != "teacher-adapt":
+        return cfg
+    if not cfg.data.teacher_regions:
+        raise PkdError("method.name=teacher-adapt: set data.teacher_regions (the teacher's "
+                       "features on the student's boxes: pkd extract regions --boxes-from)")
+    data = replace(cfg.data, regions=cfg.data.teacher_regions, teacher_regions="")
+    return replace(cfg, model=cfg.method.distill.teacher_model, data=data)
+
+
+def teacher_run_dir(cfg: TrainConfig) -> Path | None:
+    """The run folder of ``method.distill.teacher_checkpoint`` (its vocabularies are shared)."""
+    path = cfg.method.distill.teacher_checkpoint
+    if cfg.method.name != "distillvlm" or not path:
+        return None
+    for folder in (Path(path), *Path(path).parents):
+        if (folder / "answers.json").is_file() and (folder / "words.json").is_file():
+            return folder
+    raise PkdError(f"{path}: no answers.json / words.json above it (give the teacher-adapt "
+                   "run's checkpoint, e.g. RUN/best)")
+
+
 def vocabs(cfg: TrainConfig, run_dir: Path, create: bool) -> Vocabs:
-    """Load the run's vocabularies, or build them from the training split (``create``)."""
+    """Load the run's vocabularies, or build them from the training split (``create``).
+
+    DistillVLM students copy the adapted teacher's vocabularies, so word and answer ids mean the
+    same to both.
+    """
     apath, wpath = run_dir / "answers.json", run_dir / "words.json"
     if apath.is_file() and wpath.is_file():
         return Vocabs(AnswerVocab.load(apath), QuestionTokenizer.load(wpath))
     if not create:
         raise PkdError(f"{run_dir}: no answers.json / words.json (not a pkd run folder)")
+    teacher = teacher_run_dir(cfg)
+    if teacher is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(teacher / "answers.json", apath)
+        shutil.copyfile(teacher / "words.json", wpath)
+        return vocabs(cfg, run_dir, create=False)
     qpath, anpath = dataset_files(Path(cfg.data.root), cfg.data.dataset, cfg.data.train_split)
     items = load_split(qpath, anpath)
     answers = AnswerVocab.build([a for _, a in items], min_count=cfg.data.answer_min_count)
@@ -49,18 +93,30 @@ def open_stores(cfg: TrainConfig) -> Stores:
     """Open the configured stores read-only, checking each one's kind."""
     if not cfg.data.regions:
         raise PkdError("data.regions: no regions store configured (pkd extract regions ...)")
-    fi, ft = cfg.data.foundation_image, cfg.data.foundation_text
+    cfg = effective_config(cfg)
+    d = cfg.data
+    distill = cfg.method.name == "distillvlm"
+    online = distill and cfg.method.distill.online_teacher
+    if distill and not online and not d.teacher:
+        raise PkdError("method.name=distillvlm: set data.teacher (pkd extract teacher) or "
+                       "method.distill.online_teacher=true with data.teacher_regions")
+
+    def opened(path: str | None, kind: str, use: bool = True) -> FeatureStore | None:
+        return FeatureStore.open(path, kind=kind) if path and use else None
+
     return Stores(
-        regions=FeatureStore.open(cfg.data.regions, kind="regions"),
-        foundation_image=FeatureStore.open(fi, kind="foundation_image") if fi else None,
-        foundation_text=FeatureStore.open(ft, kind="foundation_text") if ft else None,
+        regions=FeatureStore.open(d.regions, kind="regions"),
+        foundation_image=opened(d.foundation_image, "foundation_image"),
+        foundation_text=opened(d.foundation_text, "foundation_text"),
+        teacher_regions=opened(d.teacher_regions, "regions", online),
+        teacher=opened(d.teacher, "teacher", distill and not online),
     )
 
 
 def store_provenance(stores: Stores) -> dict:
     """``{role: {"producer": ..., "dims": ...}}`` of every open store."""
     out = {}
-    for role in ("regions", "foundation_image", "foundation_text"):
+    for role in ("regions", "foundation_image", "foundation_text", "teacher_regions", "teacher"):
         store = getattr(stores, role)
         if store is not None:
             out[role] = {"producer": store.spec.producer, "dims": store.spec.dims}
@@ -89,8 +145,14 @@ def check_provenance(run_dir: Path, stores: Stores) -> None:
 
 
 def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
-                  foundation_tokens: bool = False) -> tuple[SplitData, VQABatches]:
-    """One split's questions joined with the stores, as a batch dataset."""
+                  foundation_tokens: bool = False, teacher: bool = False,
+                  ) -> tuple[SplitData, VQABatches]:
+    """One split's questions joined with the stores, as a batch dataset.
+
+    DistillVLM teacher stores cover the training split only: they join when ``teacher`` is set.
+    """
+    if not teacher:
+        stores = replace(stores, teacher_regions=None, teacher=None)
     data = load_split_data(cfg.data.root, cfg.data.dataset, split, v.answers, v.words,
                            cfg.data.max_question_length)
     data, rows = attach(data, stores)
@@ -105,3 +167,23 @@ def model_dims(stores: Stores) -> tuple[int, int | None]:
         fdim = int(stores.foundation_image.spec.dims["embed_dim"])
     return region_dim, fdim
 
+
+
+def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores) -> nn.Module:
+    """The VQA model a run trains (the teacher for ``teacher-adapt``), sized from the stores."""
+    model_cfg = effective_config(cfg).model
+    region_dim, fdim = model_dims(stores)
+    return build_model(model_cfg, len(v.words), len(v.answers), region_dim,
+                       fdim if model_cfg.use_foundation_features else None)
+
+
+def build_run_task(cfg: TrainConfig, model: nn.Module, v: Vocabs, stores: Stores) -> nn.Module:
+    """The method's task around ``model``, with what the method needs loaded (teacher, ...)."""
+    teacher, layers = None, None
+    if cfg.method.name == "distillvlm":
+        if cfg.method.distill.online_teacher:
+            dim = int(stores.teacher_regions.spec.dims["feature_dim"])
+            teacher = load_teacher(cfg.method.distill, len(v.words), len(v.answers), dim)
+        else:
+            layers = cached_layers(stores.teacher)
+    return build_task(cfg, model, teacher=teacher, cached_layers=layers)

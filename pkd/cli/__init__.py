@@ -36,6 +36,10 @@ def _register() -> None:
                 raise
             continue
         module.register(app)
+        if optional == "extract":
+            from pkd.cli.extract_teacher import teacher
+
+            module.app.command("teacher")(teacher)
 
 
 _register()
