@@ -115,6 +115,11 @@ class PKDConfig:
     use_memory: bool = True  # ablation: fuse the memory into region and word features
     use_model_kd: bool = True  # ablation: model-level distillation through the ITM head
     finetune_predictors: bool = False  # stage 2 also trains predictors with L_itm + L_div
+    foundation_model: str = ""  # model dir of the frozen matching head ("" = the store's model)
+    predictors: str = ""  # stage-1 (pkd-predictors) checkpoint the stage-2 predictors load
+    predictor_hidden: int = 256  # width of the predictors' transformer layers (ours)
+    predictor_heads: int = 4  # attention heads of the predictors' layers (ours)
+    blip_text_entry: Literal["hidden", "embeddings"] = "hidden"  # BLIP ITM input of t~ (ours)
 
 
 @dataclass

@@ -168,10 +168,12 @@ class VQABatches(torch.utils.data.Dataset):
             names = ["image_embeds"] + (["vision_tokens"] if self.foundation_tokens else [])
             out.update(self.stores.foundation_image.read(self.rows["foundation_image"][pos], names))
         if self.stores.foundation_text is not None:
-            names = ["text_embeds"] + (["text_tokens", "num_tokens"] if self.foundation_tokens else [])
-            text = self.stores.foundation_text.read(self.rows["foundation_text"][pos], names)
+            tokens = ["text_tokens", "input_ids", "num_tokens"] if self.foundation_tokens else []
+            text = self.stores.foundation_text.read(self.rows["foundation_text"][pos],
+                                                    ["text_embeds", *tokens])
             if self.foundation_tokens:
-                text["text_mask"] = _trim(text, text.pop("num_tokens"), ["text_tokens"])
+                text["text_mask"] = _trim(text, text.pop("num_tokens"), ["text_tokens", "input_ids"])
+                text["input_ids"] = text["input_ids"].astype(np.int64)
             out.update(text)
         return out
 

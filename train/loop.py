@@ -30,6 +30,7 @@ from pkd.train.prepare import (
     check_provenance,
     open_stores,
     split_batches,
+    uses_foundation_tokens,
     vocabs,
 )
 from pkd.train.schedule import make_scheduler
@@ -106,14 +107,17 @@ class Trainer:
         stores = open_stores(cfg)
         if self.world.main:
             check_provenance(self.run_dir, stores)
-        self.train_data, self.train = split_batches(cfg, cfg.data.train_split, self.vocabs, stores,
-                                                    teacher=True)
+        self.train_data, self.train = split_batches(
+            cfg, cfg.data.train_split, self.vocabs, stores,
+            foundation_tokens=uses_foundation_tokens(cfg), teacher=True)
         _, self.val = split_batches(cfg, cfg.data.val_split, self.vocabs, stores)
         self.model = build_run_model(cfg, self.vocabs, stores)
         self.task = build_run_task(cfg, self.model, self.vocabs, stores).to(self.world.device)
         self.ddp = self.task
         if self.world.size > 1:
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.task)
+            # PKD's memory fusion is unused until the memory's first write
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.task, find_unused_parameters=cfg.method.name == "pkd")
         o = cfg.optim
         self.opt = torch.optim.AdamW(self.task.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                      weight_decay=o.weight_decay)
@@ -172,7 +176,14 @@ class Trainer:
         self.sched.step()
         return {k: float(v.detach()) for k, v in out.items() if k.endswith("loss")}
 
+    @property
+    def validates(self) -> bool:
+        """PKD stage 1 trains predictors only: there is no VQA model to validate."""
+        return self.cfg.method.name != "pkd-predictors"
+
     def validate(self) -> float:
+        if not self.validates:
+            return self.best
         score = evaluate_batches(self.model, self.val, self.cfg, self.world)
         if self.log is not None:
             self.log.log(self.step, "val", {"score": score})

@@ -25,6 +25,7 @@ from pkd.train.data import SplitData, Stores, VQABatches, attach, load_split_dat
 from pkd.train.models import build_model
 from pkd.train.tasks import build_task
 from pkd.train.tasks.distillvlm import load_teacher
+from pkd.train.tasks.pkd import PKDSetup, attach_pkd_fusion, load_foundation_head
 from pkd.train.teacher_cache import cached_layers
 from pkd.train.text import QuestionTokenizer
 
@@ -50,34 +51,41 @@ def effective_config(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, model=cfg.method.distill.teacher_model, data=data)
 
 
-def teacher_run_dir(cfg: TrainConfig) -> Path | None:
-    """The run folder of ``method.distill.teacher_checkpoint`` (its vocabularies are shared)."""
-    path = cfg.method.distill.teacher_checkpoint
-    if cfg.method.name != "distillvlm" or not path:
+def vocab_source(cfg: TrainConfig) -> Path | None:
+    """The earlier run whose vocabularies this run must share, if any.
+
+    DistillVLM students share the adapted teacher's (``method.distill.teacher_checkpoint``), PKD
+    stage 2 the stage-1 predictors' (``method.pkd.predictors``), so word and answer ids line up.
+    """
+    path = {"distillvlm": cfg.method.distill.teacher_checkpoint,
+            "pkd": cfg.method.pkd.predictors}.get(cfg.method.name)
+    if not path:
         return None
     for folder in (Path(path), *Path(path).parents):
         if (folder / "answers.json").is_file() and (folder / "words.json").is_file():
             return folder
-    raise PkdError(f"{path}: no answers.json / words.json above it (give the teacher-adapt "
-                   "run's checkpoint, e.g. RUN/best)")
+    raise PkdError(f"{path}: no answers.json / words.json above it (give a checkpoint of the "
+                   "earlier run, e.g. RUN or RUN/best)")
+
+
+teacher_run_dir = vocab_source
 
 
 def vocabs(cfg: TrainConfig, run_dir: Path, create: bool) -> Vocabs:
     """Load the run's vocabularies, or build them from the training split (``create``).
 
-    DistillVLM students copy the adapted teacher's vocabularies, so word and answer ids mean the
-    same to both.
+    Runs that build on an earlier run copy its vocabularies (:func:`vocab_source`).
     """
     apath, wpath = run_dir / "answers.json", run_dir / "words.json"
     if apath.is_file() and wpath.is_file():
         return Vocabs(AnswerVocab.load(apath), QuestionTokenizer.load(wpath))
     if not create:
         raise PkdError(f"{run_dir}: no answers.json / words.json (not a pkd run folder)")
-    teacher = teacher_run_dir(cfg)
-    if teacher is not None:
+    source = vocab_source(cfg)
+    if source is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(teacher / "answers.json", apath)
-        shutil.copyfile(teacher / "words.json", wpath)
+        shutil.copyfile(source / "answers.json", apath)
+        shutil.copyfile(source / "words.json", wpath)
         return vocabs(cfg, run_dir, create=False)
     qpath, anpath = dataset_files(Path(cfg.data.root), cfg.data.dataset, cfg.data.train_split)
     items = load_split(qpath, anpath)
@@ -169,16 +177,48 @@ def model_dims(stores: Stores) -> tuple[int, int | None]:
 
 
 
+PKD_METHODS = ("pkd-predictors", "pkd")
+
+
+def uses_foundation_tokens(cfg: TrainConfig) -> bool:
+    """PKD trains on cached foundation tokens (the training split only)."""
+    return cfg.method.name in PKD_METHODS
+
+
 def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores) -> nn.Module:
-    """The VQA model a run trains (the teacher for ``teacher-adapt``), sized from the stores."""
+    """The VQA model a run trains (the teacher for ``teacher-adapt``), sized from the stores.
+
+    PKD stage-2 models carry their memory fusion hook (part of their saved state).
+    """
     model_cfg = effective_config(cfg).model
     region_dim, fdim = model_dims(stores)
-    return build_model(model_cfg, len(v.words), len(v.answers), region_dim,
-                       fdim if model_cfg.use_foundation_features else None)
+    model = build_model(model_cfg, len(v.words), len(v.answers), region_dim,
+                        fdim if model_cfg.use_foundation_features else None)
+    if cfg.method.name == "pkd":
+        attach_pkd_fusion(model, cfg.method.pkd, fdim)
+    return model
+
+
+def pkd_setup(cfg: TrainConfig, v: Vocabs, stores: Stores) -> PKDSetup:
+    """The frozen foundation matching head and the sizes PKD's predictors need."""
+    p, fi, ft = cfg.method.pkd, stores.foundation_image, stores.foundation_text
+    needs_head = cfg.method.name == "pkd-predictors" or p.use_predictors
+    head = None
+    if needs_head:
+        if fi is None or ft is None:
+            raise PkdError(f"method.name={cfg.method.name}: set data.foundation_image and "
+                           "data.foundation_text (pkd extract foundation)")
+        head = load_foundation_head(p, fi.spec.producer, cfg.data.foundation_image)
+        head.check_producer(ft.spec.producer, cfg.data.foundation_text)
+    return PKDSetup(head, len(v.words), cfg.data.max_question_length, model_dims(stores)[0],
+                    vision_tokens=int(fi.spec.dims["vision_tokens"]) if fi else 0,
+                    text_tokens=int(ft.spec.dims["max_text_len"]) if ft else 0)
 
 
 def build_run_task(cfg: TrainConfig, model: nn.Module, v: Vocabs, stores: Stores) -> nn.Module:
     """The method's task around ``model``, with what the method needs loaded (teacher, ...)."""
+    if cfg.method.name in PKD_METHODS:
+        return build_task(cfg, model, pkd=pkd_setup(cfg, v, stores))
     teacher, layers = None, None
     if cfg.method.name == "distillvlm":
         if cfg.method.distill.online_teacher:

@@ -17,18 +17,23 @@ from pkd.train.losses.contrastive import TokenNCE
 from pkd.train.losses.queue import TokenQueue
 from pkd.train.tasks.baseline import BaselineTask
 from pkd.train.tasks.distillvlm import DistillVLMTask, TeacherAdaptTask
+from pkd.train.tasks.pkd import PKDPredictorTask, PKDSetup, PKDTask, build_pkd_task
 
-__all__ = ["BaselineTask", "DistillVLMTask", "TeacherAdaptTask", "build_task"]
+__all__ = ["BaselineTask", "DistillVLMTask", "PKDPredictorTask", "PKDSetup", "PKDTask",
+           "TeacherAdaptTask", "build_task"]
 
 
 def build_task(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None = None,
-               cached_layers: Sequence[int] | None = None) -> nn.Module:
+               cached_layers: Sequence[int] | None = None,
+               pkd: PKDSetup | None = None) -> nn.Module:
     """The task for ``cfg.method.name`` around ``model``.
 
     ``teacher-adapt``: ``model`` must be built from ``method.distill.teacher_model``.
     ``distillvlm``: ``teacher`` is the frozen adapted teacher when ``online_teacher`` is set
     (:func:`pkd.train.tasks.distillvlm.load_teacher`); otherwise ``cached_layers`` are the
     attention layers the teacher store holds (:func:`pkd.train.teacher_cache.cached_layers`).
+    ``pkd-predictors`` / ``pkd``: ``pkd`` holds the frozen foundation head and the sizes the
+    predictors need (:class:`~pkd.train.tasks.pkd.PKDSetup`); stage 1 ignores ``model``.
     """
     name = cfg.method.name
     if name == "baseline":
@@ -37,8 +42,12 @@ def build_task(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None = N
         return TeacherAdaptTask(model)
     if name == "distillvlm":
         return _distillvlm(cfg, model, teacher, cached_layers)
+    if name in ("pkd-predictors", "pkd"):
+        if pkd is None:
+            raise ValueError(f"method.name={name}: build_task needs a PKDSetup")
+        return build_pkd_task(cfg, model, pkd)
     raise PkdError(f"method.name={name!r}: not implemented yet "
-                   "(available: baseline, teacher-adapt, distillvlm)")
+                   "(available: baseline, teacher-adapt, distillvlm, pkd-predictors, pkd)")
 
 
 def _distillvlm(cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None,

@@ -1,0 +1,220 @@
+"""PKD tasks: stage 1 and stage 2 run forward + backward for each ablation, return every term,
+keep the foundation head frozen, fill the memory, and the trained model runs alone at test time."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from pkd.errors import PkdError
+from pkd.train.checkpoint import save_checkpoint
+from pkd.train.config import MethodConfig, ModelConfig, PKDConfig, TrainConfig
+from pkd.train.foundation_head import FoundationHead
+from pkd.train.models import build_model
+from pkd.train.tasks import PKDPredictorTask, PKDSetup, PKDTask, build_task
+from pkd.train.tasks.pkd import attach_pkd_fusion
+
+torch.set_num_threads(1)
+
+B, L, N, WORDS, ANSWERS, D_R, P, LT, LB = 4, 5, 4, 30, 7, 12, 65, 12, 6  # LB: batch text length
+UPDN = ModelConfig(arch="updn", hidden_size=16, word_dim=8, dropout=0.0, classifier_dropout=0.0)
+FUSION = ModelConfig(arch="fusion", hidden_size=16, num_layers=1, num_heads=2,
+                     intermediate_size=32, max_positions=16, dropout=0.0, classifier_dropout=0.0)
+SMALL = {"predictor_hidden": 16, "predictor_heads": 2, "predictor_layers": 1, "memory_size": 16}
+STAGE1_TERMS = {"loss", "itm_loss", "div_loss"}
+STAGE2_ALL = {"loss", "vqa_loss", "mkd_loss", "logits"}
+
+
+@pytest.fixture(scope="module", params=["clip", "blip"])
+def head(request) -> FoundationHead:
+    return FoundationHead.from_pretrained(request.getfixturevalue(f"tiny_{request.param}_dir"))
+
+
+@pytest.fixture(scope="module")
+def clip_head(tiny_clip_dir) -> FoundationHead:
+    return FoundationHead.from_pretrained(tiny_clip_dir)
+
+
+def setup_for(head: FoundationHead | None) -> PKDSetup:
+    return PKDSetup(head, num_words=WORDS, max_words=L, region_dim=D_R, vision_tokens=P,
+                    text_tokens=LT)
+
+
+def make_batch(seed: int = 0) -> dict:
+    """Items 0 and 1 show the same image (same cached vision features)."""
+    g = torch.Generator().manual_seed(seed)
+    qmask = torch.arange(L)[None] < torch.tensor([5, 3, 1, 4])[:, None]
+    rmask = torch.arange(N)[None] < torch.tensor([4, 2, 3, 4])[:, None]
+    tmask = torch.arange(LB)[None] < torch.tensor([6, 4, 3, 5])[:, None]
+    vision, image_embeds = torch.randn(B, P, 64, generator=g), torch.randn(B, 64, generator=g)
+    vision[1], image_embeds[1] = vision[0], image_embeds[0]
+    ids = torch.randint(5, 60, (B, LB), generator=g) * tmask
+    ids[:, 0] = 2  # [CLS]
+    return {"question_tokens": torch.randint(1, WORDS, (B, L), generator=g) * qmask,
+            "question_mask": qmask, "targets": torch.rand(B, ANSWERS, generator=g),
+            "region_features": torch.randn(B, N, D_R, generator=g),
+            "region_geometry": torch.rand(B, N, 6, generator=g), "region_mask": rmask,
+            "vision_tokens": vision, "image_embeds": image_embeds,
+            "text_tokens": torch.randn(B, LB, 64, generator=g) * tmask[..., None],
+            "text_mask": tmask, "text_embeds": torch.randn(B, 64, generator=g), "input_ids": ids}
+
+
+def config(name: str, model: ModelConfig = UPDN, **pkd) -> TrainConfig:
+    return TrainConfig(model=model, method=MethodConfig(name=name,
+                                                        pkd=PKDConfig(**{**SMALL, **pkd})))
+
+
+def vqa_model(cfg: TrainConfig) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(cfg.model, WORDS, ANSWERS, D_R)
+
+
+def stage1(head: FoundationHead, tmp_path) -> tuple[PKDPredictorTask, str]:
+    """A stage-1 task after one optimizer step, saved as a run folder's checkpoint root."""
+    cfg = config("pkd-predictors")
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(head))
+    opt = torch.optim.SGD(task.parameters(), lr=0.1)
+    task(make_batch())["loss"].backward()
+    opt.step()
+    root = tmp_path / "stage1" / "ckpt"
+    save_checkpoint(root, task.state_dict(), {"step": 1})
+    return task, str(root.parent)
+
+
+@pytest.fixture(scope="module")
+def stage1_dir(head, tmp_path_factory) -> str:
+    return stage1(head, tmp_path_factory.mktemp("pkd"))[1]
+
+
+@pytest.mark.parametrize("div", ["kl", "cosine", "mse"])
+def test_stage1_forward_backward(head, div):
+    cfg = config("pkd-predictors", divergence=div)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(head))
+    assert isinstance(task, PKDPredictorTask)
+    out = task(make_batch())
+    assert set(out) == STAGE1_TERMS and all(torch.isfinite(v) for v in out.values())
+    torch.testing.assert_close(out["loss"], out["itm_loss"] + out["div_loss"])
+    out["loss"].backward()
+    grads = [p.grad for p in task.parameters()]
+    assert grads and all(g is not None for g in grads)  # every predictor weight learns
+    assert all(p.grad is None for p in head.parameters())
+    assert not any(k.startswith("head") for k in task.state_dict())  # head never saved
+
+
+def test_stage1_pooled_mode(clip_head):
+    cfg = config("pkd-predictors", predictor_tokens=3)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    out = task(make_batch())
+    assert torch.isfinite(out["loss"]) and task.predictors.vision.queries.shape[0] == 3
+
+
+def test_stage1_blip_needs_input_ids(tiny_blip_dir):
+    head = FoundationHead.from_pretrained(tiny_blip_dir)
+    cfg = config("pkd-predictors")
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(head))
+    batch = make_batch()
+    del batch["input_ids"]
+    with pytest.raises(PkdError, match="no 'input_ids'"):
+        task(batch)
+
+
+ABLATIONS = {  # overrides -> loss terms
+    "full": ({}, STAGE2_ALL),
+    "finetune": ({"finetune_predictors": True}, STAGE2_ALL | {"itm_loss", "div_loss"}),
+    "no_memory": ({"use_memory": False}, STAGE2_ALL),
+    "no_model_kd": ({"use_model_kd": False}, STAGE2_ALL - {"mkd_loss"}),
+    "no_predictors": ({"use_predictors": False, "learnable_slots": 3}, {"loss", "vqa_loss",
+                                                                         "logits"}),
+}
+
+
+@pytest.mark.parametrize("arch", [UPDN, FUSION], ids=["updn", "fusion"])
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_stage2_ablations_forward_backward(head, stage1_dir, arch, ablation):
+    overrides, terms = ABLATIONS[ablation]
+    cfg = config("pkd", arch, predictors=stage1_dir, **overrides)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(head))
+    assert isinstance(task, PKDTask)
+    out = task(make_batch())
+    assert set(out) == terms and all(torch.isfinite(v).all() for v in out.values())
+    out["loss"].backward()
+    assert all(p.grad is None for p in head.parameters())
+    if task.predictors is not None:
+        learned = [p.grad is not None for p in task.predictors.parameters()]
+        assert all(learned) if task.finetune else not any(learned)
+    if task.itm_head is not None:  # L_mkd trains D's ITM head and the projector
+        assert task.itm_head.net[0].weight.grad.abs().sum() > 0
+        assert task.projector.vision.weight.grad.abs().sum() > 0
+
+
+def test_stage2_loads_stage1_predictors(clip_head, tmp_path):
+    trained, stage1_dir = stage1(clip_head, tmp_path)
+    cfg = config("pkd", predictors=stage1_dir)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    for name, value in trained.predictors.state_dict().items():
+        torch.testing.assert_close(task.predictors.state_dict()[name], value)
+    task.train()
+    assert not task.predictors.training and task.model.training
+
+
+def test_memory_fills_in_training_only_and_model_runs_alone(clip_head, tmp_path):
+    _, stage1_dir = stage1(clip_head, tmp_path)
+    cfg = config("pkd", predictors=stage1_dir)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    queue = task.fusion.memory.queue
+    task.train()
+    task(make_batch(0))
+    assert int(queue.count) == 2 * B  # ṽ and t̃ embeddings of every valid item
+    torch.testing.assert_close(queue.vectors[:B].norm(dim=-1), torch.ones(B))  # unit norm
+    task(make_batch(1))
+    assert int(queue.count) == 16 and int(queue.ptr) == 0  # K = 16: full, wrapped
+    task.eval()
+    task(make_batch(2))
+    assert int(queue.count) == 16 and int(queue.ptr) == 0
+    # test time: a fresh model + hook loads the state; no head, no predictors, no tokens
+    state = task.model.state_dict()
+    assert "feature_fusion.memory.queue.vectors" in state
+    fresh = vqa_model(cfg)
+    attach_pkd_fusion(fresh, cfg.method.pkd, embed_dim=64)
+    fresh.load_state_dict(state)
+    plain = {k: v for k, v in make_batch(3).items()
+             if k not in ("vision_tokens", "text_tokens", "text_mask", "input_ids")}
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(plain)["logits"], task.model(plain)["logits"])
+
+
+def test_padded_items_are_not_remembered(clip_head, tmp_path):
+    _, stage1_dir = stage1(clip_head, tmp_path)
+    cfg = config("pkd", predictors=stage1_dir)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    batch = make_batch()
+    batch["region_mask"][2] = False  # item 2 is padding
+    task(batch)
+    assert int(task.fusion.memory.queue.count) == 2 * (B - 1)
+
+
+def test_configuration_errors(clip_head, tmp_path):
+    cfg = config("pkd")
+    with pytest.raises(PkdError, match="method.pkd.predictors: not set"):
+        build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    cfg = config("pkd", use_predictors=False)
+    with pytest.raises(PkdError, match="learnable_slots > 0"):
+        build_task(cfg, vqa_model(cfg), pkd=setup_for(None))
+    _, stage1_dir = stage1(clip_head, tmp_path)
+    cfg = config("pkd", predictors=stage1_dir, predictor_hidden=32)
+    with pytest.raises(PkdError, match="predictor weights do not fit"):
+        build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    with pytest.raises(ValueError, match="needs a PKDSetup"):
+        build_task(cfg, vqa_model(cfg))
+
+
+def test_finetune_from_scratch_without_checkpoint(clip_head):
+    cfg = config("pkd", finetune_predictors=True)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    weights = dataclasses.asdict(cfg.method.pkd)
+    out = task(make_batch())
+    want = (out["vqa_loss"] + weights["lambda_mkd"] * out["mkd_loss"]
+            + weights["lambda_itm"] * out["itm_loss"] + weights["lambda_div"] * out["div_loss"])
+    torch.testing.assert_close(out["loss"], want)

@@ -1,0 +1,133 @@
+"""PKD's cross-modal feature predictors ``P_v(q, r) -> ṽ`` and ``P_t(r, q) -> t̃``.
+
+The paper says only "two networks trained with an ITM loss and a feature divergence loss"; the
+architecture below is **our reading** (``shared/METHODS.md``). Both read the question and the
+regions through their *own* embeddings (not the VQA model's), so stage 1 does not depend on D::
+
+    w_i = E[q_i] + P[i]                               word tokens      (B, L, H)
+    r_n = LN(W_r [region_n; geometry_n])              region tokens    (B, N, H)
+
+A :class:`TokenPredictor` of ``layers`` pre-LN blocks runs on ``x = [Q; primary tokens]`` with
+``Q`` (T', H) learned query tokens::
+
+    x = x + SelfAttn(LN(x))            keys: queries + the valid primary tokens
+    x = x + CrossAttn(LN(x), context)  keys: the valid context tokens (the other modality)
+    x = x + MLP(LN(x))
+    out = W_o LN(x[:, :T'])            (B, T', d_out) in the foundation token space
+
+- ``P_v``: primary = question words, context = regions, ``T' = P'``, ``d_out = d_v``: question-
+  conditioned queries attend to the regions and predict the foundation *vision* tokens.
+- ``P_t``: primary = regions, context = question words, ``T' = L'``, ``d_out = d_t``: image-
+  conditioned queries attend to the words and predict the foundation *text* tokens.
+
+Attention uses :func:`~pkd.train.models.layers.masked_softmax`, so padding never changes the output
+and a row without any valid key gives zeros (not NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pkd.train.models.layers import masked_softmax
+
+PREDICTED_VISION, PREDICTED_TEXT = "predicted_vision_tokens", "predicted_text_tokens"
+
+
+class Attention(nn.Module):
+    """Multi-head attention ``softmax(QK^T/√d_h) V`` over the keys where ``key_mask`` is True."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"predictor_hidden {hidden} is not divisible by {heads} heads")
+        self.heads, self.head_dim = heads, hidden // heads
+        self.query, self.key, self.value, self.out = (nn.Linear(hidden, hidden) for _ in range(4))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, T, dh)
+
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, H) attends to ``keys`` (B, S, H) with ``key_mask`` (B, S) -> (B, T, H)."""
+        q, k, v = self._split(self.query(x)), self._split(self.key(keys)), self._split(self.value(keys))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, heads, T, S)
+        probs = masked_softmax(scores, key_mask[:, None, None, :], dim=-1)
+        return self.out((probs @ v).transpose(1, 2).reshape(x.shape))  # (B, T, H)
+
+
+class PredictorBlock(nn.Module):
+    """Pre-LN block: self-attention, cross-attention to the context, MLP (module docstring)."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.self_norm, self.cross_norm, self.mlp_norm = (nn.LayerNorm(hidden) for _ in range(3))
+        self.self_attn, self.cross_attn = Attention(hidden, heads), Attention(hidden, heads)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(),
+                                 nn.Linear(4 * hidden, hidden))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor) -> torch.Tensor:
+        h = self.self_norm(x)
+        x = x + self.self_attn(h, h, mask)
+        x = x + self.cross_attn(self.cross_norm(x), context, context_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TokenPredictor(nn.Module):
+    """``num_tokens`` learned queries + primary tokens -> (B, num_tokens, out_dim)."""
+
+    def __init__(self, hidden: int, heads: int, layers: int, num_tokens: int, out_dim: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_tokens, hidden) * 0.02)  # (T', H)
+        self.blocks = nn.ModuleList(PredictorBlock(hidden, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.proj = nn.Linear(hidden, out_dim)
+
+    def forward(self, primary: torch.Tensor, primary_mask: torch.Tensor, context: torch.Tensor,
+                context_mask: torch.Tensor) -> torch.Tensor:
+        b, t = primary.shape[0], self.queries.shape[0]
+        x = torch.cat([self.queries.expand(b, -1, -1), primary], dim=1)  # (B, T' + S, H)
+        ones = torch.ones(b, t, dtype=torch.bool, device=primary.device)
+        mask = torch.cat([ones, primary_mask], dim=1)  # (B, T' + S)
+        for block in self.blocks:
+            x = block(x, mask, context, context_mask)
+        return self.proj(self.norm(x[:, :t]))  # (B, T', d_out)
+
+
+class CrossModalPredictors(nn.Module):
+    """``P_v`` and ``P_t`` with shared input embeddings; ``forward(batch)`` -> predicted tokens."""
+
+    def __init__(self, num_words: int, max_words: int, region_dim: int, vision_tokens: int,
+                 vision_dim: int, text_tokens: int, text_dim: int, hidden: int = 256,
+                 heads: int = 4, layers: int = 2):
+        super().__init__()
+        self.region_dim = region_dim  # raw region feature size d_r
+        self.word_embedding = nn.Embedding(num_words, hidden, padding_idx=0)
+        self.word_position = nn.Embedding(max_words, hidden)
+        self.region_proj = nn.Linear(region_dim + 6, hidden)
+        self.region_norm = nn.LayerNorm(hidden)
+        self.vision = TokenPredictor(hidden, heads, layers, vision_tokens, vision_dim)  # P_v
+        self.text = TokenPredictor(hidden, heads, layers, text_tokens, text_dim)  # P_t
+
+    def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(word tokens (B, L, H), region tokens (B, N, H)) from the raw batch."""
+        ids = batch["question_tokens"]  # (B, L)
+        if ids.shape[1] > self.word_position.num_embeddings:
+            raise ValueError(f"{ids.shape[1]} question tokens exceed the predictors' "
+                             f"{self.word_position.num_embeddings} positions")
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        words = self.word_embedding(ids) + self.word_position(positions)  # (B, L, H)
+        dtype = self.region_proj.weight.dtype
+        feats = torch.cat([batch["region_features"].to(dtype),
+                           batch["region_geometry"].to(dtype)], dim=-1)  # (B, N, d_r + 6)
+        return words, self.region_norm(self.region_proj(feats))  # (B, N, H)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``predicted_vision_tokens`` (B, P', d_v) and ``predicted_text_tokens`` (B, L', d_t)."""
+        words, regions = self.embed(batch)
+        qmask, rmask = batch["question_mask"], batch["region_mask"]
+        return {PREDICTED_VISION: self.vision(words, qmask, regions, rmask),
+                PREDICTED_TEXT: self.text(regions, rmask, words, qmask)}

@@ -1,0 +1,364 @@
+"""PKD (pre-training-like knowledge distillation for OOD VQA): the two training stages.
+
+Which parts are the paper's and which are **our reading** is spelled out in
+``shared/METHODS.md``; every weight and choice below is a :class:`~pkd.train.config.PKDConfig`
+field. ``F`` is the frozen foundation matching head (:mod:`pkd.train.foundation_head`, kept out
+of the module tree like DistillVLM's online teacher: not a parameter, not in ``state_dict``, always
+eval; ``.to()`` reaches it), ``P_v`` / ``P_t`` the predictors (:mod:`pkd.train.models.predictors`).
+
+Stage 1, :class:`PKDPredictorTask` (``method.name = "pkd-predictors"``)::
+
+    L = λ_itm · L_itm + λ_div · L_div          (losses/itm.py, losses/divergence.py)
+
+Stage 2, :class:`PKDTask` (``method.name = "pkd"``)::
+
+    L = L_vqa + λ_mkd · L_mkd  [+ λ_itm · L_itm + λ_div · L_div   if finetune_predictors]
+
+- predictors from the stage-1 checkpoint ``method.pkd.predictors``, frozen (eval, no grad)
+  unless ``finetune_predictors`` (then a missing checkpoint means: trained jointly from scratch);
+- memory fusion (:mod:`pkd.train.models.memory`) is the VQA model's ``feature_fusion`` hook; after
+  each training forward the unit-norm foundation embeddings of this batch's ``ṽ`` and ``t̃``
+  (``F.embed_image`` / ``F.embed_text``) are written to the FIFO memory (valid items only);
+- ``L_mkd`` (losses/model_kd.py) on predicted pairs: positives ``(ṽ_i, t̃_i)`` and negatives
+  ``(ṽ_i, t̃_π(i))``; the teacher is ``F(ṽ, t̃)``, the student ``ITMHead(joint)`` of D run on the
+  pair projected into its word / region spaces (:mod:`pkd.train.models.itm_head`) with the memory
+  fusion applied. *Ours:* ``ṽ, t̃`` are detached there, so ``L_mkd`` trains D, its ITM head and
+  the projector, never the predictors.
+
+Ablations: ``use_predictors=false`` drops the predictors, ``F`` and every distillation term
+(``L_mkd``, ``L_itm``, ``L_div``): the memory is then learnable slots only (``learnable_slots``
+must be > 0 when ``use_memory``), of width ``joint_dim``. ``use_memory=false``: no memory fusion.
+``use_model_kd=false``: no ``L_mkd`` (no ITM head). At test time only D with its hook runs.
+
+Batch keys needed (besides the VQA ones): ``vision_tokens`` (B,P,d_v), ``text_tokens`` (B,L,d_t),
+``text_mask`` (B,L), ``image_embeds``, ``text_embeds`` (B,d_e) — the data must be read with
+``foundation_tokens=True`` — and, for a BLIP foundation model, ``input_ids`` (B,L) trimmed like
+``text_tokens`` (the exact ITM score of real text needs token ids).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pkd.errors import PkdError
+from pkd.train.checkpoint import load_checkpoint
+from pkd.train.config import PKDConfig, TrainConfig
+from pkd.train.foundation_head import FoundationHead
+from pkd.train.losses.divergence import FeatureDivergence, pool_tokens
+from pkd.train.losses.itm import MatchingBCE, negative_partners
+from pkd.train.losses.model_kd import BinaryKL
+from pkd.train.losses.vqa import VQALoss
+from pkd.train.models.itm_head import ITMHead, PairProjector
+from pkd.train.models.memory import FeatureMemory, PKDFeatureFusion
+from pkd.train.models.predictors import PREDICTED_TEXT, PREDICTED_VISION, CrossModalPredictors
+
+NEEDS_TOKENS = "PKD reads foundation tokens: data.foundation_image / foundation_text stores " \
+               "read with foundation_tokens=True"
+
+
+@dataclass
+class PKDSetup:
+    head: FoundationHead | None  # frozen matching head (None only with use_predictors off)
+    num_words: int  # question vocabulary size (the predictors' word embeddings)
+    max_words: int  # question tokens per item at most (data.max_question_length)
+    region_dim: int  # raw region feature size d_r (regions store)
+    vision_tokens: int  # P: vision tokens per image in the foundation_image store
+    text_tokens: int  # L: max_text_len of the foundation_text store
+
+
+@dataclass
+class Predicted:
+    vision: torch.Tensor  # (B, P', d_v) ṽ
+    text: torch.Tensor  # (B, L', d_t) t̃
+    text_mask: torch.Tensor  # (B, L') bool, valid predicted text tokens
+
+
+def load_foundation_head(cfg: PKDConfig, producer: dict, where: str) -> FoundationHead:
+    """The frozen head of ``cfg.foundation_model`` ("" = ``producer["model"]``, the model the
+    store at ``where`` was extracted with), checked against that store's provenance."""
+    model_dir = cfg.foundation_model or str(producer.get("model", ""))
+    if not model_dir:
+        raise PkdError(f"{where}: the store names no foundation model; set "
+                       "method.pkd.foundation_model")
+    head = FoundationHead.from_pretrained(model_dir, text_entry=cfg.blip_text_entry)
+    head.check_producer(producer, where)
+    return head
+
+
+def predicted_view(raw: dict[str, torch.Tensor], batch: dict, tokenwise: bool) -> Predicted:
+    """Token-wise mode: ``t̃`` cut to the batch's text length and masked like ``text_mask``;
+    pooled mode (``predictor_tokens > 0``): every predicted token is valid."""
+    vision, text = raw[PREDICTED_VISION], raw[PREDICTED_TEXT]
+    if tokenwise:
+        mask = _need(batch, "text_mask")  # (B, L_b)
+        if mask.shape[1] > text.shape[1]:
+            raise PkdError(f"data.foundation_text: batch has {mask.shape[1]} text tokens, the "
+                           f"predictors were built for {text.shape[1]}")
+        return Predicted(vision, text[:, : mask.shape[1]], mask.bool())
+    return Predicted(vision, text, torch.ones(text.shape[:2], dtype=torch.bool,
+                                              device=text.device))
+
+
+def _twice(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x])  # (B, ...) -> (2B, ...)
+
+
+def _pair(x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x[pi]])  # (B, ...) -> (2B, ...): items, then their partners
+
+
+def _need(batch: dict, key: str) -> torch.Tensor:
+    if key not in batch:
+        raise PkdError(f"batch has no '{key}' ({NEEDS_TOKENS})")
+    return batch[key]
+
+
+class PredictorObjective(nn.Module):
+    """``L_itm`` and ``L_div`` of predicted tokens against the batch's cached ones."""
+
+    def __init__(self, cfg: PKDConfig):
+        super().__init__()
+        self.itm, self.div = MatchingBCE(), FeatureDivergence(cfg.divergence, cfg.div_temperature)
+        self.tokenwise = cfg.predictor_tokens == 0
+
+    def forward(self, head: FoundationHead, pred: Predicted, batch: dict
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        v, t, mask = (_need(batch, k) for k in ("vision_tokens", "text_tokens", "text_mask"))
+        ids = _need(batch, "input_ids") if head.family == "blip" else None
+        pi, valid = negative_partners(_need(batch, "image_embeds"), _need(batch, "text_embeds"))
+        # first half positives, second half negatives: (2B,) logits each
+        real_text = head(_twice(pred.vision), _pair(t, pi), _pair(mask, pi),
+                         None if ids is None else _pair(ids, pi))  # M(ṽ, t^F), M(ṽ, t^F_π)
+        real_image = head(_pair(v, pi), _twice(pred.text), _twice(pred.text_mask))
+        b = v.shape[0]
+        itm = (self.itm(real_text[:b], real_text[b:], valid)
+               + self.itm(real_image[:b], real_image[b:], valid))
+        return itm, self._divergence(pred, v, t, mask.bool())
+
+    def _divergence(self, pred: Predicted, v: torch.Tensor, t: torch.Tensor,
+                    mask: torch.Tensor) -> torch.Tensor:
+        if not self.tokenwise:
+            return (self.div(pool_tokens(pred.vision), pool_tokens(v))
+                    + self.div(pool_tokens(pred.text, pred.text_mask), pool_tokens(t, mask)))
+        if pred.vision.shape[1] != v.shape[1]:
+            raise PkdError(f"data.foundation_image: {v.shape[1]} vision tokens per image, the "
+                           f"predictors predict {pred.vision.shape[1]} (predictor_tokens=0)")
+        return self.div(pred.vision, v) + self.div(pred.text, t, mask)
+
+
+class _FrozenHeadTask(nn.Module):
+    """Holds the frozen head outside the module tree; ``_apply`` still moves it."""
+
+    def __init__(self, head: FoundationHead | None):
+        super().__init__()
+        object.__setattr__(self, "head", head)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.head is not None:
+            self.head._apply(fn, recurse)
+        return self
+
+
+class PKDPredictorTask(_FrozenHeadTask):
+    """Stage 1: ``L = λ_itm L_itm + λ_div L_div``; only the predictors are trainable."""
+
+    def __init__(self, predictors: CrossModalPredictors, head: FoundationHead, cfg: PKDConfig):
+        super().__init__(head)
+        self.predictors, self.objective = predictors, PredictorObjective(cfg)
+        self.lambda_itm, self.lambda_div = cfg.lambda_itm, cfg.lambda_div
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pred = predicted_view(self.predictors(batch), batch, self.objective.tokenwise)
+        itm, div = self.objective(self.head, pred, batch)
+        loss = self.lambda_itm * itm + self.lambda_div * div
+        return {"loss": loss, "itm_loss": itm, "div_loss": div}
+
+
+class PKDTask(_FrozenHeadTask):
+    """Stage 2 (module docstring): D + its memory hook + ITM head / projector [+ predictors]."""
+
+    def __init__(self, model: nn.Module, cfg: PKDConfig, head: FoundationHead | None = None,
+                 predictors: CrossModalPredictors | None = None,
+                 projector: PairProjector | None = None, itm_head: ITMHead | None = None):
+        super().__init__(head)
+        if predictors is not None and head is None:
+            raise ValueError("PKD predictors need the foundation matching head")
+        if (itm_head is None) != (projector is None) or (
+                itm_head is not None and predictors is None):
+            raise ValueError("model-level KD needs predictors, a PairProjector and an ITMHead")
+        if not isinstance(getattr(model, "feature_fusion", None), PKDFeatureFusion):
+            raise ValueError("attach the PKD feature fusion first (attach_pkd_fusion)")
+        self.model, self.predictors = model, predictors
+        self.projector, self.itm_head = projector, itm_head
+        self.finetune = predictors is not None and cfg.finetune_predictors
+        self.objective = PredictorObjective(cfg)
+        self.vqa, self.mkd = VQALoss(), BinaryKL(cfg.kd_temperature)
+        self.cfg = cfg
+        if predictors is not None and not self.finetune:
+            predictors.requires_grad_(False).eval()
+
+    @property
+    def fusion(self) -> PKDFeatureFusion:
+        return self.model.feature_fusion
+
+    def train(self, mode: bool = True) -> PKDTask:
+        super().train(mode)
+        if self.predictors is not None and not self.finetune:
+            self.predictors.eval()  # frozen stage-1 predictors stay in eval mode
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        pred = None
+        if self.predictors is not None:
+            with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+                pred = predicted_view(self.predictors(batch), batch, self.objective.tokenwise)
+            if self.finetune:
+                terms["itm_loss"], terms["div_loss"] = self.objective(self.head, pred, batch)
+        out = self.model(batch)  # the memory hook reads earlier batches only
+        terms["vqa_loss"] = self.vqa(out["logits"], batch["targets"])
+        if self.itm_head is not None:
+            terms["mkd_loss"] = self.model_kd(pred, batch)
+        if pred is not None and self.training:
+            self.remember(pred, batch)
+        c = self.cfg
+        weights = {"vqa_loss": 1.0, "mkd_loss": c.lambda_mkd, "itm_loss": c.lambda_itm,
+                   "div_loss": c.lambda_div}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        return {"loss": loss, **terms, "logits": out["logits"]}
+
+    def model_kd(self, pred: Predicted, batch: dict) -> torch.Tensor:
+        """``L_mkd`` on positives ``(ṽ_i, t̃_i)`` and negatives ``(ṽ_i, t̃_π(i))``."""
+        v, t, mask = pred.vision.detach(), pred.text.detach(), pred.text_mask
+        pi, valid = negative_partners(_need(batch, "image_embeds"), _need(batch, "text_embeds"))
+        v2, t2, m2 = _twice(v), _pair(t, pi), _pair(mask, pi)
+        with torch.no_grad():
+            teacher = self.head(v2, t2, m2)  # (2B,) M(ṽ, t̃)
+        student = self.model_itm(v2, t2, m2)  # (2B,) ITM_D(ṽ, t̃)
+        weight = torch.cat([torch.ones_like(valid), valid])
+        return self.mkd(student, teacher, weight)
+
+    def model_itm(self, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+                  ) -> torch.Tensor:
+        """D's ITM logit (n,) of predicted pairs: projected into D's inputs, D's own path."""
+        words, regions = self.projector(vision, text)  # (n, L', d_w), (n, P', d_r)
+        n, p = regions.shape[:2]
+        device = vision.device
+        with torch.no_grad():
+            embeds = {"image_embeds": self.head.embed_image(vision),
+                      "text_embeds": self.head.embed_text(text, text_mask)}  # (n, d_e) each
+        region_dim = self.predictors.region_dim  # raw d_r: D embeds the placeholder regions
+        view = {  # placeholders the hook replaces; masks say what is valid
+            "question_tokens": torch.zeros(text_mask.shape, dtype=torch.long, device=device),
+            "question_mask": text_mask,
+            "region_features": regions.new_zeros(1, 1, region_dim).expand(n, p, region_dim),
+            "region_geometry": regions.new_zeros(1, 1, 6).expand(n, p, 6),
+            "region_mask": torch.ones(n, p, dtype=torch.bool, device=device),
+            **embeds,
+        }
+        with self.fusion.substitute(words, regions):
+            joint = self.model(view)["joint"]  # (n, H)
+        return self.itm_head(joint)
+
+    @torch.no_grad()
+    def remember(self, pred: Predicted, batch: dict) -> None:
+        """Write this batch's unit-norm ``ṽ`` / ``t̃`` embeddings to the memory (valid items)."""
+        memory = self.fusion.memory
+        if memory is None:
+            return
+        valid = batch["question_mask"].any(1) & batch["region_mask"].any(1)  # (B,) not padding
+        rows = torch.cat([self.head.embed_image(pred.vision),
+                          self.head.embed_text(pred.text, pred.text_mask)])  # (2B, d_e)
+        memory.write(rows, torch.cat([valid, valid]))
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def build_predictors(cfg: PKDConfig, setup: PKDSetup) -> CrossModalPredictors:
+    """``P_v``, ``P_t`` sized from the stores and the head (``predictor_tokens`` 0 = as stored)."""
+    if setup.head is None:
+        raise ValueError("the predictors need the foundation matching head")
+    n = cfg.predictor_tokens
+    return CrossModalPredictors(
+        setup.num_words, setup.max_words, setup.region_dim,
+        vision_tokens=n or setup.vision_tokens, vision_dim=setup.head.vision_dim,
+        text_tokens=n or setup.text_tokens, text_dim=setup.head.text_dim,
+        hidden=cfg.predictor_hidden, heads=cfg.predictor_heads, layers=cfg.predictor_layers)
+
+
+def load_predictors(predictors: CrossModalPredictors, path: str) -> CrossModalPredictors:
+    """Load ``predictors.*`` weights of a stage-1 run (``RUN``, ``RUN/ckpt`` or a step dir)."""
+    root = Path(path)
+    if (root / "ckpt").is_dir():
+        root = root / "ckpt"
+    weights, _ = load_checkpoint(root)
+    mine = {k.removeprefix("predictors."): v for k, v in weights.items()
+            if k.startswith("predictors.")}
+    if not mine:
+        raise PkdError(f"{path}: holds no predictor weights (a method.name=pkd-predictors run)")
+    try:
+        predictors.load_state_dict(mine)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0])[:200]
+        raise PkdError(f"{path}: predictor weights do not fit method.pkd / the run's "
+                       f"vocabulary and stores ({detail})") from None
+    return predictors
+
+
+def pkd_memory_dim(cfg: PKDConfig, model: nn.Module, embed_dim: int | None) -> int:
+    """Memory width: the foundation embedding size d_e, or D's ``joint_dim`` without predictors."""
+    if not cfg.use_predictors:
+        return model.joint_dim
+    if not embed_dim:
+        raise PkdError("data.foundation_image: PKD's memory needs the foundation embed_dim")
+    return embed_dim
+
+
+def attach_pkd_fusion(model: nn.Module, cfg: PKDConfig, embed_dim: int | None
+                      ) -> PKDFeatureFusion:
+    """Set ``model.feature_fusion`` to the PKD hook (call before loading a stage-2 model's
+    weights for evaluation, too: the memory is part of the model's state)."""
+    if cfg.use_memory and not cfg.use_predictors and cfg.learnable_slots == 0:
+        raise PkdError("method.pkd.use_predictors=false leaves the memory empty: set "
+                       "method.pkd.learnable_slots > 0 or method.pkd.use_memory=false")
+    memory = None
+    if cfg.use_memory:
+        size = cfg.memory_size if cfg.use_predictors else 0
+        memory = FeatureMemory(size, pkd_memory_dim(cfg, model, embed_dim), cfg.learnable_slots)
+    hook = PKDFeatureFusion(memory, model.word_feature_dim, model.region_feature_dim)
+    model.feature_fusion = hook  # a registered submodule: saved with the model
+    return hook
+
+
+def build_pkd_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup) -> nn.Module:
+    """``PKDPredictorTask`` (``pkd-predictors``) or ``PKDTask`` (``pkd``) from ``setup``."""
+    p = cfg.method.pkd
+    if cfg.method.name == "pkd-predictors":
+        if setup.head is None:
+            raise ValueError("stage 1 needs the foundation matching head")
+        return PKDPredictorTask(build_predictors(p, setup), setup.head, p)
+    predictors = head = projector = itm_head = None
+    if p.use_predictors:
+        head = setup.head
+        if head is None:
+            raise ValueError("use_predictors needs the foundation matching head")
+        predictors = build_predictors(p, setup)
+        if p.predictors:
+            load_predictors(predictors, p.predictors)
+        elif not p.finetune_predictors:
+            raise PkdError("method.pkd.predictors: not set (the stage-1 run, method.name="
+                           "pkd-predictors); or set method.pkd.finetune_predictors=true to "
+                           "train them jointly from scratch")
+        if p.use_model_kd:
+            projector = PairProjector(head.vision_dim, head.text_dim, model.region_feature_dim,
+                                      model.word_feature_dim)
+            itm_head = ITMHead(model.joint_dim)
+    attach_pkd_fusion(model, p, head.embed_dim if head is not None else None)
+    return PKDTask(model, p, head, predictors, projector, itm_head)
