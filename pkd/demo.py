@@ -1,12 +1,17 @@
 """``pkd demo``: the whole chain on the built-in synthetic benchmark, end to end on a CPU.
 
 synthetic data -> pre-train the demo foundation model on the unbiased captions -> extract
-foundation + region features into stores -> train each method (per seed) -> evaluate on the
-shifted ``test`` (OOD) and the in-distribution ``test_iid`` split -> ``results.json``, a table
-and ``results.png``. Every stage is resumable: re-running the command skips what is done.
+foundation features, student regions and aligned teacher regions into stores -> train each method
+(per seed) -> evaluate on the shifted ``test`` (OOD) and the in-distribution ``test_iid`` split ->
+``results.json``, a table and ``results.png``. Every stage is resumable: re-running the command
+skips what is done.
 
 ``results.json``: ``{"elapsed_s": float, "rows": [{"method", "seed", "split", "overall",
-"perAnswerType"}]}`` (percent, official metric).
+"perAnswerType"}]}`` (percent, official metric) plus ``"models"`` (parameter counts).
+
+The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
+region backbones): the numbers show the methods' mechanics on this benchmark, not their
+published results.
 """
 
 from __future__ import annotations
@@ -19,54 +24,70 @@ from pathlib import Path
 from pkd.data.synth import SynthConfig
 
 SPLITS = ("test", "test_iid")
+MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
+ABLATIONS = ("pkd-memory", "pkd-model-kd", "pkd-predictors-off", "distillvlm-att",
+             "distillvlm-nce", "distillvlm-kd")
+
+STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
+           "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
+TEACHER = {"method.distill.teacher_model.arch": "fusion",
+           "method.distill.teacher_model.hidden_size": 128,
+           "method.distill.teacher_model.num_layers": 4,
+           "method.distill.teacher_model.num_heads": 4,
+           "method.distill.teacher_model.intermediate_size": 256,
+           "method.distill.teacher_model.dropout": 0.0}
+PKD = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
+       "method.pkd.memory_size": 256, "method.pkd.kd_temperature": 4.0}
 
 
 @dataclass
 class DemoConfig:
     out: Path  # everything goes here: data/, foundation/, stores/, runs/, results.json
     seeds: int = 1  # training seeds per method
+    methods: tuple[str, ...] = MAIN_METHODS  # rows of the results table (see ABLATIONS too)
     synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark
     pretrain_epochs: int = 40  # caption pre-training epochs of the demo foundation model
-    train_epochs: int = 12  # VQA training epochs per run
+    train_epochs: int = 10  # VQA training epochs per run
     batch_size: int = 64  # VQA training batch size
-    methods: tuple[str, ...] = ("baseline",)  # rows of the results table
 
 
-def _stage(label: str):
+@dataclass
+class Paths:
+    data: Path
+    foundation: Path
+    stores: Path
+
+    def store(self, name: str) -> Path:
+        return self.stores / name
+
+
+def _stage(label: str) -> None:
     print(f"[demo] {label}", flush=True)
 
 
-def make_data(cfg: DemoConfig) -> Path:
+def prepare(cfg: DemoConfig) -> Paths:
+    """Data, foundation model, backbones and every store the methods read (each step once)."""
     from pkd.data.synth import generate
-
-    data = cfg.out / "data"
-    if not (data / "synth_meta.json").is_file():
-        _stage("generating the synthetic benchmark")
-        generate(cfg.synth, data)
-    return data
-
-
-def make_foundation(cfg: DemoConfig, data: Path) -> Path:
+    from pkd.hf.tiny_models import build_tiny_resnet
     from pkd.train.pretrain import PretrainConfig, pretrain
 
-    model = cfg.out / "foundation"
-    if not (model / "pretrain_metrics.json").is_file():
+    out = cfg.out
+    paths = Paths(out / "data", out / "foundation", out / "stores")
+    if not (paths.data / "synth_meta.json").is_file():
+        _stage("generating the synthetic benchmark")
+        generate(cfg.synth, paths.data)
+    if not (paths.foundation / "pretrain_metrics.json").is_file():
         _stage("pre-training the demo foundation model on the caption corpus")
-        pretrain(PretrainConfig(data_dir=data, out_dir=model, epochs=cfg.pretrain_epochs))
-    return model
+        pretrain(PretrainConfig(data_dir=paths.data, out_dir=paths.foundation,
+                                epochs=cfg.pretrain_epochs))
+    for name, hidden, seed in (("backbone-student", 16, 0), ("backbone-teacher", 32, 1)):
+        if not (out / name / "config.json").is_file():
+            build_tiny_resnet(out / name, image_size=cfg.synth.image_size, hidden=hidden, seed=seed)
+    extract(cfg, paths)
+    return paths
 
 
-def make_backbone(cfg: DemoConfig) -> Path:
-    """The demo's region-feature backbone: a small ResNet from a config (random, fixed seed)."""
-    from pkd.hf.tiny_models import build_tiny_resnet
-
-    path = cfg.out / "backbone"
-    if not (path / "config.json").is_file():
-        build_tiny_resnet(path, image_size=cfg.synth.image_size, hidden=32, seed=0)
-    return path
-
-
-def make_stores(cfg: DemoConfig, data: Path, model: Path, backbone: Path) -> Path:
+def extract(cfg: DemoConfig, paths: Paths) -> None:
     from pkd.pipeline.extract import (
         FoundationRecipe,
         RegionRecipe,
@@ -76,43 +97,89 @@ def make_stores(cfg: DemoConfig, data: Path, model: Path, backbone: Path) -> Pat
     from pkd.pipeline.runner import RunOptions
     from pkd.pipeline.sources import SourceConfig
 
-    stores, opts = cfg.out / "stores", RunOptions(items_per_shard=256)
-    source = SourceConfig(root=data)
+    opts, source = RunOptions(items_per_shard=256), SourceConfig(root=paths.data)
     _stage("extracting foundation features (images, questions)")
-    extract_foundation(FoundationRecipe(source, str(model)), stores, opts)
-    _stage("extracting region features (given boxes, backbone pooled)")
-    recipe = RegionRecipe(source, detector=f"given:{data / 'boxes.json'}", backbone=str(backbone),
-                          min_boxes=1, max_boxes=cfg.synth.max_objects)
-    extract_regions(recipe, stores / "regions.zarr", opts)
-    return stores
+    extract_foundation(FoundationRecipe(source, str(paths.foundation)), paths.stores, opts)
+    _stage("extracting student regions (given boxes) and aligned teacher regions (same boxes)")
+    student = RegionRecipe(source, detector=f"given:{paths.data / 'boxes.json'}",
+                           backbone=str(cfg.out / "backbone-student"), min_boxes=1,
+                           max_boxes=cfg.synth.max_objects)
+    extract_regions(student, paths.store("regions.zarr"), opts)
+    teacher = RegionRecipe(source, boxes_from=str(paths.store("regions.zarr")),
+                           backbone=str(cfg.out / "backbone-teacher"))
+    extract_regions(teacher, paths.store("teacher_regions.zarr"), opts)
 
 
-def train_config(cfg: DemoConfig, method: str, seed: int, data: Path, stores: Path):
-    from pkd.train.config import load_config
+def run_dir(cfg: DemoConfig, name: str, seed: int) -> Path:
+    return cfg.out / "runs" / f"{name}-seed{seed}"
 
-    overrides = {
-        "data.root": data, "data.regions": stores / "regions.zarr", "data.answer_min_count": 1,
-        "model.hidden_size": 256, "model.word_dim": 64, "run.seed": seed,
-        "run.out_dir": cfg.out / "runs" / f"{method}-seed{seed}", "run.epochs": cfg.train_epochs,
+
+def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
+    """The config of one demo run: shared settings + the method's own (one table, explicit)."""
+    base = {
+        "data.root": paths.data, "data.regions": paths.store("regions.zarr"),
+        "data.foundation_image": paths.store("foundation_images.zarr"),
+        "data.foundation_text": paths.store("foundation_questions.zarr"),
+        "data.teacher_regions": paths.store("teacher_regions.zarr"),
+        "data.answer_min_count": 1, "model.hidden_size": 256, "model.word_dim": 64,
+        "run.seed": seed, "run.out_dir": run_dir(cfg, name, seed), "run.epochs": cfg.train_epochs,
         "run.batch_size": cfg.batch_size, "run.eval_every": 0, "run.checkpoint_every": 0,
-        "run.log_every": 20, "run.device": "auto", "optim.lr": 0.002, "method.name": method,
+        "run.log_every": 20, "run.device": "auto", "optim.lr": 0.002,
     }
-    return load_config(None, [f"{k}={v}" for k, v in overrides.items()])
+    teacher_run = run_dir(cfg, "teacher", seed)
+    distill = {**STUDENT, **TEACHER, "method.name": "distillvlm", "optim.lr": 0.0005,
+               "method.distill.teacher_checkpoint": teacher_run / "best",
+               "data.teacher": paths.store(f"teacher-seed{seed}.zarr")}
+    pkd = {**PKD, "method.name": "pkd", "method.pkd.predictors": run_dir(cfg, "predictors", seed)}
+    specific = {
+        "baseline": {"method.name": "baseline"},
+        "predictors": {**PKD, "method.name": "pkd-predictors"},
+        "pkd": pkd,
+        "pkd-memory": {**pkd, "method.pkd.use_memory": False},
+        "pkd-model-kd": {**pkd, "method.pkd.use_model_kd": False},
+        "pkd-predictors-off": {**pkd, "method.pkd.use_predictors": False,
+                               "method.pkd.learnable_slots": 64},
+        "teacher": {**TEACHER, "method.name": "teacher-adapt", "optim.lr": 0.0005},
+        "student": {**STUDENT, "method.name": "baseline", "optim.lr": 0.0005},
+        "distillvlm": distill,
+        "distillvlm-att": {**distill, "method.distill.alpha": 0.0},
+        "distillvlm-nce": {**distill, "method.distill.beta": 0.0},
+        "distillvlm-kd": {**distill, "method.distill.gamma": 0.0},
+    }[name]
+    return {**base, **specific}
 
 
-def run_method(cfg: DemoConfig, method: str, seed: int, data: Path, stores: Path) -> list[dict]:
+NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",)}  # runs a method builds on
+
+
+def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
+    """Train one run (and what it builds on) unless it is finished; return its folder."""
+    from pkd.train.config import load_config
     from pkd.train.loop import fit
+
+    for need in NEEDS.get(name.split("-")[0], ()):
+        train_run(cfg, paths, need, seed)
+    tcfg = load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, seed).items()])
+    run = Path(tcfg.run.out_dir)
+    if name.startswith("distillvlm") and not (Path(tcfg.data.teacher) / "zarr.json").is_file():
+        from pkd.train.teacher_extract import extract_teacher
+
+        _stage(f"caching the adapted teacher (seed {seed})")
+        extract_teacher(tcfg)
+    if not (run / "ckpt" / "latest.json").is_file() or not (run / "done").is_file():
+        _stage(f"training {name} (seed {seed})")
+        fit(tcfg, resume=(run / "ckpt" / "latest.json").is_file())
+        (run / "done").write_text("")
+    return run
+
+
+def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
     from pkd.train.predict import evaluate_checkpoint
 
-    tcfg = train_config(cfg, method, seed, data, stores)
-    run = Path(tcfg.run.out_dir)
-    if not (run / "metrics_test_iid.json").is_file():
-        _stage(f"training {method} (seed {seed})")
-        fit(tcfg, resume=(run / "ckpt" / "latest.json").is_file())
     rows = []
     for split in SPLITS:
         metrics, _ = evaluate_checkpoint(run, split)
-        rows.append({"method": method, "seed": seed, "split": split,
+        rows.append({"method": name, "seed": seed, "split": split,
                      "overall": metrics["overall"], "perAnswerType": metrics["perAnswerType"]})
     return rows
 
@@ -121,26 +188,49 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run (or finish) the demo; write ``results.json`` + ``results.png``; return the results."""
     start = time.monotonic()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    data = make_data(cfg)
-    model = make_foundation(cfg, data)
-    stores = make_stores(cfg, data, model, make_backbone(cfg))
-    rows = [row for method in cfg.methods for seed in range(cfg.seeds)
-            for row in run_method(cfg, method, seed, data, stores)]
-    results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows}
+    paths = prepare(cfg)
+    rows = []
+    for name in cfg.methods:
+        for seed in range(cfg.seeds):
+            rows += evaluate_run(train_run(cfg, paths, name, seed), name, seed)
+    results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows,
+               "models": model_sizes(cfg)}
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2))
     plot_results(results, cfg.out / "results.png")
     return results
 
 
+def model_sizes(cfg: DemoConfig) -> dict:
+    """Parameter count of each trained method's VQA model (seed 0, best checkpoint)."""
+    from safetensors.torch import load_file
+
+    from pkd.train.checkpoint import resolve_checkpoint
+
+    sizes = {}
+    for name in cfg.methods:
+        best = run_dir(cfg, name, 0) / "best"
+        if (best / "latest.json").is_file():
+            weights = load_file(str(resolve_checkpoint(best) / "model.safetensors"))
+            sizes[name] = sum(t.numel() for k, t in weights.items() if "memory" not in k)
+    return sizes
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds per (method, split)."""
+    """Mean ± std over seeds per (method, split), overall and per answer type."""
     import numpy as np
 
-    groups: dict[tuple[str, str], list[float]] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["method"], r["split"]), []).append(r["overall"])
-    return [{"method": m, "split": s, "mean": float(np.mean(v)), "std": float(np.std(v)),
-             "n": len(v)} for (m, s), v in groups.items()]
+        groups.setdefault((r["method"], r["split"]), []).append(r)
+    out = []
+    for (m, s), rs in groups.items():
+        types = sorted({t for r in rs for t in r["perAnswerType"]})
+        out.append({"method": m, "split": s, "n": len(rs),
+                    "mean": float(np.mean([r["overall"] for r in rs])),
+                    "std": float(np.std([r["overall"] for r in rs])),
+                    "perAnswerType": {t: float(np.mean([r["perAnswerType"].get(t, 0.0)
+                                                        for r in rs])) for t in types}})
+    return out
 
 
 def plot_results(results: dict, out: Path) -> Path:
@@ -151,14 +241,14 @@ def plot_results(results: dict, out: Path) -> Path:
 
     summary = summarize(results["rows"])
     methods = list(dict.fromkeys(s["method"] for s in summary))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(methods), 3.2))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(methods), 3.4))
     for j, split in enumerate(SPLITS):
         cells = [next((s for s in summary if s["method"] == m and s["split"] == split), None)
                  for m in methods]
         xs = [i + (j - 0.5) * 0.38 for i in range(len(methods))]
         ax.bar(xs, [c["mean"] if c else 0 for c in cells], 0.36,
                yerr=[c["std"] if c else 0 for c in cells], label=split)
-    ax.set_xticks(range(len(methods)), methods)
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
     ax.set_ylabel("VQA accuracy (%)")
     ax.legend()
     fig.tight_layout()

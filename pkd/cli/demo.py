@@ -12,19 +12,24 @@ def demo(
     out: Annotated[Path, typer.Option(help="output folder (resumable: re-run to finish)")] = Path(
         "demo_out"),
     seeds: Annotated[int, typer.Option(help="training seeds per method")] = 1,
+    ablations: Annotated[bool, typer.Option(help="also run the ablation rows")] = False,
 ) -> None:
     """synth data -> pre-train foundation -> extract -> train -> evaluate; prints a table."""
     from rich.console import Console
     from rich.table import Table
 
-    from pkd.demo import DemoConfig, run_demo, summarize
+    from pkd.demo import ABLATIONS, MAIN_METHODS, DemoConfig, run_demo, summarize
 
-    results = run_demo(DemoConfig(out=out, seeds=seeds))
+    methods = MAIN_METHODS + (ABLATIONS if ablations else ())
+    results = run_demo(DemoConfig(out=out, seeds=seeds, methods=methods))
     table = Table(title=f"pkd demo — VQA accuracy (%), {seeds} seed(s)")
-    for col in ("method", "split", "overall (mean ± std)"):
+    summary = summarize(results["rows"])
+    types = sorted({t for s in summary for t in s["perAnswerType"]})
+    for col in ("method", "split", "overall (mean ± std)", *types):
         table.add_column(col)
-    for s in summarize(results["rows"]):
-        table.add_row(s["method"], s["split"], f"{s['mean']:.2f} ± {s['std']:.2f}")
+    for s in summary:
+        table.add_row(s["method"], s["split"], f"{s['mean']:.2f} ± {s['std']:.2f}",
+                      *(f"{s['perAnswerType'].get(t, 0.0):.2f}" for t in types))
     console = Console()
     console.print(table)
     console.print(f"elapsed {results['elapsed_s']:.0f} s; results in {out / 'results.json'}")
