@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 
 from pkd.errors import PkdError
-from pkd.pipeline.foundation import config_sha256, resolve_model
+from pkd.pipeline.foundation import config_sha256, quiet_loading, resolve_model, weights_sha256
 from pkd.pipeline.roi_align import roi_align_op
 
 
@@ -82,6 +82,7 @@ class RegionBackbone:
                  sampling_ratio: int = -1):
         from transformers import AutoModel
 
+        quiet_loading()
         source, local = resolve_model(model)
         try:
             net = AutoModel.from_pretrained(source, local_files_only=local)
@@ -91,6 +92,7 @@ class RegionBackbone:
         self.model = net.to(device).eval().requires_grad_(False)
         self.processor = load_image_processor(model)
         self.model_id, self.device = model, device
+        self.weights_hash = weights_sha256(source, local)
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
         config = self.model.config
         sizes = getattr(config, "hidden_sizes", None)
@@ -99,8 +101,8 @@ class RegionBackbone:
 
     def provenance(self) -> dict:
         return {"model": self.model_id, "config_sha256": config_sha256(self.model.config),
-                "pooling": "roi_align_mean", "output_size": self.output_size,
-                "sampling_ratio": self.sampling_ratio}
+                "weights_sha256": self.weights_hash, "pooling": "roi_align_mean",
+                "output_size": self.output_size, "sampling_ratio": self.sampling_ratio}
 
     @torch.no_grad()
     def feature_maps(self, images: Sequence[Image.Image]) -> list[Tensor]:

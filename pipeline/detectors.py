@@ -25,7 +25,7 @@ from PIL import Image
 from pkd.errors import PkdError
 from pkd.pipeline.backbones import first_line, load_image_processor
 from pkd.pipeline.boxes import clip_boxes, cxcywh_to_xyxy, select_boxes, xywh_to_xyxy
-from pkd.pipeline.foundation import config_sha256, resolve_model
+from pkd.pipeline.foundation import config_sha256, quiet_loading, resolve_model, weights_sha256
 
 DETECTRON2_MISSING = ("detectron2 is not installed: pip install "
                       "'git+https://github.com/facebookresearch/detectron2.git' "
@@ -208,6 +208,7 @@ class HFDetector:
                  max_boxes: int = 100, device: str = "cpu"):
         from transformers import AutoModelForObjectDetection
 
+        quiet_loading()
         source, local = resolve_model(model)
         try:
             net = AutoModelForObjectDetection.from_pretrained(source, local_files_only=local)
@@ -217,14 +218,16 @@ class HFDetector:
         self.model = net.to(device).eval().requires_grad_(False)
         self.processor = load_image_processor(model)
         self.model_id, self.device = model, device
+        self.weights_hash = weights_sha256(source, local)
         self.conf, self.iou, self.min_boxes, self.max_boxes = conf, iou, min_boxes, max_boxes
         config = self.model.config
         self.feature_dim = int(getattr(config, "d_model", None) or config.hidden_size)
 
     def provenance(self) -> dict:
         return {"detector": f"hf:{self.model_id}", "config_sha256": config_sha256(self.model.config),
-                "conf": self.conf, "iou": self.iou, "min_boxes": self.min_boxes,
-                "max_boxes": self.max_boxes, "region_feature": "decoder_query_state"}
+                "weights_sha256": self.weights_hash, "conf": self.conf, "iou": self.iou,
+                "min_boxes": self.min_boxes, "max_boxes": self.max_boxes,
+                "region_feature": "decoder_query_state"}
 
     @torch.no_grad()
     def detect(self, images: Sequence[Image.Image], image_ids: Sequence[int]) -> list[Detections]:

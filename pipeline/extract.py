@@ -14,10 +14,17 @@ Runs are resumable, shardable (``part``) and scale out on dask (see :mod:`pkd.pi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pkd.pipeline.runner import RunOptions, RunReport, run_stage
+from pkd.pipeline.runner import (
+    RunOptions,
+    RunReport,
+    cached,
+    new_session,
+    run_stage,
+    shard_pool,
+)
 from pkd.pipeline.sources import SourceConfig, load_source
 
 
@@ -52,7 +59,8 @@ class ExtractReport:
 
     @property
     def failures(self) -> int:
-        return sum(len(r.failures) for r in self.reports)
+        """Failed items of every store, including those recorded by an earlier (resumed) run."""
+        return sum(len(r.failures) + len(r.earlier_failures) for r in self.reports)
 
 
 def build_foundation_stage(recipe: FoundationRecipe):
@@ -60,10 +68,9 @@ def build_foundation_stage(recipe: FoundationRecipe):
     from pkd.pipeline.foundation import FoundationSpec, load_foundation
     from pkd.pipeline.stages import FoundationImageStage, FoundationTextStage
 
-    model = load_foundation(
-        FoundationSpec(recipe.model, device=recipe.device, dtype=recipe.dtype,
-                       max_text_len=recipe.max_text_len)
-    )
+    spec = FoundationSpec(recipe.model, device=recipe.device, dtype=recipe.dtype,
+                          max_text_len=recipe.max_text_len)
+    model = cached(spec, load_foundation)  # one model for the image and the text targets
     producer = {**model.provenance(), "stage": f"foundation/{recipe.target}"}
     source = load_source(recipe.source, with_images=recipe.target == "images")
     if recipe.target == "images":
@@ -84,17 +91,19 @@ def build_region_stage(recipe: RegionRecipe):
 
 def extract_foundation(recipe: FoundationRecipe, out: Path, opts: RunOptions,
                        targets: tuple[str, ...] = ("images", "questions")) -> ExtractReport:
-    """Write ``out/foundation_<target>.zarr`` for each target."""
-    from dataclasses import replace
-
-    report = ExtractReport()
-    for target in targets:
-        r = replace(recipe, target=target)
-        store = Path(out) / f"foundation_{target}.zarr"
-        report.reports.append(run_stage(r, build_foundation_stage, store, opts, f"foundation {target}"))
+    """Write ``out/foundation_<target>.zarr`` for each target (one dask pool for all)."""
+    report, session = ExtractReport(), new_session()
+    with shard_pool(opts) as pool:
+        for target in targets:
+            r = replace(recipe, target=target)
+            store = Path(out) / f"foundation_{target}.zarr"
+            report.reports.append(run_stage(r, build_foundation_stage, store, opts,
+                                            f"foundation {target}", pool, session))
     return report
 
 
 def extract_regions(recipe: RegionRecipe, out: Path, opts: RunOptions) -> ExtractReport:
     """Write the regions store at ``out``."""
-    return ExtractReport([run_stage(recipe, build_region_stage, Path(out), opts, "regions")])
+    with shard_pool(opts) as pool:
+        return ExtractReport([run_stage(recipe, build_region_stage, Path(out), opts, "regions",
+                                        pool)])

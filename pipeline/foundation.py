@@ -52,7 +52,9 @@ from pkd.errors import PkdError
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUPPORTED = "CLIPModel (model_type 'clip') or BlipForImageTextRetrieval (model_type 'blip')"
 # Config keys that say where / with what a checkpoint was saved, not what it computes.
-VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version")
+VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # files weights_sha256 reads
+FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a weights file
 
 
 @dataclass(frozen=True)
@@ -71,19 +73,21 @@ class FoundationModel:
     ``text_dim`` (d_t), ``embed_dim`` (d_e) and ``max_text_len`` (L).
     """
 
-    def __init__(self, spec: FoundationSpec, family: str, model, tokenizer, image_processor):
+    def __init__(self, spec: FoundationSpec, family: str, model, tokenizer, image_processor,
+                 weights_hash: str = ""):
         self.spec, self.family, self.model = spec, family, model
         self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.weights_hash = weights_hash  # weights_sha256 of the checkpoint files
         self.device = next(model.parameters()).device
         self.dims = model_dims(model.config, family, spec.max_text_len)
 
     def provenance(self) -> dict:
-        """What produced the features: stored in every store and compared when it is reopened."""
-        import transformers
-
+        """What produced the features: stored in every store and compared when it is reopened;
+        ``info`` (library versions) is recorded but not compared (see ``stores.schema``)."""
         return {"model": self.spec.model, "family": self.family,
-                "config_hash": config_sha256(self.model.config), "dtype": self.spec.dtype,
-                "transformers_version": transformers.__version__}
+                "config_hash": config_sha256(self.model.config),
+                "weights_sha256": self.weights_hash, "dtype": self.spec.dtype,
+                "info": library_info()}
 
     def _empty(self, target: str) -> dict[str, np.ndarray]:
         """Zero-row arrays of the ``encode_images`` / ``encode_texts`` outputs (empty batch)."""
@@ -189,6 +193,7 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
     from transformers import AutoConfig, BlipForImageTextRetrieval, CLIPModel
 
     _check_spec(spec)
+    quiet_loading()
     source, local = resolve_model(spec.model)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
@@ -209,7 +214,8 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
                        f"(e.g. {missing[0]})")
     model.requires_grad_(False).eval().to(_device(spec))
     tokenizer, image_processor = load_preprocessing(source, local, spec.model)
-    return FoundationModel(spec, family, model, tokenizer, image_processor)
+    return FoundationModel(spec, family, model, tokenizer, image_processor,
+                           weights_sha256(source, local))
 
 
 def resolve_model(model: str) -> tuple[str, bool]:
@@ -271,6 +277,49 @@ def config_sha256(config) -> str:
 
     text = json.dumps(strip(config.to_dict()), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def weights_sha256(source: str, local: bool) -> str:
+    """Cheap fingerprint of a checkpoint's weight files: sha256 over, per file (sorted by name),
+    its name, size, first and last ``FINGERPRINT_BYTES``. Two checkpoints with one config but
+    other weights differ here, where ``config_sha256`` cannot tell them apart. "" when the
+    files cannot be found (a hub id that is not in the local cache)."""
+    folder = Path(source)
+    if not local and not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(source, local_files_only=True))
+        except Exception:  # not cached / no hub access: no fingerprint rather than no run
+            return ""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}:".encode())
+        with path.open("rb") as f:
+            digest.update(f.read(FINGERPRINT_BYTES))
+            f.seek(max(0, size - FINGERPRINT_BYTES))
+            digest.update(f.read(FINGERPRINT_BYTES))
+    return digest.hexdigest() if files else ""
+
+
+def library_info() -> dict:
+    """Versions of the libraries that ran a model: recorded in stores, never compared."""
+    import transformers
+
+    return {"transformers_version": transformers.__version__, "torch_version": torch.__version__}
+
+
+def quiet_loading() -> None:
+    """No transformers progress bars ("Loading weights ...") unless the output is interactive:
+    tqdm's carriage returns flood CI logs and pipes (same rule as :mod:`pkd.progress`)."""
+    from transformers.utils import logging as hf_logging
+
+    from pkd.progress import _interactive
+
+    if not _interactive():
+        hf_logging.disable_progress_bar()
 
 
 def _check_spec(spec: FoundationSpec) -> None:

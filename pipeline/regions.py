@@ -26,24 +26,32 @@ from pkd.stores import ArraySpec, Failure, FeatureStore, StoreSpec
 
 
 class StoreBoxes:
-    """Boxes (and scores/labels) read back from an existing regions store, keyed by image id."""
+    """Boxes (and scores/labels) read back from an existing regions store, keyed by image id.
+
+    Stores imported from HDF5 (``pkd stores import-h5``) may lack ``region_scores`` /
+    ``region_labels``: their boxes then get score 1 and label -1 (no class).
+    """
 
     def __init__(self, path: str):
         self.store = FeatureStore.open(path, kind="regions")
+        if not self.store.complete:
+            raise PkdError(f"{path}: --boxes-from store is incomplete (pending shards "
+                           f"{self.store.pending[:5]}); finish its extraction first")
         self.max_regions = int(self.store.spec.dims["max_regions"])
+        self.names = [n for n in ("boxes", "num_regions", "region_scores", "region_labels")
+                      if n in self.store.spec.names]
 
     def provenance(self) -> dict:
         return {"boxes_from": str(self.store.path), "boxes_producer": self.store.spec.producer}
 
     def detect(self, images: list, image_ids: Sequence[int]) -> list[Detections]:
-        names = ["boxes", "num_regions", "region_scores", "region_labels"]
-        got = self.store.read(self.store.rows_of(image_ids), names)
-        out = []
-        for i in range(len(image_ids)):
-            n = int(got["num_regions"][i])
-            out.append(Detections(got["boxes"][i, :n], got["region_scores"][i, :n],
-                                  got["region_labels"][i, :n], None))
-        return out
+        got = self.store.read(self.store.rows_of(image_ids), self.names)
+        shape = got["boxes"].shape[:2]  # (B, max_regions)
+        scores = got.get("region_scores", np.ones(shape, np.float32))  # imported: score 1
+        labels = got.get("region_labels", np.full(shape, -1, np.int32))  # imported: no class
+        counts = got["num_regions"]
+        return [Detections(got["boxes"][i, :n], scores[i, :n], labels[i, :n], None)
+                for i, n in enumerate(counts.astype(int))]
 
 
 class RegionStage:
@@ -91,7 +99,8 @@ class RegionStage:
 
     def _features(self, images: list, dets: list[Detections]) -> list[np.ndarray]:
         if self.backbone is not None:
-            pooled = self.backbone.pool(images, [np.asarray(d.boxes)[: self.max_regions] for d in dets])
+            boxes = [np.asarray(d.boxes)[: self.max_regions] for d in dets]
+            pooled = self.backbone.pool(images, boxes)
             return [np.asarray(p, dtype=np.float32) for p in pooled]
         return [np.asarray(d.features, dtype=np.float32) for d in dets]
 

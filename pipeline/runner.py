@@ -1,84 +1,182 @@
 """Run a stage over the pending shards of its store: in-process, one slice, or on dask.
 
 A *recipe* is a small picklable description of a stage (its config); ``build`` turns it into a
-live stage (model loaded). Each process keeps the stages it built in a cache, so a dask worker
-loads the model once and then runs many shards. The store's writer decides what is pending: a
-re-run skips shards with a done record, so an interrupted run resumes where it stopped and gives
-the same bytes as an uninterrupted one (shard boundaries and batches inside a shard are fixed).
+live stage (model loaded). Each process keeps the stages it built for the current *session* (one
+``pkd extract`` call, every target of it), so a dask worker loads the model once per call and
+then runs many shards; a new session drops them, so a checkpoint changed in place between two
+calls is never served stale from memory. The store's writer decides what is pending: a re-run
+skips shards with a done record, so an interrupted run resumes where it stopped and gives the
+same bytes as an uninterrupted one (shard boundaries and batches inside a shard are fixed; keep
+the number of torch threads fixed too, e.g. ``--threads 1``, where bit-identical floats matter).
+
+CPU threads: torch's default (one intra-op thread per core) oversubscribes the cores as soon as
+the image-decoding thread or another process runs beside it, and its OpenMP workers then spin
+instead of computing (measured 10-20x slower on 2 cores). A run therefore uses ``usable cores -
+1`` threads in-process and ``cores // workers`` per LocalCluster worker, unless ``threads`` says;
+the workers of a ``--scheduler`` cluster keep their own setting (dask's nanny starts them with
+``OMP_NUM_THREADS=1``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 import time
-from collections.abc import Callable, Hashable
+import uuid
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pkd.progress import track
 from pkd.stores import Failure, StoreWriter
+from pkd.stores.records import failures_of, read_records
 
-_CACHE: dict[Hashable, object] = {}
+_LOCK = threading.RLock()  # guards the session (build_foundation_stage nests cached calls)
+_SESSION: dict = {"id": None, "stages": {}, "writers": {}}  # this process's live objects
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
     part: tuple[int, int] | None = None  # (i, n): only shards k with k % n == i (cluster slice)
     workers: int = 0  # >0: a dask.distributed LocalCluster with this many worker processes
     scheduler: str | None = None  # address of an existing dask scheduler (tcp://host:8786)
     overwrite: bool = False  # delete an existing store and start over
     items_per_shard: int = 512  # rows per work unit (= Zarr shard)
-    items_per_chunk: int = 16  # rows per compressed chunk inside a shard
+    items_per_chunk: int = 16  # rows per compressed chunk inside a shard (capped at the shard)
+    threads: int = 0  # torch CPU threads per process; 0 = auto (see the module doc)
 
 
 @dataclass
 class RunReport:
-    store: Path
-    shards_run: int = 0
-    shards_skipped: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    seconds: float = 0.0
+    store: Path  # the store written
+    shards_run: int = 0  # shards computed by this run
+    shards_skipped: int = 0  # shards of the slice already done (resume)
+    items_run: int = 0  # rows computed by this run
+    failures: list[Failure] = field(default_factory=list)  # failed items of the shards run
+    earlier_failures: list[Failure] = field(default_factory=list)  # of the skipped shards
+    setup_seconds: float = 0.0  # building the stage (imports, model loading) and the store
+    seconds: float = 0.0  # computing and writing the shards
 
 
-def cached(recipe: Hashable, build: Callable[[Hashable], object]):
-    """The live stage for ``recipe`` in this process, built once."""
-    if recipe not in _CACHE:
-        _CACHE[recipe] = build(recipe)
-    return _CACHE[recipe]
+def new_session() -> str:
+    """Start a session in this process (dropping the stages of the last one); its id."""
+    session = uuid.uuid4().hex
+    join_session(session)
+    return session
+
+
+def join_session(session: str) -> None:
+    """Make ``session`` current in this process (a dask worker joins the driver's)."""
+    with _LOCK:
+        if _SESSION["id"] != session:
+            _SESSION.update(id=session, stages={}, writers={})
+
+
+def cached(key: Hashable, build: Callable[[Hashable], object]):
+    """``build(key)``, built once per process and session."""
+    with _LOCK:  # a dask worker with several threads builds each stage once
+        stages = _SESSION["stages"]
+        if key not in stages:
+            stages[key] = build(key)
+        return stages[key]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto_threads(workers: int = 0) -> int:
+    """Torch threads per process: cores - 1 (one left for image decoding and the store writes),
+    or an even split of the cores between ``workers`` processes."""
+    cores = usable_cores()
+    return max(1, cores // workers) if workers else max(1, cores - 1)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (n <= 0: unchanged), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _spec_of(stage, opts: RunOptions):
-    return dataclasses.replace(
-        stage.spec(), items_per_shard=opts.items_per_shard, items_per_chunk=opts.items_per_chunk
-    )
+    return dataclasses.replace(stage.spec(), items_per_shard=opts.items_per_shard,
+                               items_per_chunk=min(opts.items_per_chunk, opts.items_per_shard))
 
 
-def run_shard(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, k: int) -> list[Failure]:
-    """Compute shard ``k`` of the store at ``out`` and write it (done record last)."""
-    stage = cached(recipe, build)
-    with StoreWriter(out, _spec_of(stage, opts), stage.ids) as writer:
-        arrays, failures = stage.run(writer.shard_ids(k))
-        writer.write_shard(k, arrays, failures)
+def compute_shard(stage, writer: StoreWriter, k: int) -> list[Failure]:
+    """Compute shard ``k`` with ``stage`` and write it (done record last)."""
+    arrays, failures = stage.run(writer.shard_ids(k))
+    writer.write_shard(k, arrays, failures)
     return list(failures)
 
 
-def run_stage(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, label: str) -> RunReport:
-    """Create/open the store at ``out`` and run every pending shard of it."""
-    start = time.monotonic()
+def run_shard(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, k: int,
+              session: str) -> list[Failure]:
+    """Shard ``k`` of the store at ``out`` in a worker process (stage and writer kept for the
+    session)."""
+    join_session(session)
     stage = cached(recipe, build)
-    with StoreWriter(out, _spec_of(stage, opts), stage.ids, overwrite=opts.overwrite) as writer:
-        pending = writer.pending(opts.part)
-        i, n = opts.part or (0, 1)
-        in_slice = len(range(i, writer.n_shards, n))
-        report = RunReport(Path(out), shards_skipped=in_slice - len(pending))
-    if opts.workers or opts.scheduler:
-        from pkd.pipeline.cluster import map_shards
+    with _LOCK:
+        writers = _SESSION["writers"]
+        if (str(out), recipe) not in writers:
+            writers[str(out), recipe] = StoreWriter(out, _spec_of(stage, opts), stage.ids)
+        writer = writers[str(out), recipe]
+    if opts.threads > 0:
+        import torch
 
-        results = map_shards(run_shard, recipe, build, Path(out), opts, pending)
+        torch.set_num_threads(opts.threads)
+    return compute_shard(stage, writer, k)
+
+
+def shard_pool(opts: RunOptions):
+    """The dask pool of a run (``workers`` / ``scheduler``), else a no-op context (None)."""
+    if opts.workers or opts.scheduler:
+        from pkd.pipeline.cluster import DaskPool
+
+        return DaskPool(opts.workers, opts.scheduler)
+    return nullcontext()
+
+
+def run_stage(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, label: str,
+              pool=None, session: str | None = None) -> RunReport:
+    """Create/open the store at ``out`` and run every pending shard of its slice, in this
+    process or on ``pool`` (a :class:`~pkd.pipeline.cluster.DaskPool`, see :func:`shard_pool`).
+    ``session``: of the calling :func:`new_session` (default: a new one)."""
+    session = session or new_session()
+    start = time.monotonic()
+    out = Path(out)
+    stage = cached(recipe, build)
+    writer = StoreWriter(out, _spec_of(stage, opts), stage.ids, overwrite=opts.overwrite)
+    pending = writer.pending(opts.part)
+    i, n = opts.part or (0, 1)
+    skipped = [k for k in range(i, writer.n_shards, n) if k not in pending]
+    records = read_records(out)
+    setup_done = time.monotonic()
+    report = RunReport(out, shards_skipped=len(skipped), setup_seconds=setup_done - start,
+                       items_run=sum(len(writer.shard_rows(k)) for k in pending),
+                       earlier_failures=failures_of({k: records[k] for k in skipped}))
+    if pool is not None:
+        threads = opts.threads or (auto_threads(opts.workers) if not opts.scheduler else 0)
+        remote = dataclasses.replace(opts, threads=threads, overwrite=False)
+        results = pool.map(run_shard, [(recipe, build, out, remote, k, session) for k in pending])
+        for failures in track(results, total=len(pending), description=label):
+            report.failures += failures
+            report.shards_run += 1
     else:
-        results = (run_shard(recipe, build, Path(out), opts, k) for k in pending)
-    for failures in track(results, total=len(pending), description=label):
-        report.failures += failures
-        report.shards_run += 1
-    report.seconds = time.monotonic() - start
+        with torch_threads(opts.threads or auto_threads()):
+            for k in track(pending, total=len(pending), description=label):
+                report.failures += compute_shard(stage, writer, k)
+                report.shards_run += 1
+    report.seconds = time.monotonic() - setup_done
     return report

@@ -38,6 +38,7 @@ KINDS = {
     "foundation_text": "question_id",
     "teacher": "question_id",
 }
+ALSO_KEYED_BY = {"foundation_text": ("caption_id",)}  # caption corpus stores (design.md)
 
 
 def config_hash(obj: Any) -> str:
@@ -90,7 +91,7 @@ class StoreSpec:
         names = [a.name for a in self.arrays]
         if self.kind not in KINDS:
             raise PkdError(f"store spec: unknown kind {self.kind!r} (one of {', '.join(KINDS)})")
-        if self.key != KINDS[self.kind]:
+        if self.key != KINDS[self.kind] and self.key not in ALSO_KEYED_BY.get(self.kind, ()):
             raise PkdError(f"store spec: kind {self.kind!r} is keyed by {KINDS[self.kind]!r}, not {self.key!r}")
         if len(set(names)) != len(names) or set(names) & set(RESERVED) or not names:
             raise PkdError(f"store spec: array names must be unique, non-empty, not {RESERVED}: {names}")
@@ -138,10 +139,22 @@ class StoreSpec:
                    attrs["items_per_chunk"], attrs["items_per_shard"])
 
 
+INFO = "info"  # producer key (at any depth) recorded but never compared, e.g. library versions
+
+
+def compared(obj: Any) -> Any:
+    """``obj`` without its informational ``info`` entries (at any depth)."""
+    if isinstance(obj, dict):
+        return {k: compared(v) for k, v in obj.items() if k != INFO}
+    return obj
+
+
 def spec_difference(have: StoreSpec, want: StoreSpec) -> str | None:
     """Name of the first field (``producer.model``, ``dims.max_regions``, ``arrays``...) that
-    differs between two specs, with both values; None when they describe the same store."""
+    differs between two specs, with both values; None when they describe the same store.
+    ``producer`` entries named ``info`` (library versions...) are ignored."""
     a, b = canonical(have.to_attrs(0)), canonical(want.to_attrs(0))
+    a["producer"], b["producer"] = compared(a["producer"]), compared(b["producer"])
     for part in ("kind", "key", "producer", "dims", "arrays", "items_per_chunk", "items_per_shard"):
         if a[part] == b[part]:
             continue

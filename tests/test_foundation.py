@@ -75,7 +75,7 @@ def test_loaded_frozen_with_family_and_dims(foundation, family):
     assert foundation.model.config._attn_implementation == "eager"
     prov = foundation.provenance()
     assert prov["family"] == family and prov["dtype"] == "float32"
-    assert len(prov["config_hash"]) == 64 and prov["transformers_version"]
+    assert len(prov["config_hash"]) == 64 and prov["info"]["transformers_version"]
 
 
 def test_encode_images_equals_direct_forward(foundation, reference, family):

@@ -12,7 +12,7 @@ from pkd.errors import PkdError
 app = typer.Typer(help="Extract features into Zarr stores (resumable, shardable, dask).",
                   no_args_is_help=True)
 
-Data = Annotated[Path, typer.Option("--data", help="data set folder (e.g. `pkd data synth` output)")]
+Data = Annotated[Path, typer.Option("--data", help="data set folder (`pkd data synth` output...)")]
 Dataset = Annotated[str, typer.Option(help="synth | vqa2 | vqacp2")]
 Splits = Annotated[str, typer.Option(help="comma-separated question splits")]
 Images = Annotated[Path | None, typer.Option(help="image folder (default DATA/images)")]
@@ -22,23 +22,37 @@ Scheduler = Annotated[str | None, typer.Option(help="address of a running dask s
 Overwrite = Annotated[bool, typer.Option(help="delete an existing store and start over")]
 Strict = Annotated[bool, typer.Option(help="exit non-zero when any image failed")]
 PerShard = Annotated[int, typer.Option(help="items per shard (work unit)")]
+Threads = Annotated[int, typer.Option(help="torch CPU threads per process (0 = auto)")]
 Device = Annotated[str, typer.Option(help="torch device")]
 BatchSize = Annotated[int, typer.Option(help="items per forward pass")]
 
 
-def _options(shard, workers, scheduler, overwrite, items_per_shard):
+def _part(shard: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` -> ``(i, n)``."""
+    if not shard:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        i, n = 0, 0
+    if not 0 <= i < n:
+        raise PkdError(f"--shard {shard}: expected i/n with 0 <= i < n")
+    return i, n
+
+
+def _options(shard, workers, scheduler, overwrite, items_per_shard, threads):
     from pkd.pipeline.runner import RunOptions
 
-    part = None
-    if shard:
-        try:
-            i, n = (int(x) for x in shard.split("/"))
-            assert 0 <= i < n
-        except (ValueError, AssertionError):
-            raise PkdError(f"--shard {shard}: expected i/n with 0 <= i < n") from None
-        part = (i, n)
-    return RunOptions(part=part, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                      items_per_shard=items_per_shard)
+    chunk = RunOptions.items_per_chunk
+    if items_per_shard < 1 or (items_per_shard > chunk and items_per_shard % chunk):
+        raise PkdError(f"--items-per-shard {items_per_shard}: must be 1..{chunk} or a multiple "
+                       f"of {chunk} (the rows of a compressed chunk)")
+    if shard and overwrite:  # slices run side by side: each would delete the others' work
+        raise PkdError(f"--shard {shard} --overwrite: delete the store once, then run the slices")
+    if workers < 0 or threads < 0:
+        raise PkdError(f"--workers {workers} / --threads {threads}: must be >= 0")
+    return RunOptions(part=_part(shard), workers=workers, scheduler=scheduler,
+                      overwrite=overwrite, items_per_shard=items_per_shard, threads=threads)
 
 
 def _source(data, dataset, splits, images, captions=False):
@@ -67,7 +81,7 @@ def foundation(
     max_text_len: Annotated[int, typer.Option(help="text tokens per item")] = 32,
     device: Device = "cpu", batch_size: BatchSize = 32, shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
-    items_per_shard: PerShard = 512,
+    items_per_shard: PerShard = 512, threads: Threads = 0,
 ) -> None:
     """Frozen foundation model features: images, questions (and captions)."""
     from pkd.pipeline.extract import FoundationRecipe, extract_foundation
@@ -76,7 +90,7 @@ def foundation(
                               device=device, dtype=dtype, max_text_len=max_text_len,
                               batch_size=batch_size)
     targets = ("images", "questions", "captions") if captions else ("images", "questions")
-    opts = _options(shard, workers, scheduler, overwrite, items_per_shard)
+    opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads)
     _finish(extract_foundation(recipe, out, opts, targets), strict)
 
 
@@ -84,7 +98,7 @@ def foundation(
 def regions(
     data: Data,
     out: Annotated[Path, typer.Option(help="the regions store to write (NAME.zarr)")],
-    detector: Annotated[str | None, typer.Option(help="given:PATH | hf:MODEL | detectron2:CFG")] = None,
+    detector: Annotated[str | None, typer.Option(help="given:PATH|hf:MODEL|detectron2:CFG")] = None,
     boxes_from: Annotated[str | None, typer.Option(help="reuse the boxes of this store")] = None,
     backbone: Annotated[str | None, typer.Option(help="HF backbone to pool box features")] = None,
     dataset: Dataset = "synth", splits: Splits = "train,val,test,test_iid", images: Images = None,
@@ -92,14 +106,14 @@ def regions(
     conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10, max_boxes: int = 100,
     device: Device = "cpu", batch_size: BatchSize = 16, shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
-    items_per_shard: PerShard = 512,
+    items_per_shard: PerShard = 512, threads: Threads = 0,
 ) -> None:
     """Boxes and per-box features (a detector, or the boxes of another store)."""
     from pkd.pipeline.extract import RegionRecipe, extract_regions
 
     recipe = RegionRecipe(_source(data, dataset, splits, images, captions), detector, boxes_from,
                           backbone, conf, iou, min_boxes, max_boxes, device, batch_size)
-    opts = _options(shard, workers, scheduler, overwrite, items_per_shard)
+    opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads)
     _finish(extract_regions(recipe, out, opts), strict)
 
 

@@ -1,25 +1,31 @@
-"""Readable summaries printed by the CLI."""
+"""Readable summaries printed by the CLI (plain lines: never truncated in narrow CI logs)."""
 
 from __future__ import annotations
 
 import sys
 
-from rich.console import Console
-from rich.table import Table
+MAX_LISTED = 20  # failures printed per store; `pkd stores info` lists the rest
+
+
+def extract_line(r) -> str:
+    """One line per store: shards run / skipped, items and items/s, setup time, failures."""
+    rate = f"{r.items_run / r.seconds:.0f} items/s" if r.seconds > 0 and r.items_run else "-"
+    failed = len(r.failures) + len(r.earlier_failures)
+    return (f"{r.store}: {r.shards_run} shards run, {r.shards_skipped} skipped (done); "
+            f"{r.items_run} items in {r.seconds:.1f}s ({rate}; setup {r.setup_seconds:.1f}s); "
+            f"{failed} failed")
 
 
 def print_extract_report(report) -> None:
-    """One row per store written: shards run / skipped, failures, seconds; then the failures."""
-    table = Table(title="extraction")
-    for col in ("store", "shards run", "skipped (done)", "failed items", "seconds"):
-        table.add_column(col)
+    """:func:`extract_line` per store on stdout, then this run's failures on stderr (those of
+    skipped shards are counted, not listed)."""
     for r in report.reports:
-        table.add_row(str(r.store), str(r.shards_run), str(r.shards_skipped),
-                      str(len(r.failures)), f"{r.seconds:.1f}")
-    Console().print(table)
+        print(extract_line(r))
     for r in report.reports:
-        for f in r.failures[:20]:
+        for f in r.failures[:MAX_LISTED]:
             print(f"skipped image {f.id} ({f.path or 'no file'}): {f.reason}", file=sys.stderr)
-        if len(r.failures) > 20:
-            print(f"... and {len(r.failures) - 20} more (see `pkd stores info {r.store}`)",
-                  file=sys.stderr)
+        more = len(r.failures) - MAX_LISTED
+        if more > 0 or r.earlier_failures:
+            earlier = f"{len(r.earlier_failures)} recorded earlier; " if r.earlier_failures else ""
+            print(f"{r.store}: {max(more, 0)} more failed items, {earlier}see "
+                  f"`pkd stores info {r.store}`", file=sys.stderr)
