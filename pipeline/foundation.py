@@ -314,12 +314,9 @@ def library_info() -> dict:
 def quiet_loading() -> None:
     """No transformers progress bars ("Loading weights ...") unless the output is interactive:
     tqdm's carriage returns flood CI logs and pipes (same rule as :mod:`pkd.progress`)."""
-    from transformers.utils import logging as hf_logging
+    from pkd.progress import quiet_transformers
 
-    from pkd.progress import _interactive
-
-    if not _interactive():
-        hf_logging.disable_progress_bar()
+    quiet_transformers()
 
 
 def _check_spec(spec: FoundationSpec) -> None:

@@ -46,7 +46,7 @@ class DemoConfig:
     seeds: int = 1  # training seeds per method
     methods: tuple[str, ...] = MAIN_METHODS  # rows of the results table (see ABLATIONS too)
     synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark
-    pretrain_epochs: int = 40  # caption pre-training epochs of the demo foundation model
+    pretrain_epochs: int = 20  # caption pre-training epochs of the demo foundation model
     train_epochs: int = 10  # VQA training epochs per run
     batch_size: int = 64  # VQA training batch size
 

@@ -42,3 +42,15 @@ def track(
             print(f"{description}: {done}{of} ({now - start:.0f}s)", file=sys.stderr, flush=True)
     if done and time.monotonic() - start >= every_s:
         print(f"{description}: done {done} in {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+
+
+def quiet_transformers() -> None:
+    """No transformers progress bars ("Loading weights", "Writing model shards") unless the
+    output is interactive: tqdm's carriage returns flood CI logs and pipes."""
+    if _interactive():
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers loads
+    if "transformers" in sys.modules:  # already loaded: switch its bars off directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()

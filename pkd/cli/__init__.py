@@ -47,6 +47,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
+    from pkd.progress import quiet_transformers
+
+    quiet_transformers()
     try:
         app(args=argv, prog_name="pkd")  # standalone mode: always ends in SystemExit
     except PkdError as err:
