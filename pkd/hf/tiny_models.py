@@ -73,7 +73,8 @@ def _bert_tokenizer(vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     specials = list(BERT_SPECIALS.values())  # ids 0..4: [PAD] [UNK] [CLS] [SEP] [MASK]
-    return tok, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    return tok, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                 show_progress=False)
 
 
 def _clip_tokenizer(vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
@@ -84,7 +85,7 @@ def _clip_tokenizer(vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
     specials = list(CLIP_SPECIALS.values())  # ids 0..3: bos eos pad unk
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   end_of_word_suffix="</w>")
     return tok, trainer
 
