@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from pkd.data.images import ImageError, load_rgb
-from pkd.pipeline.prefetch import prefetch
 from pkd.pipeline.sources import Source
+from pkd.prefetch import prefetch
 from pkd.stores import ArraySpec, Failure, StoreSpec
 
 ImageBatch = tuple[list[int], list, list[Failure]]  # (positions in shard, PIL images, failures)

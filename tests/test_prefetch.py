@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from pkd.pipeline.prefetch import prefetch
+from pkd.prefetch import prefetch
 
 
 def test_results_in_order():

@@ -97,6 +97,7 @@ class RunConfig:
     amp: bool = False  # bf16/fp16 autocast on cuda
     num_workers: int = 0  # data-loading worker processes
     log_every: int = 50  # print / log training metrics every N steps
+    threads: int = 0  # torch CPU threads per process (0 = usable cores - 1, at least 1)
 
 
 @dataclass

@@ -95,7 +95,7 @@ class PretrainConfig:
     itm_weight: float = 1.0  # weight of the BLIP ITM loss
     eval_fraction: float = 0.1  # share of caption images held out for evaluation
     seed: int = 0  # seeds init, held-out split, data order and hard-negative sampling
-    threads: int = 2  # torch CPU threads (1 for bitwise reproducibility across machines)
+    threads: int = 0  # torch CPU threads (0 = usable cores - 1, at least 1; 1 for bitwise reproducibility)
 
     def validate(self) -> None:
         """Raise PkdError naming the first unusable field."""
@@ -105,7 +105,7 @@ class PretrainConfig:
             (0 < self.eval_fraction < 1, "eval_fraction must be in (0, 1)"),
             (self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0"),
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
-            (self.threads >= 1 and self.itc_temperature > 0, "need threads >= 1, τ > 0"),
+            (self.threads >= 0 and self.itc_temperature > 0, "need threads >= 0, τ > 0"),
             (self.size.hidden % self.size.heads == 0, "hidden must be a multiple of heads"),
         ]
         for ok, problem in checks:
@@ -595,7 +595,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     _check_out_dir(out_dir)
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - 1))
     work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     try:
