@@ -133,7 +133,8 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
     pkd = {**PKD, "method.name": "pkd", "method.pkd.predictors": run_dir(cfg, "predictors", seed)}
     specific = {
         "baseline": {"method.name": "baseline"},
-        "predictors": {**PKD, "method.name": "pkd-predictors"},
+        "predictors": {**PKD, "method.name": "pkd-predictors",
+                       "run.epochs": max(1, cfg.train_epochs // 2)},
         "pkd": pkd,
         "pkd-memory": {**pkd, "method.pkd.use_memory": False},
         "pkd-model-kd": {**pkd, "method.pkd.use_model_kd": False},
