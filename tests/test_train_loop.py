@@ -148,3 +148,20 @@ def test_resume_without_checkpoint_is_a_clear_error(bench, tmp_path):
     data, regions = bench
     with pytest.raises(PkdError, match="no checkpoint yet"):
         fit(load_config(None, train_overrides(data, regions, tmp_path / "r")), resume=True)
+
+
+def test_val_carved_from_train_when_the_dataset_has_no_val_split(bench, tmp_path):
+    from pkd.train.prepare import open_stores, split_batches, val_split_name, vocabs
+
+    data, regions = bench
+    cfg = load_config(None, train_overrides(data, regions, tmp_path / "r", **{
+        "data.val_fraction": 0.25, "data.val_split": "no-such-split"}))
+    v = vocabs(cfg, tmp_path / "r", create=True)
+    stores = open_stores(cfg)
+    train, _ = split_batches(cfg, cfg.data.train_split, v, stores)
+    val, _ = split_batches(cfg, val_split_name(cfg), v, stores)
+    full = json.loads((data / "synth_train_questions.json").read_text())["questions"]
+    assert len(train) + len(val) == len(full) and len(val) > 0
+    assert not set(train.image_ids.tolist()) & set(val.image_ids.tolist())  # image-level carve
+    result = fit(cfg)  # validates on the carved share, never on another split
+    assert result.best_val >= 0

@@ -46,7 +46,8 @@ class DataConfig:
     root: str = "data"  # data root (questions / annotations / synthetic benchmark)
     dataset: Literal["synth", "vqa2", "vqacp2"] = "synth"  # which benchmark format to read
     train_split: str = "train"  # split name used for training
-    val_split: str = "val"  # split name used for validation (VQA-CP: carved out of train)
+    val_split: str = "val"  # split name used for validation (ignored when val_fraction > 0)
+    val_fraction: float = 0.0  # > 0: validate on this share of the TRAIN images, held out of training (VQA-CP has no val split)
     test_split: str = "test"  # split name used for the final test
     regions: str = ""  # path of the `regions` store (region_features, region_geometry, ...)
     foundation_image: str = ""  # path of the `foundation_image` store ("" = not used)

@@ -33,6 +33,7 @@ from pkd.train.prepare import (
     open_stores,
     split_batches,
     uses_foundation_tokens,
+    val_split_name,
     vocabs,
 )
 from pkd.train.schedule import make_scheduler
@@ -126,7 +127,7 @@ class Trainer:
         self.train_data, self.train = split_batches(
             cfg, cfg.data.train_split, self.vocabs, stores,
             foundation_tokens=uses_foundation_tokens(cfg), teacher=True)
-        _, self.val = split_batches(cfg, cfg.data.val_split, self.vocabs, stores)
+        _, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores)
         self.model = build_run_model(cfg, self.vocabs, stores)
         self.task = build_run_task(cfg, self.model, self.vocabs, stores).to(self.world.device)
         self.ddp = self.task

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from pkd.data.answers import AnswerVocab
@@ -21,7 +22,7 @@ from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores import FeatureStore
 from pkd.train.config import TrainConfig
-from pkd.train.data import SplitData, Stores, VQABatches, attach, load_split_data
+from pkd.train.data import SplitData, Stores, VQABatches, attach, keep_rows, load_split_data
 from pkd.train.models import build_model
 from pkd.train.tasks import build_task
 from pkd.train.tasks.distillvlm import load_teacher
@@ -152,19 +153,38 @@ def check_provenance(run_dir: Path, stores: Stores) -> None:
                         f"{before[part].get(key)!r} (see {path})")
 
 
+def held_out(image_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """True for the images of the carved validation share: a fixed hash of the image id
+    (Knuth's multiplicative hash) below ``fraction``, so the carve never depends on order."""
+    h = (image_ids.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
+    return h.astype(np.float64) / 2**32 < fraction
+
+
 def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
                   foundation_tokens: bool = False, teacher: bool = False,
                   ) -> tuple[SplitData, VQABatches]:
     """One split's questions joined with the stores, as a batch dataset.
 
+    ``split`` may be ``"<train_split>"`` or, with ``data.val_fraction > 0``, the carved
+    validation share ``"val_from_train"`` (the training split then excludes those images).
     DistillVLM teacher stores cover the training split only: they join when ``teacher`` is set.
     """
     if not teacher:
         stores = replace(stores, teacher_regions=None, teacher=None)
-    data = load_split_data(cfg.data.root, cfg.data.dataset, split, v.answers, v.words,
+    carved = split == CARVED_VAL
+    name = cfg.data.train_split if carved else split
+    data = load_split_data(cfg.data.root, cfg.data.dataset, name, v.answers, v.words,
                            cfg.data.max_question_length)
+    if cfg.data.val_fraction > 0 and name == cfg.data.train_split:
+        val = held_out(data.image_ids, cfg.data.val_fraction)
+        data = keep_rows(data, val if carved else ~val)
     data, rows = attach(data, stores)
     return data, VQABatches(data, stores, rows, len(v.answers), foundation_tokens)
+
+
+def val_split_name(cfg: TrainConfig) -> str:
+    """The split validation (and best-checkpoint selection) reads — never the test split."""
+    return CARVED_VAL if cfg.data.val_fraction > 0 else cfg.data.val_split
 
 
 def model_dims(stores: Stores) -> tuple[int, int | None]:
@@ -178,6 +198,7 @@ def model_dims(stores: Stores) -> tuple[int, int | None]:
 
 
 PKD_METHODS = ("pkd-predictors", "pkd")
+CARVED_VAL = "val_from_train"
 
 
 def uses_foundation_tokens(cfg: TrainConfig) -> bool:
