@@ -90,9 +90,8 @@ def usable_cores() -> int:
 
 def auto_threads(workers: int = 0) -> int:
     """Torch threads per process: cores - 1 (one left for image decoding and the store writes),
-    or an even split of the cores between ``workers`` processes."""
-    cores = usable_cores()
-    return max(1, cores // workers) if workers else max(1, cores - 1)
+    split evenly between ``workers`` processes (each has its own decode thread too)."""
+    return max(1, (usable_cores() - 1) // max(1, workers))
 
 
 @contextmanager
