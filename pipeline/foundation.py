@@ -38,7 +38,6 @@ Text rows past ``num_tokens`` are zero in ``text_tokens``. Embeddings are unit-n
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from pkd.errors import PkdError
+from pkd.hf.hashing import VOLATILE_CONFIG_KEYS, config_sha256  # noqa: F401 (re-exported)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUPPORTED = "CLIPModel (model_type 'clip') or BlipForImageTextRetrieval (model_type 'blip')"
-# Config keys that say where / with what a checkpoint was saved, not what it computes.
-VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # files weights_sha256 reads
 FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a weights file
 
@@ -265,18 +263,6 @@ def model_dims(config, family: str, max_text_len: int, where: str = "") -> dict[
     return {"vision_tokens": 1 + (vision.image_size // vision.patch_size) ** 2,
             "vision_dim": vision.hidden_size, "text_dim": text.hidden_size,
             "embed_dim": embed, "max_text_len": max_text_len}
-
-
-def config_sha256(config) -> str:
-    """sha256 of the config as canonical JSON (sorted keys), without its path and version."""
-
-    def strip(obj):
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if k not in VOLATILE_CONFIG_KEYS}
-        return obj
-
-    text = json.dumps(strip(config.to_dict()), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def weights_sha256(source: str, local: bool) -> str:

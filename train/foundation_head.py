@@ -42,8 +42,6 @@ CLIP ``normalize(W_v LN_post(v[:, 0]))``, ``normalize(W_t t[:, n - 1])``; BLIP
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -51,9 +49,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pkd.errors import PkdError
+from pkd.hf.hashing import VOLATILE_CONFIG_KEYS, config_sha256  # noqa: F401 (re-exported)
 
 SUPPORTED = "CLIPModel (model_type 'clip') or BlipForImageTextRetrieval (model_type 'blip')"
-VOLATILE_CONFIG_KEYS = ("_name_or_path", "transformers_version", "dtype", "torch_dtype")  # as pipeline.foundation
 
 
 class FoundationHead(nn.Module):
@@ -187,19 +185,6 @@ def _family(config, where: str) -> str:
         return "blip"
     found = ", ".join(architectures) or f"model_type {config.model_type!r}"
     raise PkdError(f"{where}: unsupported foundation model {found}; supported: {SUPPORTED}")
-
-
-def config_sha256(config) -> str:
-    """sha256 of the config as canonical JSON without its path and version: the same value
-    ``pkd.pipeline.foundation.config_sha256`` records in the stores' provenance."""
-
-    def strip(obj):
-        if isinstance(obj, dict):
-            return {k: strip(v) for k, v in obj.items() if k not in VOLATILE_CONFIG_KEYS}
-        return obj
-
-    text = json.dumps(strip(config.to_dict()), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _first_line(err: Exception) -> str:
