@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 
 from pkd.errors import PkdError
+from pkd.hf.families import SUPPORTED, detect_family  # noqa: F401 (re-exported)
 from pkd.hf.hashing import VOLATILE_CONFIG_KEYS, config_sha256  # noqa: F401 (re-exported)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SUPPORTED = "CLIPModel (model_type 'clip') or BlipForImageTextRetrieval (model_type 'blip')"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # files weights_sha256 reads
 FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a weights file
 
@@ -225,17 +225,6 @@ def resolve_model(model: str) -> tuple[str, bool]:
         raise PkdError(f"{model}: not a model directory (and not a Hugging Face hub id)")
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     return model, offline
-
-
-def detect_family(config, where: str) -> str:
-    """"clip" or "blip" from a transformers config; anything else is a :class:`PkdError`."""
-    architectures = list(getattr(config, "architectures", None) or [])
-    if config.model_type == "clip" and architectures in ([], ["CLIPModel"]):
-        return "clip"
-    if config.model_type == "blip" and "BlipForImageTextRetrieval" in architectures:
-        return "blip"
-    found = ", ".join(architectures) or f"model_type {config.model_type!r}"
-    raise PkdError(f"{where}: unsupported foundation model {found}; supported: {SUPPORTED}")
 
 
 def load_preprocessing(source: str, local: bool, where: str):

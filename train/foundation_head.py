@@ -49,9 +49,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pkd.errors import PkdError
+from pkd.hf.families import SUPPORTED, detect_family  # noqa: F401 (re-exported)
 from pkd.hf.hashing import VOLATILE_CONFIG_KEYS, config_sha256  # noqa: F401 (re-exported)
-
-SUPPORTED = "CLIPModel (model_type 'clip') or BlipForImageTextRetrieval (model_type 'blip')"
 
 
 class FoundationHead(nn.Module):
@@ -94,7 +93,7 @@ class FoundationHead(nn.Module):
             config = AutoConfig.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as err:
             raise PkdError(f"{model_dir}: cannot load a model config ({_first_line(err)})") from None
-        family = _family(config, str(model_dir))
+        family = detect_family(config, str(model_dir))
         model_cls = CLIPModel if family == "clip" else BlipForImageTextRetrieval
         try:
             model, info = model_cls.from_pretrained(
@@ -175,16 +174,6 @@ def _eos_token(t: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     """CLIP's pooled text token (B, d_t): position ``n - 1`` of each right-padded row."""
     n = text_mask.long().sum(dim=1).clamp(min=1)  # (B,)
     return t[torch.arange(t.shape[0], device=t.device), n - 1]
-
-
-def _family(config, where: str) -> str:
-    architectures = list(getattr(config, "architectures", None) or [])
-    if config.model_type == "clip" and architectures in ([], ["CLIPModel"]):
-        return "clip"
-    if config.model_type == "blip" and "BlipForImageTextRetrieval" in architectures:
-        return "blip"
-    found = ", ".join(architectures) or f"model_type {config.model_type!r}"
-    raise PkdError(f"{where}: unsupported foundation model {found}; supported: {SUPPORTED}")
 
 
 def _first_line(err: Exception) -> str:
