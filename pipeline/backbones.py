@@ -33,7 +33,8 @@ from PIL import Image
 from torch import Tensor
 
 from pkd.errors import PkdError
-from pkd.pipeline.foundation import config_sha256, quiet_loading, resolve_model, weights_sha256
+from pkd.hf.loading import first_line, quiet_loading, resolve_model
+from pkd.pipeline.foundation import config_sha256, weights_sha256
 from pkd.pipeline.roi_align import roi_align_op
 
 
@@ -46,11 +47,6 @@ def load_image_processor(model: str):
         return AutoImageProcessor.from_pretrained(source, backend="pil", local_files_only=local)
     except (OSError, ValueError) as err:
         raise PkdError(f"{model}: cannot load its image processor ({first_line(err)})") from err
-
-
-def first_line(err: Exception) -> str:
-    """The first line of an exception message (for one-line PkdErrors)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def resized_size(processor, width: int, height: int) -> tuple[int, int]:

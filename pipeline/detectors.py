@@ -23,9 +23,10 @@ import torch
 from PIL import Image
 
 from pkd.errors import PkdError
-from pkd.pipeline.backbones import first_line, load_image_processor
+from pkd.hf.loading import first_line, quiet_loading, resolve_model
+from pkd.pipeline.backbones import load_image_processor
 from pkd.pipeline.boxes import clip_boxes, cxcywh_to_xyxy, select_boxes, xywh_to_xyxy
-from pkd.pipeline.foundation import config_sha256, quiet_loading, resolve_model, weights_sha256
+from pkd.pipeline.foundation import config_sha256, weights_sha256
 
 DETECTRON2_MISSING = ("detectron2 is not installed: pip install "
                       "'git+https://github.com/facebookresearch/detectron2.git' "

@@ -38,7 +38,6 @@ Text rows past ``num_tokens`` are zero in ``text_tokens``. Embeddings are unit-n
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from pkd.errors import PkdError
 from pkd.hf.families import SUPPORTED, detect_family  # noqa: F401 (re-exported)
 from pkd.hf.hashing import VOLATILE_CONFIG_KEYS, config_sha256  # noqa: F401 (re-exported)
+from pkd.hf.loading import first_line, quiet_loading, resolve_model  # noqa: F401 (re-exported)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # files weights_sha256 reads
@@ -196,7 +196,7 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError) as err:
-        raise PkdError(f"{spec.model}: cannot load a model config ({_first_line(err)})") from err
+        raise PkdError(f"{spec.model}: cannot load a model config ({first_line(err)})") from err
     family = detect_family(config, spec.model)
     model_dims(config, family, spec.max_text_len, where=spec.model)  # validates max_text_len
     cls = CLIPModel if family == "clip" else BlipForImageTextRetrieval
@@ -204,7 +204,7 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
         model, info = cls.from_pretrained(source, local_files_only=local, dtype=torch.float32,
                                           attn_implementation="eager", output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as err:
-        reason = _first_line(err)
+        reason = first_line(err)
         raise PkdError(f"{spec.model}: cannot load the {family} weights ({reason})") from err
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
@@ -214,17 +214,6 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
     tokenizer, image_processor = load_preprocessing(source, local, spec.model)
     return FoundationModel(spec, family, model, tokenizer, image_processor,
                            weights_sha256(source, local))
-
-
-def resolve_model(model: str) -> tuple[str, bool]:
-    """(what to pass to ``from_pretrained``, local_files_only) for a directory or a hub id."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path), True
-    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
-        raise PkdError(f"{model}: not a model directory (and not a Hugging Face hub id)")
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return model, offline
 
 
 def load_preprocessing(source: str, local: bool, where: str):
@@ -286,14 +275,6 @@ def library_info() -> dict:
     return {"transformers_version": transformers.__version__, "torch_version": torch.__version__}
 
 
-def quiet_loading() -> None:
-    """No transformers progress bars ("Loading weights ...") unless the output is interactive:
-    tqdm's carriage returns flood CI logs and pipes (same rule as :mod:`pkd.progress`)."""
-    from pkd.progress import quiet_transformers
-
-    quiet_transformers()
-
-
 def _check_spec(spec: FoundationSpec) -> None:
     if spec.dtype not in DTYPES:
         raise PkdError(f"{spec.model}: dtype {spec.dtype!r} is not one of {', '.join(DTYPES)}")
@@ -307,7 +288,7 @@ def _device(spec: FoundationSpec) -> torch.device:
     try:
         return torch.device(spec.device)
     except RuntimeError as err:
-        raise PkdError(f"{spec.model}: bad device {spec.device!r} ({_first_line(err)})") from err
+        raise PkdError(f"{spec.model}: bad device {spec.device!r} ({first_line(err)})") from err
 
 
 def _check_eos(input_ids: torch.Tensor, num_tokens: torch.Tensor, eos_id: int, where: str) -> None:
@@ -328,8 +309,3 @@ def _numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
     """A detached CPU copy as ``dtype`` (floats go through f32, numpy has no bfloat16)."""
     x = x.detach().cpu()
     return (x.float() if x.is_floating_point() else x).numpy().astype(dtype)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -7,7 +7,8 @@ foundation features, student regions and aligned teacher regions into stores -> 
 skips what is done.
 
 ``results.json``: ``{"elapsed_s": float, "rows": [{"method", "seed", "split", "overall",
-"perAnswerType"}]}`` (percent, official metric) plus ``"models"`` (parameter counts).
+"perAnswerType", "ms_per_question"}]}`` (percent, official metric; model forward time per question
+while evaluating) plus ``"models"`` (parameter counts).
 
 The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
 region backbones): the numbers show the methods' mechanics on this benchmark, not their
@@ -26,7 +27,7 @@ from pkd.data.synth import SynthConfig
 SPLITS = ("test", "test_iid")
 MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
 ABLATIONS = ("pkd-memory", "pkd-model-kd", "pkd-predictors-off", "distillvlm-att",
-             "distillvlm-nce", "distillvlm-kd")
+             "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256", "distillvlm-queue16384")
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
@@ -146,6 +147,8 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "distillvlm-att": {**distill, "method.distill.alpha": 0.0},
         "distillvlm-nce": {**distill, "method.distill.beta": 0.0},
         "distillvlm-kd": {**distill, "method.distill.gamma": 0.0},
+        "distillvlm-queue256": {**distill, "method.distill.queue_size": 256},
+        "distillvlm-queue16384": {**distill, "method.distill.queue_size": 16384},
     }[name]
     return {**base, **specific}
 
@@ -181,7 +184,8 @@ def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
     for split in SPLITS:
         metrics, _ = evaluate_checkpoint(run, split)
         rows.append({"method": name, "seed": seed, "split": split,
-                     "overall": metrics["overall"], "perAnswerType": metrics["perAnswerType"]})
+                     "overall": metrics["overall"], "perAnswerType": metrics["perAnswerType"],
+                     "ms_per_question": metrics["inference"]["ms_per_question"]})
     return rows
 
 
@@ -229,6 +233,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append({"method": m, "split": s, "n": len(rs),
                     "mean": float(np.mean([r["overall"] for r in rs])),
                     "std": float(np.std([r["overall"] for r in rs])),
+                    "ms_per_question": float(np.mean([r.get("ms_per_question", np.nan)
+                                                      for r in rs])),
                     "perAnswerType": {t: float(np.mean([r["perAnswerType"].get(t, 0.0)
                                                         for r in rs])) for t in types}})
     return out

@@ -8,7 +8,9 @@ anyway) and all runs of all requested arrays are fetched concurrently. Measured 
 back in the requested order, duplicates included.
 
 Random rows are still slow in any compressed layout (one chunk decoded per row): sample batches
-with :class:`pkd.stores.ChunkShuffleSampler` so a batch touches few chunks.
+with :class:`pkd.stores.ChunkShuffleSampler` so a batch touches few chunks, and open the store with
+``cache_bytes`` so the chunks a window of batches shares are decoded once
+(:class:`pkd.stores.chunk_cache.ChunkCache`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import zarr
 from zarr.core.sync import sync  # zarr's own event loop (the sync API runs on it too)
 
 from pkd.errors import PkdError, StoreMismatch
+from pkd.stores.chunk_cache import ChunkCache
 from pkd.stores.records import failures_of, n_shards, read_records, shard_range
 from pkd.stores.schema import Failure, StoreSpec, canonical, read_attrs
 
@@ -39,16 +42,16 @@ def chunk_runs(rows: np.ndarray, items_per_chunk: int, n_items: int) -> list[tup
             for a, b in zip(firsts, lasts, strict=True)]
 
 
-async def _read_runs(arrays: list[zarr.Array], runs: list[tuple[int, int]]) -> list[np.ndarray]:
-    """Every run of every array, fetched concurrently; result is array-major."""
-    jobs = [a.async_array.getitem(slice(start, stop)) for a in arrays for start, stop in runs]
-    return list(await asyncio.gather(*jobs))
+async def _read_runs(jobs: list[tuple[zarr.Array, tuple[int, int]]]) -> list[np.ndarray]:
+    """``array[start:stop]`` of every job, fetched concurrently, in the given order."""
+    reads = [a.async_array.getitem(slice(start, stop)) for a, (start, stop) in jobs]
+    return list(await asyncio.gather(*reads))
 
 
 class FeatureStore:
     """A read-only view of one store; cheap to pickle (DataLoader workers reopen the arrays)."""
 
-    def __init__(self, path: Path, spec: StoreSpec, attrs: dict):
+    def __init__(self, path: Path, spec: StoreSpec, attrs: dict, cache_bytes: int = 0):
         self.path = path
         self.spec = spec
         self.attrs = attrs  # the raw `pkd_store` attribute (pkd_version, created, n_items...)
@@ -64,11 +67,15 @@ class FeatureStore:
             done[r.start:r.stop] = False
         self.ok = zarr.open_array(path / "ok", mode="r")[:].astype(bool) & done
         self._arrays: dict[str, zarr.Array] = {}
+        self.cache_bytes = cache_bytes  # decoded chunks kept for later reads (0 = none)
+        self._cache = ChunkCache(cache_bytes) if cache_bytes > 0 else None
 
     @classmethod
-    def open(cls, path: str | Path, *, kind: str | None = None, expect: dict | None = None) -> FeatureStore:
+    def open(cls, path: str | Path, *, kind: str | None = None, expect: dict | None = None,
+             cache_bytes: int = 0) -> FeatureStore:
         """Open the store at ``path``; refuse it (StoreMismatch) if it is not of ``kind`` or its
-        provenance differs from ``expect = {"producer": {...}, "dims": {...}}`` (subsets)."""
+        provenance differs from ``expect = {"producer": {...}, "dims": {...}}`` (subsets).
+        ``cache_bytes`` > 0 keeps up to that many bytes of decoded chunks (:class:`ChunkCache`)."""
         path = Path(path)
         attrs = read_attrs(path)
         spec = StoreSpec.from_attrs(attrs, path)
@@ -82,10 +89,14 @@ class FeatureStore:
                 if have.get(key) != value:
                     raise StoreMismatch(f"{path}: {part}.{key} is {have.get(key)!r}, expected "
                                         f"{value!r} (store built by {describe(spec.producer)})")
-        return cls(path, spec, attrs)
+        return cls(path, spec, attrs, cache_bytes)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": {}}
+        return {**self.__dict__, "_arrays": {}, "_cache": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache = ChunkCache(self.cache_bytes) if self.cache_bytes > 0 else None
 
     def _array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
@@ -104,27 +115,56 @@ class FeatureStore:
         return rows.astype(np.int64)
 
     def read(self, rows: Sequence[int] | np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """``{name: array [len(rows), *item_shape]}`` for ``rows`` in the given order."""
+        """``{name: array [len(rows), *item_shape]}`` for ``rows`` in the given order.
+
+        Chunks held by the cache are not read again; the others are fetched concurrently as runs
+        of consecutive chunks and (with a cache) kept for the next batches.
+        """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_items):
             bad = rows[(rows < 0) | (rows >= self.n_items)][0]
             raise PkdError(f"{self.path}: row {bad} out of range (store has {self.n_items} rows)")
         names = list(names or self.spec.names)
-        arrays = [self._array(name) for name in names]
+        arrays = {name: self._array(name) for name in names}
+        ipc = self.spec.items_per_chunk
         unique, inverse = np.unique(rows, return_inverse=True)
-        runs = chunk_runs(unique, self.spec.items_per_chunk, self.n_items)
-        parts = sync(_read_runs(arrays, runs)) if runs else []
-        # position of each unique row inside the concatenation of the runs
-        starts = np.array([s for s, _ in runs], dtype=np.int64)
-        lengths = np.array([e - s for s, e in runs], dtype=np.int64)
-        run_of = np.searchsorted(starts, unique, side="right") - 1
-        offset = (np.cumsum(lengths) - lengths)[run_of] + unique - starts[run_of]
+        chunks = np.unique(unique // ipc)
+        have = self._fetch_chunks(arrays, chunks.tolist())
+        # position of each unique row inside the concatenation of its chunks
+        starts = chunks * ipc
+        lengths = np.minimum(starts + ipc, self.n_items) - starts
+        chunk_pos = np.searchsorted(chunks, unique // ipc)
+        offset = (np.cumsum(lengths) - lengths)[chunk_pos] + unique - starts[chunk_pos]
         out = {}
-        for i, (name, array) in enumerate(zip(names, arrays, strict=True)):
-            mine = parts[i * len(runs):(i + 1) * len(runs)]
+        for name, array in arrays.items():
+            mine = [have[name, c] for c in chunks.tolist()]
             flat = np.concatenate(mine) if mine else np.zeros((0, *array.shape[1:]), array.dtype)
             out[name] = flat[offset[inverse]]
         return out
+
+    def _fetch_chunks(self, arrays: dict[str, zarr.Array], chunks: list[int]) -> dict:
+        """``{(name, chunk): rows of that chunk}``: from the cache, else read (runs, concurrently)."""
+        ipc, have, jobs = self.spec.items_per_chunk, {}, []
+        for name, array in arrays.items():
+            missing = []
+            for c in chunks:
+                hit = self._cache.get((name, c)) if self._cache is not None else None
+                if hit is None:
+                    missing.append(c)
+                else:
+                    have[name, c] = hit
+            rows = np.asarray(missing, dtype=np.int64) * ipc
+            jobs += [(name, array, run) for run in chunk_runs(rows, ipc, self.n_items)]
+        parts = sync(_read_runs([(a, run) for _, a, run in jobs])) if jobs else []
+        for (name, _, (start, stop)), part in zip(jobs, parts, strict=True):
+            for first in range(start, stop, ipc):
+                chunk = part[first - start:first - start + ipc]
+                if chunk.shape[0] < part.shape[0]:
+                    chunk = chunk.copy()  # so an evicted chunk frees its memory
+                have[name, first // ipc] = chunk
+                if self._cache is not None:
+                    self._cache.put((name, first // ipc), chunk)
+        return have
 
     def read_range(self, start: int, stop: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """``{name: array [stop - start, *item_shape]}`` for the contiguous rows ``[start, stop)``."""

@@ -33,18 +33,21 @@ def synth_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def damaged_images(synth_data, tmp_path_factory) -> tuple[Path, dict[int, str]]:
-    """A copy of the image folder with four broken images: ``(folder, {image_id: reason part})``."""
+    """A copy of the image folder with five broken images: ``(folder, {image_id: reason part})``."""
+    from bad_files import huge_png
+
     folder = tmp_path_factory.mktemp("damaged") / "images"
     shutil.copytree(synth_data / "images", folder)
     files = sorted(folder.iterdir())
-    missing, empty, garbage, truncated = files[1], files[5], files[20], files[40]
+    missing, empty, garbage, huge, truncated = files[1], files[5], files[20], files[30], files[40]
     missing.unlink()
     empty.write_bytes(b"")
     garbage.write_bytes(b"this is not a png at all" * 10)
+    huge.write_bytes(huge_png(30_000, 30_000))  # 900 Mpixel header, refused before decoding
     truncated.write_bytes(truncated.read_bytes()[:120])
-    ids = [int(p.stem) for p in (missing, empty, garbage, truncated)]
-    return folder, dict(zip(ids, ["no image file", "empty file", "not an image", "truncated"],
-                            strict=True))
+    ids = [int(p.stem) for p in (missing, empty, garbage, huge, truncated)]
+    return folder, dict(zip(ids, ["no image file", "empty file", "not an image", "too large",
+                                  "truncated"], strict=True))
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from train_fixtures import make_benchmark, make_regions_store, train_overrides
 
 from pkd.cli import main
 from pkd.stores import FeatureStore
+from pkd.train.checkpoint import resolve_checkpoint
 
 TEACHER = {"method.distill.teacher_model.arch": "fusion",
            "method.distill.teacher_model.hidden_size": 32,
@@ -73,3 +75,29 @@ def test_cached_and_online_teacher_runs(aligned, tmp_path):
     for key in ("vqa_loss", "att_loss", "kd_loss"):  # same losses from cache and online teacher
         assert a[key] == pytest.approx(b[key], rel=2e-2, abs=1e-4), key
     assert main(["evaluate", "--checkpoint", str(tmp_path / "cached"), "--split", "test"]) == 0
+
+
+def test_hf_bert_teacher_adapts_caches_and_distils(aligned, tmp_path):
+    """A transformers BertModel as the teacher's encoder (model.encoder: hf:DIR), end to end."""
+    from pkd.hf.tiny_models import build_tiny_bert
+
+    data, student, teacher, _, _ = aligned
+    bert = build_tiny_bert(tmp_path / "bert", hidden=32, layers=2, heads=4, intermediate=64)
+    hf_teacher = {**TEACHER, "method.distill.teacher_model.encoder": f"hf:{bert}"}
+    adapt = tmp_path / "adapt"
+    assert main(["train", *train_overrides(data, student, adapt, **hf_teacher, **{
+        "method.name": "teacher-adapt", "data.teacher_regions": teacher,
+        "run.max_steps": 4})]) == 0
+    best = load_file(str(resolve_checkpoint(adapt / "best") / "model.safetensors"))
+    assert any(k.startswith("hf_encoder.model.encoder.layer.1.") for k in best)
+    args = train_overrides(data, student, tmp_path / "student", **hf_teacher, **STUDENT, **{
+        "method.name": "distillvlm", "data.teacher_regions": teacher,
+        "data.teacher": tmp_path / "cache.zarr", "method.distill.teacher_checkpoint": adapt / "best",
+        "run.max_steps": 2})
+    cfg = tmp_path / "student.yaml"
+    cfg.write_text("")
+    assert main(["extract", "teacher", str(cfg), *args]) == 0
+    assert FeatureStore.open(tmp_path / "cache.zarr", kind="teacher").spec.dims["attention_layers"] == [1]
+    assert main(["train", *args]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["att_loss"] > 0 and r["nce_loss"] > 0 for r in rows if r["split"] == "train")

@@ -52,10 +52,10 @@ def test_strict_exit_status_and_stores_info(damaged_run, damaged_images, synth_d
     assert extract_foundation(synth_data, tiny_clip_dir, out, "--images", damaged_images[0],
                               "--strict") == 1
     captured = capsys.readouterr()
-    assert "4 failed" in captured.out and "4 recorded earlier" in captured.err
+    assert "5 failed" in captured.out and "5 recorded earlier" in captured.err
     assert pkd("stores", "info", out / "foundation_images.zarr", "--json") == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["n_failures"] == 4 and info["n_ok"] == info["n_items"] - 4
+    assert info["n_failures"] == 5 and info["n_ok"] == info["n_items"] - 5
     assert {f["id"] for f in info["failures"]} == set(damaged_images[1])
     assert pkd("stores", "info", out / "foundation_images.zarr") == 0
     text = capsys.readouterr().out

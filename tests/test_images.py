@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_files import huge_png
 from PIL import Image
 
 from pkd.data.images import ImageError, ImageIndex, coco_path, load_rgb
@@ -107,3 +109,24 @@ def test_missing_empty_and_not_an_image(tmp_path):
     with pytest.raises(ImageError, match=r"text\.jpg: not an image") as err:
         load_rgb(tmp_path / "text.jpg")
     assert isinstance(err.value, PkdError) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("size", [(12_000, 10_000), (40_000, 40_000)])
+def test_huge_image_is_refused_from_its_header(tmp_path, size):
+    """Above the limit (12k x 10k: Pillow would only warn and decode 360 MB; 40k x 40k: Pillow's
+    own bomb error) the file is refused with one line, and nothing is decoded."""
+    path = tmp_path / "huge.png"
+    path.write_bytes(huge_png(*size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning escapes either
+        with pytest.raises(ImageError, match=r"huge\.png: image too large") as err:
+            load_rgb(path)
+    assert "\n" not in str(err.value) and "not decoded" in str(err.value)
+
+
+def test_pixel_limit_is_a_parameter(tmp_path):
+    path = tmp_path / "small.png"
+    Image.new("RGB", (20, 10)).save(path)
+    assert load_rgb(path, max_pixels=200).size == (20, 10)
+    with pytest.raises(ImageError, match=r"20x10 pixels, more than 199"):
+        load_rgb(path, max_pixels=199)

@@ -56,6 +56,7 @@ class DataConfig:
     teacher_regions: str = ""  # `regions` store of teacher features on the student's boxes
     answer_min_count: int = 9  # an answer enters the vocabulary if it is seen this often in train
     max_question_length: int = 14  # question tokens kept (longer questions are truncated)
+    chunk_cache_mib: int = 256  # per store: decoded chunks kept across batches (0 = decode every read)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class ModelConfig:
     dropout: float = 0.1  # dropout in attention / hidden layers
     classifier_dropout: float = 0.5  # dropout inside the answer classifier MLP
     use_foundation_features: bool = False  # also feed cached image_embeds / text_embeds
-    encoder: str = "native"  # "native" plain-torch encoder; "hf:PATH" reserved (not built yet)
+    encoder: str = "native"  # "native" plain-torch encoder, or "hf:PATH" a transformers BERT-family checkpoint (fusion)
 
 
 @dataclass

@@ -51,6 +51,7 @@ from torch import nn
 from pkd.errors import PkdError
 from pkd.hf.families import SUPPORTED, detect_family  # noqa: F401 (re-exported)
 from pkd.hf.hashing import VOLATILE_CONFIG_KEYS, config_sha256  # noqa: F401 (re-exported)
+from pkd.hf.loading import first_line
 
 
 class FoundationHead(nn.Module):
@@ -92,7 +93,7 @@ class FoundationHead(nn.Module):
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as err:
-            raise PkdError(f"{model_dir}: cannot load a model config ({_first_line(err)})") from None
+            raise PkdError(f"{model_dir}: cannot load a model config ({first_line(err)})") from None
         family = detect_family(config, str(model_dir))
         model_cls = CLIPModel if family == "clip" else BlipForImageTextRetrieval
         try:
@@ -101,7 +102,7 @@ class FoundationHead(nn.Module):
                 output_loading_info=True)
         except (OSError, ValueError, RuntimeError) as err:
             raise PkdError(f"{model_dir}: cannot load the {family} weights "
-                           f"({_first_line(err)})") from None
+                           f"({first_line(err)})") from None
         if info["missing_keys"]:
             raise PkdError(f"{model_dir}: checkpoint lacks {len(info['missing_keys'])} weights "
                            f"of {model_cls.__name__}")
@@ -174,8 +175,3 @@ def _eos_token(t: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     """CLIP's pooled text token (B, d_t): position ``n - 1`` of each right-padded row."""
     n = text_mask.long().sum(dim=1).clamp(min=1)  # (B,)
     return t[torch.arange(t.shape[0], device=t.device), n - 1]
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

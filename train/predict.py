@@ -9,6 +9,8 @@ format ``[{"question_id", "answer"}]``; the caller scores it with the official m
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,18 +41,34 @@ def load_run(run_dir: Path, which: str = "best"):
     return cfg, v, stores, model.eval()
 
 
-def predict(run_dir: Path, split: str, which: str = "best") -> list[dict]:
-    """Official-format results of the run on ``split``."""
+@dataclass
+class Predictions:
+    results: list[dict]  # official format [{"question_id", "answer"}]
+    model_seconds: float  # time inside the model's forward passes (no store reads, no scoring)
+    parameters: int  # the model's parameter count (PKD's memory buffers are not parameters)
+
+    def inference(self) -> dict:
+        """``{"questions", "parameters", "model_seconds", "ms_per_question"}``."""
+        n = len(self.results)
+        return {"questions": n, "parameters": self.parameters,
+                "model_seconds": round(self.model_seconds, 4),
+                "ms_per_question": round(1000 * self.model_seconds / max(1, n), 5)}
+
+
+def predict(run_dir: Path, split: str, which: str = "best") -> Predictions:
+    """Official-format results of the run on ``split``, and the model time they took."""
     cfg, v, stores, model = load_run(run_dir, which)
     data, batches = split_batches(cfg, split, v, stores)
-    results = []
+    results, seconds = [], 0.0
     with torch.no_grad():
         for positions in make_sampler(batches, cfg, World(), shuffle=False):
             batch = batches[positions]
+            start = time.perf_counter()
             best = model(batch)["logits"].argmax(-1)
+            seconds += time.perf_counter() - start
             for qid, a in zip(batch["question_id"].tolist(), best.tolist(), strict=True):
                 results.append({"question_id": int(qid), "answer": v.answers.answer(a)})
-    return results
+    return Predictions(results, seconds, sum(p.numel() for p in model.parameters()))
 
 
 def write_results(results: list[dict], path: Path) -> Path:
@@ -63,19 +81,22 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
                         out: Path | None = None) -> tuple[dict, Path]:
     """Predict ``split`` with the run, write ``RUN/results_<split>.json``, score it officially.
 
-    Returns (metrics, results path); metrics are also written to ``out`` (default
-    ``RUN/metrics_<split>.json``).
+    Returns (metrics, results path); metrics (with ``inference``: the model's parameter count and
+    forward time per question, batches of ``run.batch_size``) are also written to ``out``
+    (default ``RUN/metrics_<split>.json``).
     """
     from pkd.data.metric import evaluate_files, write_metrics
     from pkd.data.vqa import dataset_files
 
     run_dir = Path(run_dir)
-    results_path = write_results(predict(run_dir, split, which), run_dir / f"results_{split}.json")
+    predictions = predict(run_dir, split, which)
+    results_path = write_results(predictions.results, run_dir / f"results_{split}.json")
     cfg = load_config(run_dir / "config.yaml")
     qpath, apath = dataset_files(Path(cfg.data.root), cfg.data.dataset, split)
     if apath is None:
         raise PkdError(f"{qpath}: split {split!r} has no annotations; results written to "
                        f"{results_path} (submit them to the evaluation server)")
     metrics = evaluate_files(qpath, apath, results_path)
+    metrics["inference"] = predictions.inference()
     write_metrics(metrics, out or run_dir / f"metrics_{split}.json")
     return metrics, results_path

@@ -110,11 +110,13 @@ def open_stores(cfg: TrainConfig) -> Stores:
         raise PkdError("method.name=distillvlm: set data.teacher (pkd extract teacher) or "
                        "method.distill.online_teacher=true with data.teacher_regions")
 
+    cache = d.chunk_cache_mib << 20
+
     def opened(path: str | None, kind: str, use: bool = True) -> FeatureStore | None:
-        return FeatureStore.open(path, kind=kind) if path and use else None
+        return FeatureStore.open(path, kind=kind, cache_bytes=cache) if path and use else None
 
     return Stores(
-        regions=FeatureStore.open(d.regions, kind="regions"),
+        regions=FeatureStore.open(d.regions, kind="regions", cache_bytes=cache),
         foundation_image=opened(d.foundation_image, "foundation_image"),
         foundation_text=opened(d.foundation_text, "foundation_text"),
         teacher_regions=opened(d.teacher_regions, "regions", online),

@@ -95,7 +95,7 @@ class PretrainConfig:
     itm_weight: float = 1.0  # weight of the BLIP ITM loss
     eval_fraction: float = 0.1  # share of caption images held out for evaluation
     seed: int = 0  # seeds init, held-out split, data order and hard-negative sampling
-    threads: int = 0  # torch CPU threads (0 = usable cores - 1, at least 1; 1 for bitwise reproducibility)
+    threads: int = 0  # torch CPU threads (0 = every usable core: the data sit in RAM, no reader thread; 1 for bitwise reproducibility)
 
     def validate(self) -> None:
         """Raise PkdError naming the first unusable field."""
@@ -588,6 +588,13 @@ def _evaluate(model, cfg: PretrainConfig, corpus: CaptionCorpus, tokens: Tokeniz
     return {"retrieval": retrieval, "probes": probes}
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under a batch scheduler)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def pretrain(cfg: PretrainConfig) -> dict:
     """Build, train, evaluate and save the foundation model (see the module doc); returns the
     metrics also written to ``OUT/pretrain_metrics.json``."""
@@ -595,7 +602,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     out_dir = Path(cfg.out_dir)
     _check_out_dir(out_dir)
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - 1))
+    # measured on 2 cores: 2 threads pre-train 1.6x faster than 1 (nothing else runs beside)
+    torch.set_num_threads(cfg.threads or usable_cores())
     work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     try:

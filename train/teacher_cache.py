@@ -44,10 +44,10 @@ def teacher_store_spec(teacher: nn.Module, layers: Sequence[int], max_question_l
                        max_regions: int, producer: dict | None = None,
                        items_per_chunk: int = 16, items_per_shard: int = 256) -> StoreSpec:
     """The spec of the teacher store of a :class:`FusionTransformer` ``teacher``."""
-    depth = len(teacher.layers)
+    depth = teacher.num_layers
     if not layers or any(not 0 <= k < depth for k in layers):
         raise PkdError(f"teacher store: attention layers {list(layers)} not in 0..{depth - 1}")
-    heads, hidden = teacher.layers[0].attention.heads, teacher.joint_dim
+    heads, hidden = teacher.num_heads, teacher.joint_dim
     answers = teacher.head[-1].out_features
     t = 2 + max_question_length + max_regions
     att_shape = (heads, t, t) if len(layers) == 1 else (len(layers), heads, t, t)

@@ -69,5 +69,9 @@ def _print_metrics(metrics: dict, out: Path | None) -> None:
     console.print(table)
     if metrics["missing"]:
         console.print(f"{metrics['missing']} questions had no prediction (scored 0)")
+    if "inference" in metrics:
+        inf = metrics["inference"]
+        console.print(f"model: {inf['parameters']:,} parameters, {inf['ms_per_question']:.3f} ms "
+                      "per question (forward passes only)")
     if out is not None:
         console.print(f"metrics written to {out}")

@@ -8,6 +8,7 @@ names (``COCO_val2014_000000000042.jpg``), COCO 2017 names (``000000000042.jpg``
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pkd.errors import PkdError
 
+MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold: larger images are refused undecoded
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
 
@@ -78,11 +80,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode the whole image (so truncation is caught) and return it in RGB mode.
 
-    Raises :class:`ImageError` with a one-line reason: missing, empty, not an image, truncated or
-    corrupt, or a mode that cannot be converted.
+    Raises :class:`ImageError` with a one-line reason: missing, empty, not an image, larger than
+    ``max_pixels`` (checked from the header, before any pixel is decoded), truncated or corrupt,
+    or a mode that cannot be converted.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,13 +93,19 @@ def load_rgb(path: str | Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # the size is checked below, with a one-line error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.width * img.height > max_pixels:
+                raise ImageError(f"{path}: image too large ({img.width}x{img.height} pixels, "
+                                 f"more than {max_pixels}); not decoded")
             img.load()  # full decode: a truncated file fails here, not later
             return _to_rgb(img)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (unknown format)") from None
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{path}: image too large ({err})") from None
+        raise ImageError(f"{path}: image too large ({str(err).split(',')[0]}); not decoded") from None
     except (OSError, SyntaxError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageError(f"{path}: truncated or corrupt image ({reason})") from None

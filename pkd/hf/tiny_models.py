@@ -12,6 +12,7 @@ loads exactly like a hub id with ``from_pretrained(out_dir, local_files_only=Tru
 - :func:`build_tiny_detr`, :func:`build_tiny_yolos` — object detectors + their PIL processors.
 - :func:`build_tiny_resnet` — ``ResNetModel`` feature-map backbone +
   ``ConvNextImageProcessorPil``.
+- :func:`build_tiny_bert` — ``BertModel`` encoder (``model.encoder: hf:DIR`` of the fusion model).
 
 Weights are random: the models are for plumbing and equivalence tests, not for accuracy.
 Attention is eager (``attn_implementation="eager"``) so attention maps can be returned; the
@@ -35,6 +36,8 @@ from tokenizers import (
     trainers,
 )
 from transformers import (
+    BertConfig,
+    BertModel,
     BlipConfig,
     BlipForImageTextRetrieval,
     BlipImageProcessorPil,
@@ -220,4 +223,16 @@ def build_tiny_resnet(out_dir: str | Path, *, image_size: int = 64, hidden: int 
     torch.manual_seed(seed)
     ResNetModel(_tiny_resnet_config(hidden)).eval().save_pretrained(out)
     ConvNextImageProcessorPil(size={"shortest_edge": image_size}).save_pretrained(out)
+    return out
+
+
+def build_tiny_bert(out_dir: str | Path, *, hidden: int = 32, layers: int = 2, heads: int = 4,
+                    intermediate: int = 64, max_positions: int = 64, seed: int = 0) -> Path:
+    """A random ``BertModel`` (no tokenizer: the fusion model feeds it ``inputs_embeds``)."""
+    out = Path(out_dir)
+    config = BertConfig(vocab_size=32, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate,
+                        max_position_embeddings=max_positions)
+    torch.manual_seed(seed)
+    BertModel(config).eval().save_pretrained(out)
     return out

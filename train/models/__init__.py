@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from pkd.errors import PkdError
 from pkd.train.config import ModelConfig
 from pkd.train.models.fusion import FusionTransformer
 from pkd.train.models.updn import UpDn
@@ -32,6 +33,9 @@ def build_model(cfg: ModelConfig, num_words: int, num_answers: int, region_dim: 
                 foundation_dim: int | None = None) -> nn.Module:
     """The model named by ``cfg.arch`` (dims come from the vocabularies and store attributes)."""
     if cfg.arch == "updn":
+        if cfg.encoder != "native":
+            raise PkdError(f"model.encoder={cfg.encoder!r} needs model.arch=fusion (UpDn has no "
+                           "transformer encoder)")
         return UpDn(num_words, num_answers, region_dim, cfg, foundation_dim)
     if cfg.arch == "fusion":
         return FusionTransformer(num_words, num_answers, region_dim, cfg, foundation_dim)

@@ -23,9 +23,9 @@ region in both).
 Hooks:
 - PKD: ``self.feature_fusion`` (see :data:`pkd.train.models.layers.FeatureFusion`) maps the word
   tokens (B, L, D) and region tokens (B, N, D) before they are assembled into the sequence.
-- ``model.encoder = "hf:PATH"`` (a transformers BERT-family encoder) is reserved: it would replace
-  ``self.layers`` / :meth:`encode` with ``AutoModel.from_pretrained(PATH, local_files_only=True,
-  attn_implementation="eager")`` fed ``inputs_embeds`` and the token mask. Not built yet.
+- ``model.encoder = "hf:PATH"``: a transformers BERT-family checkpoint replaces the native layers
+  (:mod:`pkd.train.models.hf_encoder`: fed the assembled tokens as ``inputs_embeds``, eager
+  attention); the embeddings and the VQA head stay this module's.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import math
 import torch
 from torch import nn
 
-from pkd.errors import PkdError
 from pkd.train.config import ModelConfig
+from pkd.train.models.hf_encoder import HFEncoder, hf_source
 from pkd.train.models.layers import FeatureFusion, masked_softmax, question_lengths, require
 
 TEXT, REGION, FOUNDATION = 0, 1, 2  # token types
@@ -94,9 +94,7 @@ class FusionTransformer(nn.Module):
     def __init__(self, num_words: int, num_answers: int, region_dim: int, cfg: ModelConfig,
                  foundation_dim: int | None = None):
         super().__init__()
-        if cfg.encoder != "native":
-            raise PkdError(f"model.encoder={cfg.encoder!r}: only 'native' is implemented "
-                           "(HF encoders 'hf:PATH' are planned)")
+        source = hf_source(cfg.encoder)  # None: the native encoder
         hidden = cfg.hidden_size
         self.word_feature_dim = self.region_feature_dim = self.joint_dim = hidden
         self.max_positions = cfg.max_positions
@@ -117,7 +115,7 @@ class FusionTransformer(nn.Module):
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(hidden, cfg.num_heads, cfg.intermediate_size, cfg.dropout)
-            for _ in range(cfg.num_layers)
+            for _ in range(cfg.num_layers if source is None else 0)
         )
         self.head = nn.Sequential(
             nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.LayerNorm(2 * hidden, eps=1e-12),
@@ -125,6 +123,10 @@ class FusionTransformer(nn.Module):
         )
         self.feature_fusion: FeatureFusion | None = None  # PKD memory fusion hook
         self.apply(_init_bert)
+        self.num_layers, self.num_heads = cfg.num_layers, cfg.num_heads
+        self.hf_encoder = None  # after _init_bert: pre-trained weights stay as loaded
+        if source is not None:
+            self.hf_encoder = HFEncoder(source, hidden, cfg.num_layers, cfg.num_heads)
 
     def _text_token(self, emb: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         emb = emb + self.position_embedding(positions) + self.type_embedding.weight[TEXT]
@@ -177,6 +179,8 @@ class FusionTransformer(nn.Module):
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False,
                output_hidden_states: bool = False) -> dict:
         """Run the encoder layers: {"hidden" (B,T,D), ["attentions"], ["hidden_states"]}."""
+        if self.hf_encoder is not None:
+            return self.hf_encoder(tokens, mask, output_attentions, output_hidden_states)
         attentions, hidden_states = [], [tokens]
         x = tokens
         for layer in self.layers:

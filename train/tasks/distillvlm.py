@@ -119,15 +119,15 @@ class DistillVLMTask(nn.Module):
         self.model, self.nce, self.queue = student, nce, queue
         self.vqa, self.att, self.kd = VQALoss(), AttentionMSE(), LogitKD(cfg.kd_temperature)
         self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
-        depth_s, depth_t = len(student.layers), cfg.teacher_model.num_layers
+        depth_s, depth_t = student.num_layers, cfg.teacher_model.num_layers
         self.pairs = layer_pairs(depth_s, depth_t, cfg.attention_layers)
         needed = teacher_layers_needed(depth_s, depth_t, cfg.attention_layers)
         object.__setattr__(self, "teacher", teacher)  # not a submodule (module docstring)
         if teacher is not None:
             teacher.requires_grad_(False).eval()
-            if len(teacher.layers) != depth_t:
+            if teacher.num_layers != depth_t:
                 raise PkdError(f"method.distill.teacher_model.num_layers={depth_t}, but the "
-                               f"teacher has {len(teacher.layers)} layers")
+                               f"teacher has {teacher.num_layers} layers")
             cached_layers = needed
         self.cached_layers = list(needed if cached_layers is None else cached_layers)
         absent = sorted(set(needed) - set(self.cached_layers))
