@@ -9,8 +9,10 @@ Blosc zstd 3), plus ``--questions-per-image`` questions per image (random words 
 (a) Training-step throughput of the UpDn baseline (``model.hidden_size`` 512, AdamW, gradient
     clipping as in ``pkd train``) on the same chunk-shuffled batches
     (:class:`pkd.stores.ChunkShuffleSampler`, ``--batch`` questions) assembled by
-    :class:`pkd.train.data.VQABatches` from the store, or by the same ``VQABatches`` code from
-    the same float16 arrays held in RAM (numpy fancy indexing). Target: store >= 0.9x of RAM.
+    :class:`pkd.train.data.VQABatches` from the store (without and with the decoded-chunk cache
+    ``pkd train`` opens stores with, emptied before each pass so each pass decodes every chunk
+    once, as an epoch over data larger than the cache does), or by the same ``VQABatches`` code
+    from the same float16 arrays held in RAM (numpy fancy indexing). Target: store >= 0.9x of RAM.
     Each feed runs twice: batches assembled in the training thread, and assembled two steps
     ahead in a background thread (``pkd.prefetch``, what ``pkd train``'s ``fit`` does).
 (b) Batch reads of ``--read-batch`` images of ``region_features``: fully random and
@@ -42,7 +44,7 @@ from common import machine, print_table, timed
 from pkd.pipeline.runner import auto_threads
 from pkd.prefetch import prefetch
 from pkd.stores import ArraySpec, ChunkShuffleSampler, FeatureStore, StoreSpec, StoreWriter
-from pkd.train.config import ModelConfig
+from pkd.train.config import DataConfig, ModelConfig
 from pkd.train.data import SplitData, Stores, VQABatches, attach
 from pkd.train.models import build_model
 from pkd.train.tasks import BaselineTask
@@ -129,8 +131,13 @@ def train_throughput(args, store: FeatureStore, arrays: dict[str, np.ndarray]) -
     split, rows = attach(split, Stores(regions=store))
     ram = VQABatches(split, Stores(regions=RamRegions(arrays)), rows, NUM_ANSWERS)
     on_disk = VQABatches(split, Stores(regions=store), rows, NUM_ANSWERS)
-    feeds = {"RAM (numpy arrays)": (ram, False), "store (VQABatches)": (on_disk, False),
-             "RAM, prefetched": (ram, True), "store, prefetched (pkd train)": (on_disk, True)}
+    cached_store = FeatureStore.open(store.path, kind="regions",
+                                     cache_bytes=DataConfig().chunk_cache_mib << 20)
+    cached = VQABatches(split, Stores(regions=cached_store), rows, NUM_ANSWERS)
+    feeds = {"RAM (numpy arrays)": (ram, False), "store, no chunk cache": (on_disk, False),
+             "store + chunk cache": (cached, False), "RAM, prefetched": (ram, True),
+             "store, no cache, prefetched": (on_disk, True),
+             "store + cache, prefetched (pkd train)": (cached, True)}
     sampler = ChunkShuffleSampler(rows["regions"], args.batch, PER_CHUNK,
                                   window_chunks=args.window_chunks, drop_last=True)
     batches = list(sampler)[:args.steps]
@@ -150,6 +157,8 @@ def train_throughput(args, store: FeatureStore, arrays: dict[str, np.ndarray]) -
     best: dict[tuple[str, str], float] = {}
     for _ in range(args.repeat):
         for name, (feed, ahead) in feeds.items():
+            if feed is cached:  # every pass decodes each chunk once, like an epoch over data
+                cached_store._cache.clear()  # larger than the cache (nothing left from before)
             load, total = timed_steps(feed, batches, step, ahead)
             for key, value in (("load", load), ("total", total)):
                 best[name, key] = min(best.get((name, key), value), value)

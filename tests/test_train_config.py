@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -142,3 +143,20 @@ def test_save_config_rejects_other_suffix(tmp_path):
 def test_config_from_dict_validates():
     with pytest.raises(PkdError, match=r"<config>: unknown key 'run.sed'"):
         config_from_dict({"run": {"sed": 1}})
+
+
+def test_shipped_example_configs_load_and_agree():
+    """Every configs/*.yaml is a valid typed config; stage 1 and 2 of PKD read the same stores
+    with the same predictor sizes, and DistillVLM's two steps describe the same teacher."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfgs = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
+    assert {"baseline", "pkd-predictors", "pkd", "teacher-adapt", "distillvlm"} <= set(cfgs)
+    for name in ("pkd-predictors", "pkd", "teacher-adapt", "distillvlm"):
+        assert cfgs[name].method.name == name
+    s1, s2 = cfgs["pkd-predictors"], cfgs["pkd"]
+    assert (s1.data, s1.method.pkd.predictor_hidden, s1.method.pkd.predictor_layers) == (
+        s2.data, s2.method.pkd.predictor_hidden, s2.method.pkd.predictor_layers)
+    assert s2.method.pkd.predictors == s1.run.out_dir
+    adapt, distil = cfgs["teacher-adapt"], cfgs["distillvlm"]
+    assert adapt.method.distill.teacher_model == distil.method.distill.teacher_model
+    assert distil.method.distill.teacher_checkpoint == f"{adapt.run.out_dir}/best"
