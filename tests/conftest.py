@@ -51,3 +51,15 @@ def tiny_resnet_dir(tmp_path_factory) -> Path:
     from pkd.hf.tiny_models import build_tiny_resnet
 
     return build_tiny_resnet(tmp_path_factory.mktemp("tiny_resnet"))
+
+
+@pytest.fixture(scope="module", params=["clip", "blip"])
+def family(request) -> str:
+    """Each foundation-model family pkd reads: a test using it runs once per family."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model_dir(family, request) -> Path:
+    """The tiny model directory of ``family`` (``tiny_clip_dir`` or ``tiny_blip_dir``)."""
+    return request.getfixturevalue(f"tiny_{family}_dir")

@@ -51,6 +51,15 @@ def damaged_images(synth_data, tmp_path_factory) -> tuple[Path, dict[int, str]]:
 
 
 @pytest.fixture(scope="session")
+def clean(synth_data, tiny_clip_dir, tmp_path_factory) -> Path:
+    """The reference foundation extraction: one uninterrupted in-process run, one torch thread
+    (resumed, sliced and distributed runs must write exactly its bytes)."""
+    out = tmp_path_factory.mktemp("clean")
+    assert extract_foundation(synth_data, tiny_clip_dir, out, "--threads", "1") == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def teacher_resnet_dir(tmp_path_factory) -> Path:
     """A second ``ResNetModel``: the same config as ``tiny_resnet_dir``, other weights (seed 1)."""
     from pkd.hf.tiny_models import build_tiny_resnet

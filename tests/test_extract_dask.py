@@ -15,14 +15,6 @@ pytest_plugins = ["fixtures_extract"]  # synth_data, ... (session fixtures)
 TARGETS = ("foundation_images.zarr", "foundation_questions.zarr")
 
 
-@pytest.fixture(scope="module")
-def clean(synth_data, tiny_clip_dir, tmp_path_factory):
-    """One in-process run with one torch thread (the reference)."""
-    out = tmp_path_factory.mktemp("clean")
-    assert extract_foundation(synth_data, tiny_clip_dir, out, "--threads", "1") == 0
-    return out
-
-
 def test_dask_workers_equal_one_run(clean, synth_data, tiny_clip_dir, tmp_path):
     """Two LocalCluster worker processes (one torch thread each) write the same bytes."""
     out = tmp_path / "dask"

@@ -23,11 +23,6 @@ F16 = {"rtol": 2e-3, "atol": 2e-3}  # float16 storage (and batch vs single-image
 L = 32  # the CLI's default --max-text-len
 
 
-@pytest.fixture(scope="module", params=["clip", "blip"])
-def family(request):
-    return request.param
-
-
 @pytest.fixture(scope="module")
 def extracted(family, request, synth_data, tmp_path_factory):
     """(model dir, output folder) of one extraction of images, questions and captions."""

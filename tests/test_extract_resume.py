@@ -23,14 +23,6 @@ pytest_plugins = ["fixtures_extract"]  # synth_data, ... (session fixtures)
 TARGETS = ("foundation_images.zarr", "foundation_questions.zarr")
 
 
-@pytest.fixture(scope="module")
-def clean(synth_data, tiny_clip_dir, tmp_path_factory):
-    """One uninterrupted in-process run (the reference)."""
-    out = tmp_path_factory.mktemp("clean")
-    assert extract_foundation(synth_data, tiny_clip_dir, out, "--threads", "1") == 0
-    return out
-
-
 def test_interrupted_run_resumes_to_the_clean_bytes(synth_data, tiny_clip_dir, tmp_path,
                                                     capsys):
     """SIGKILL a subprocess once some but not all shards are done; resume in-process."""

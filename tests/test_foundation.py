@@ -35,16 +35,6 @@ def images(n: int, seed: int = 0) -> list[Image.Image]:
             for i in range(n)]
 
 
-@pytest.fixture(scope="module", params=["clip", "blip"])
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model_dir(family, request):
-    return request.getfixturevalue(f"tiny_{family}_dir")
-
-
 @pytest.fixture(scope="module")
 def foundation(model_dir):
     return load_foundation(FoundationSpec(str(model_dir), max_text_len=L))

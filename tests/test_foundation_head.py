@@ -18,16 +18,6 @@ TEXTS = ["is there a red circle", "what color is the square?", "how many shapes 
 L = 12
 
 
-@pytest.fixture(scope="module", params=["clip", "blip"])
-def family(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model_dir(family, request):
-    return request.getfixturevalue(f"tiny_{family}_dir")
-
-
 @pytest.fixture(scope="module")
 def cached(model_dir):
     """(pipeline FoundationModel, cached f32 features as tensors, images)."""
