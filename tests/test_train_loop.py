@@ -51,6 +51,9 @@ def test_cli_train_then_evaluate_checkpoint(bench, tmp_path):
     questions = json.loads((data / "synth_test_questions.json").read_text())["questions"]
     assert sorted(r["question_id"] for r in results) == sorted(q["question_id"] for q in questions)
     assert metrics["missing"] == 0 and 0.0 <= metrics["overall"] <= 100.0
+    assert metrics["inference"]["questions"] == len(results) and metrics["inference"]["parameters"] > 0
+    prior = metrics["prior"]  # every synthetic question type has a training favourite
+    assert prior["questions"] == len(results) and 0.0 <= prior["prior"] <= 100.0
 
 
 def test_resume_continues_exactly(bench, tmp_path, monkeypatch):

@@ -82,8 +82,9 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
     """Predict ``split`` with the run, write ``RUN/results_<split>.json``, score it officially.
 
     Returns (metrics, results path); metrics (with ``inference``: the model's parameter count and
-    forward time per question, batches of ``run.batch_size``) are also written to ``out``
-    (default ``RUN/metrics_<split>.json``).
+    forward time per question, batches of ``run.batch_size``; ``prior``: how often it answers
+    with the training split's favourite answer, :mod:`pkd.data.prior`) are also written to
+    ``out`` (default ``RUN/metrics_<split>.json``).
     """
     from pkd.data.metric import evaluate_files, write_metrics
     from pkd.data.vqa import dataset_files
@@ -98,5 +99,17 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
                        f"{results_path} (submit them to the evaluation server)")
     metrics = evaluate_files(qpath, apath, results_path)
     metrics["inference"] = predictions.inference()
+    metrics["prior"] = training_prior(cfg, predictions.results, apath)
     write_metrics(metrics, out or run_dir / f"metrics_{split}.json")
     return metrics, results_path
+
+
+def training_prior(cfg, results: list[dict], annotations: Path) -> dict:
+    """:func:`pkd.data.prior.prior_agreement` of ``results`` against the run's training split."""
+    from pkd.data.prior import dominant_answers, prior_agreement
+    from pkd.data.vqa import dataset_files, load_annotations
+
+    _, train = dataset_files(Path(cfg.data.root), cfg.data.dataset, cfg.data.train_split)
+    dominant = dominant_answers(load_annotations(train))
+    predictions = {r["question_id"]: r["answer"] for r in results}
+    return prior_agreement(predictions, load_annotations(annotations), dominant)
