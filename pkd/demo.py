@@ -7,8 +7,10 @@ foundation features, student regions and aligned teacher regions into stores -> 
 skips what is done.
 
 ``results.json``: ``{"elapsed_s": float, "rows": [{"method", "seed", "split", "overall",
-"perAnswerType", "ms_per_question"}]}`` (percent, official metric; model forward time per question
-while evaluating) plus ``"models"`` (parameter counts).
+"perAnswerType", "ms_per_question", "prior", "prior_gold"}]}`` (percent, official metric; model
+forward time per question while evaluating; share of answers that are the training favourite of
+their question type, and the share of gold answers that are — :mod:`pkd.data.prior`) plus
+``"models"`` (parameter counts).
 
 The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
 region backbones): the numbers show the methods' mechanics on this benchmark, not their
@@ -185,7 +187,8 @@ def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
         metrics, _ = evaluate_checkpoint(run, split)
         rows.append({"method": name, "seed": seed, "split": split,
                      "overall": metrics["overall"], "perAnswerType": metrics["perAnswerType"],
-                     "ms_per_question": metrics["inference"]["ms_per_question"]})
+                     "ms_per_question": metrics["inference"]["ms_per_question"],
+                     "prior": metrics["prior"]["prior"], "prior_gold": metrics["prior"]["gold"]})
     return rows
 
 
@@ -233,8 +236,8 @@ def summarize(rows: list[dict]) -> list[dict]:
         out.append({"method": m, "split": s, "n": len(rs),
                     "mean": float(np.mean([r["overall"] for r in rs])),
                     "std": float(np.std([r["overall"] for r in rs])),
-                    "ms_per_question": float(np.mean([r.get("ms_per_question", np.nan)
-                                                      for r in rs])),
+                    **{k: float(np.mean([r.get(k, np.nan) for r in rs]))
+                       for k in ("ms_per_question", "prior", "prior_gold")},
                     "perAnswerType": {t: float(np.mean([r["perAnswerType"].get(t, 0.0)
                                                         for r in rs])) for t in types}})
     return out

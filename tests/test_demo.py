@@ -25,13 +25,16 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
     for row in saved["rows"]:
         assert 0.0 <= row["overall"] <= 100.0
         assert set(row["perAnswerType"]) <= {"yes/no", "number", "other"}
-        assert row["ms_per_question"] > 0
+        assert row["ms_per_question"] > 0 and 0 <= row["prior"] <= 100
     assert (cfg.out / "results.png").stat().st_size > 0
     assert saved["models"]["baseline"] > 0
     assert [s["n"] for s in summarize(saved["rows"])] == [1, 1]
     again = run_demo(cfg)  # resumable: finished stages are skipped, same numbers
     def scores(rows):
         return [{k: v for k, v in r.items() if k != "ms_per_question"} for r in rows]
+
+    gold = {r["split"]: r["prior_gold"] for r in saved["rows"]}
+    assert gold["test"] < gold["test_iid"]  # the favourites are rare in the shifted split
 
     assert scores(again["rows"]) == scores(results["rows"])
 
@@ -55,3 +58,28 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     assert (d["distillvlm-queue256"].queue_size, d["distillvlm-queue16384"].queue_size) == (256, 16384)
     assert all(c.run.seed == 1 for c in configs.values())
     assert len({c.run.out_dir for c in configs.values()}) == len(configs)  # no shared run folder
+
+
+def test_cli_prints_the_table_of_a_finished_demo(tmp_path, monkeypatch, capsys):
+    """``pkd demo`` prints one row per (method, split) with the prior share and model size."""
+    import pkd.demo
+    from pkd.cli import main
+
+    rows = [{"method": m, "seed": s, "split": sp, "overall": 50.0 + s, "perAnswerType":
+             {"number": 40.0, "other": 30.0, "yes/no": 60.0}, "ms_per_question": 0.02,
+             "prior": 70.0 - s, "prior_gold": 5.0 if sp == "test" else 60.0}
+            for m in ("baseline", "pkd") for s in (0, 1) for sp in ("test", "test_iid")]
+    results = {"elapsed_s": 1.0, "rows": rows, "models": {"baseline": 1234, "pkd": 5678}}
+    seen = {}
+
+    def fake_run_demo(cfg):
+        seen["cfg"] = cfg
+        return results
+
+    monkeypatch.setattr(pkd.demo, "run_demo", fake_run_demo)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--ablations"]) == 0
+    out = capsys.readouterr().out
+    assert seen["cfg"].seeds == 2 and "pkd-memory" in seen["cfg"].methods
+    assert "50.50 ± 0.50" in out and "69.5" in out and "5,678" in out
+    assert "gold test 5.0%, test_iid 60.0%" in out
