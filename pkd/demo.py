@@ -28,8 +28,9 @@ from pkd.data.synth import SynthConfig
 
 SPLITS = ("test", "test_iid")
 MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
-ABLATIONS = ("pkd-memory", "pkd-model-kd", "pkd-predictors-off", "distillvlm-att",
-             "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256", "distillvlm-queue16384")
+ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictors-off",
+             "distillvlm-att", "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256",
+             "distillvlm-queue16384")
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
@@ -136,6 +137,9 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
     pkd = {**PKD, "method.name": "pkd", "method.pkd.predictors": run_dir(cfg, "predictors", seed)}
     specific = {
         "baseline": {"method.name": "baseline"},
+        # reference, not a method: the foundation model's own embeddings of the real image and
+        # question as extra inputs, at training and test time (PKD never sees them at test time)
+        "baseline-foundation": {"method.name": "baseline", "model.use_foundation_features": True},
         "predictors": {**PKD, "method.name": "pkd-predictors",
                        "run.epochs": max(1, cfg.train_epochs // 2)},
         "pkd": pkd,

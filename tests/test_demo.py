@@ -49,6 +49,8 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
     configs = {n: resolved(n) for n in (*MAIN_METHODS, *ABLATIONS, "predictors")}
+    assert configs["baseline-foundation"].model.use_foundation_features is True
+    assert configs["baseline"].model.use_foundation_features is False
     assert configs["pkd-memory"].method.pkd.use_memory is False
     assert configs["pkd-model-kd"].method.pkd.use_model_kd is False
     assert configs["pkd-predictors-off"].method.pkd.use_predictors is False
