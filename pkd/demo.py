@@ -10,7 +10,8 @@ skips what is done.
 "perAnswerType", "ms_per_question", "prior", "prior_gold"}]}`` (percent, official metric; model
 forward time per question while evaluating; share of answers that are the training favourite of
 their question type, and the share of gold answers that are — :mod:`pkd.data.prior`) plus
-``"models"`` (parameter counts).
+``"models"`` (parameter counts) and ``"region_probes"`` (linear-probe accuracy of shape and colour
+from each regions store, :mod:`pkd.probe`).
 
 The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
 region backbones): the numbers show the methods' mechanics on this benchmark, not their
@@ -206,10 +207,26 @@ def run_demo(cfg: DemoConfig) -> dict:
         for seed in range(cfg.seeds):
             rows += evaluate_run(train_run(cfg, paths, name, seed), name, seed)
     results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows,
-               "models": model_sizes(cfg)}
+               "models": model_sizes(cfg), "region_probes": region_probes(paths)}
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2))
     plot_results(results, cfg.out / "results.png")
     return results
+
+
+def region_probes(paths: Paths) -> dict:
+    """Linear-probe accuracy of shape and colour from each regions store (train -> test images):
+    what the VQA models can see at all (:mod:`pkd.probe`)."""
+    import numpy as np
+
+    from pkd.probe import probe_store
+
+    def images(split: str) -> np.ndarray:
+        questions = json.loads((paths.data / f"synth_{split}_questions.json").read_text())
+        return np.unique([q["image_id"] for q in questions["questions"]])
+
+    return {name: probe_store(paths.store(f"{name}.zarr"), paths.data / "boxes.json",
+                              images("train"), images("test"))
+            for name in ("regions", "teacher_regions")}
 
 
 def model_sizes(cfg: DemoConfig) -> dict:

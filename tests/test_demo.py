@@ -28,6 +28,9 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
         assert row["ms_per_question"] > 0 and 0 <= row["prior"] <= 100
     assert (cfg.out / "results.png").stat().st_size > 0
     assert saved["models"]["baseline"] > 0
+    probes = saved["region_probes"]
+    assert set(probes) == {"regions", "teacher_regions"}
+    assert all(0 <= probes[s][a]["accuracy"] <= 100 for s in probes for a in ("shape", "color"))
     assert [s["n"] for s in summarize(saved["rows"])] == [1, 1]
     again = run_demo(cfg)  # resumable: finished stages are skipped, same numbers
     def scores(rows):

@@ -1,0 +1,95 @@
+"""Linear probes of region features: does a regions store carry an object's colour and shape?
+
+The synthetic benchmark's ``boxes.json`` gives each object's box, shape (category) and colour
+(attribute). Each stored region is matched to the object with the same box (regions extracted with
+``given:`` boxes keep them); a multinomial logistic regression ``softmax(W x + b)`` on the
+standardised features of the training images' regions is fitted (full batch, L-BFGS, L2
+``weight_decay``) and scored on the regions of ``eval_split``'s images. Accuracy near chance means
+the VQA model reading this store cannot see that attribute, whatever it learns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pkd.errors import PkdError
+from pkd.stores import FeatureStore
+
+
+def object_labels(boxes_json: Path) -> dict[tuple[int, tuple[float, ...]], dict[str, str]]:
+    """``{(image_id, x1 y1 x2 y2): {"shape", "color"}}`` of the benchmark's objects."""
+    coco = json.loads(Path(boxes_json).read_text())
+    shapes = {c["id"]: c["name"] for c in coco["categories"]}
+    out = {}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        key = (int(a["image_id"]), tuple(np.round([x, y, x + w, y + h], 2).tolist()))
+        out[key] = {"shape": shapes[a["category_id"]], "color": a["attributes"]["color"]}
+    return out
+
+
+def labelled_regions(store: FeatureStore, image_ids: np.ndarray, labels: dict
+                     ) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """(features (R, d) float32, labels) of every valid region of ``image_ids`` with a known box."""
+    image_ids = image_ids[store.ok[store.rows_of(image_ids)]]
+    got = store.read(store.rows_of(image_ids), ["region_features", "boxes", "num_regions"])
+    feats, tags = [], []
+    for i, image_id in enumerate(image_ids.tolist()):
+        for j in range(int(got["num_regions"][i])):
+            key = (image_id, tuple(np.round(got["boxes"][i, j].astype(np.float64), 2).tolist()))
+            if key in labels:
+                feats.append(got["region_features"][i, j].astype(np.float32))
+                tags.append(labels[key])
+    if not feats:
+        raise PkdError(f"{store.path}: no region matches a box of the benchmark (extract the "
+                       "regions with the benchmark's given: boxes)")
+    return np.stack(feats), tags
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, weight_decay: float = 1e-3,
+              steps: int = 100) -> torch.nn.Linear:
+    """Multinomial logistic regression on ``x`` (already standardised), full-batch L-BFGS."""
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(x.shape[1], classes)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(probe(xt), yt)
+        loss = loss + weight_decay * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return probe
+
+
+def probe_store(store_path: Path, boxes_json: Path, train_ids: np.ndarray, eval_ids: np.ndarray
+                ) -> dict[str, dict[str, float]]:
+    """``{"shape" | "color": {"accuracy", "chance", "majority", "regions"}}`` (percent) on the
+    eval images; chance = 1 / classes, majority = the most frequent eval class's share."""
+    store = FeatureStore.open(store_path, kind="regions")
+    labels = object_labels(boxes_json)
+    x_train, t_train = labelled_regions(store, np.asarray(train_ids, np.int64), labels)
+    x_eval, t_eval = labelled_regions(store, np.asarray(eval_ids, np.int64), labels)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train, x_eval = (x_train - mean) / std, (x_eval - mean) / std
+    out = {}
+    for attr in ("shape", "color"):
+        names = sorted({t[attr] for t in t_train + t_eval})
+        index = {n: k for k, n in enumerate(names)}
+        y_train = np.array([index[t[attr]] for t in t_train])
+        y_eval = np.array([index[t[attr]] for t in t_eval])
+        probe = fit_probe(x_train, y_train, len(names))
+        with torch.no_grad():
+            pred = probe(torch.from_numpy(x_eval)).argmax(1).numpy()
+        out[attr] = {"accuracy": 100.0 * float((pred == y_eval).mean()),
+                     "chance": 100.0 / len(names),
+                     "majority": 100.0 * float(np.bincount(y_eval).max() / len(y_eval)),
+                     "regions": int(len(y_eval))}
+    return out
