@@ -32,6 +32,8 @@ MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
 ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictors-off",
              "distillvlm-att", "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256",
              "distillvlm-queue16384")
+SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1")  # PKD loss weight / temperature (--methods)
+KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS)
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
@@ -148,6 +150,9 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-model-kd": {**pkd, "method.pkd.use_model_kd": False},
         "pkd-predictors-off": {**pkd, "method.pkd.use_predictors": False,
                                "method.pkd.learnable_slots": 64},
+        "pkd-mkd0.3": {**pkd, "method.pkd.lambda_mkd": 0.3},
+        "pkd-mkd3": {**pkd, "method.pkd.lambda_mkd": 3.0},
+        "pkd-kdT1": {**pkd, "method.pkd.kd_temperature": 1.0},
         "teacher": {**TEACHER, "method.name": "teacher-adapt", "optim.lr": 0.0005},
         "student": {**STUDENT, "method.name": "baseline", "optim.lr": 0.0005},
         "distillvlm": distill,
@@ -199,6 +204,11 @@ def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Run (or finish) the demo; write ``results.json`` + ``results.png``; return the results."""
+    from pkd.errors import PkdError
+
+    unknown = [m for m in cfg.methods if m not in KNOWN]
+    if unknown:
+        raise PkdError(f"pkd demo: unknown method {unknown[0]!r} (known: {', '.join(KNOWN)})")
     start = time.monotonic()
     cfg.out.mkdir(parents=True, exist_ok=True)
     paths = prepare(cfg)

@@ -7,7 +7,16 @@ import json
 import torch
 
 from pkd.data.synth import SynthConfig
-from pkd.demo import ABLATIONS, MAIN_METHODS, DemoConfig, Paths, overrides, run_demo, summarize
+from pkd.demo import (
+    ABLATIONS,
+    KNOWN,
+    MAIN_METHODS,
+    DemoConfig,
+    Paths,
+    overrides,
+    run_demo,
+    summarize,
+)
 from pkd.train.config import load_config
 
 
@@ -51,7 +60,9 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     def resolved(name):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
-    configs = {n: resolved(n) for n in (*MAIN_METHODS, *ABLATIONS, "predictors")}
+    configs = {n: resolved(n) for n in (*KNOWN, "predictors")}
+    assert set(MAIN_METHODS) | set(ABLATIONS) <= set(KNOWN)
+    assert configs["pkd-mkd3"].method.pkd.lambda_mkd == 3.0
     assert configs["baseline-foundation"].model.use_foundation_features is True
     assert configs["baseline"].model.use_foundation_features is False
     assert configs["pkd-memory"].method.pkd.use_memory is False
@@ -88,3 +99,18 @@ def test_cli_prints_the_table_of_a_finished_demo(tmp_path, monkeypatch, capsys):
     assert seen["cfg"].seeds == 2 and "pkd-memory" in seen["cfg"].methods
     assert "50.50 ± 0.50" in out and "69.5" in out and "5,678" in out
     assert "gold test 5.0%, test_iid 60.0%" in out
+
+
+def test_cli_methods_option_and_unknown_method(tmp_path, monkeypatch, capsys):
+    import pkd.demo
+    from pkd.cli import main
+
+    seen = {}
+    monkeypatch.setattr(pkd.demo, "run_demo", lambda cfg: seen.setdefault("cfg", cfg) and {
+        "elapsed_s": 0.0, "rows": [], "models": {}})
+    main(["demo", "--out", str(tmp_path), "--methods", "pkd, pkd-mkd3"])
+    assert seen["cfg"].methods == ("pkd", "pkd-mkd3")
+    monkeypatch.undo()
+    assert main(["demo", "--out", str(tmp_path), "--methods", "pkd-typo"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'pkd-typo'" in err and len(err.strip().splitlines()) == 1

@@ -13,6 +13,8 @@ def demo(
         "demo_out"),
     seeds: Annotated[int, typer.Option(help="training seeds per method")] = 1,
     ablations: Annotated[bool, typer.Option(help="also run the ablation rows")] = False,
+    methods: Annotated[str, typer.Option(
+        help="comma-separated rows instead of the main methods (see pkd.demo.KNOWN)")] = "",
 ) -> None:
     """synth data -> pre-train foundation -> extract -> train -> evaluate; prints a table."""
     from rich.console import Console
@@ -20,8 +22,9 @@ def demo(
 
     from pkd.demo import ABLATIONS, MAIN_METHODS, DemoConfig, run_demo, summarize
 
-    methods = MAIN_METHODS + (ABLATIONS if ablations else ())
-    results = run_demo(DemoConfig(out=out, seeds=seeds, methods=methods))
+    rows = tuple(m.strip() for m in methods.split(",") if m.strip()) or MAIN_METHODS
+    rows += tuple(a for a in (ABLATIONS if ablations else ()) if a not in rows)
+    results = run_demo(DemoConfig(out=out, seeds=seeds, methods=rows))
     table = Table(title=f"pkd demo — VQA accuracy (%), {seeds} seed(s)")
     summary = summarize(results["rows"])
     types = sorted({t for s in summary for t in s["perAnswerType"]})
