@@ -159,11 +159,11 @@ class FeatureStore:
         for (name, _, (start, stop)), part in zip(jobs, parts, strict=True):
             for first in range(start, stop, ipc):
                 chunk = part[first - start:first - start + ipc]
-                if chunk.shape[0] < part.shape[0]:
-                    chunk = chunk.copy()  # so an evicted chunk frees its memory
-                have[name, first // ipc] = chunk
                 if self._cache is not None:
+                    if chunk.shape[0] < part.shape[0]:
+                        chunk = chunk.copy()  # a view would keep the whole run alive
                     self._cache.put((name, first // ipc), chunk)
+                have[name, first // ipc] = chunk
         return have
 
     def read_range(self, start: int, stop: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
