@@ -13,7 +13,8 @@ setting, which dask's nanny sets to OMP_NUM_THREADS=1):
 * ``--workers 2`` again with dask's ``MALLOC_TRIM_THRESHOLD_=65536`` removed from the workers'
   environment (steady time only; see :func:`no_trim_row`);
 * ``--scheduler``: a ``dask scheduler`` + ``dask worker --nworkers 2 --nthreads 1`` started here as
-  subprocesses on 127.0.0.1 (stopped at the end; every wait is bounded).
+  subprocesses on 127.0.0.1 (stopped at the end; every wait is bounded), the workers with
+  ``DASK_CONFIG=configs/dask`` (no ``MALLOC_TRIM_THRESHOLD_``), as the README tells users to.
 
 Two times per configuration:
 
@@ -124,6 +125,9 @@ def no_trim_row(recipe, root: Path, workers: int, session: str, per_shard: int) 
             "start s": start, "warm s": t_warm, "steady s": t_steady, "end-to-end s": float("nan")}
 
 
+NO_TRIM_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dask"
+
+
 @contextmanager
 def external_cluster(root: Path, workers: int):
     """A ``dask scheduler`` + ``dask worker`` on 127.0.0.1 as subprocesses; yields the address."""
@@ -143,7 +147,8 @@ def external_cluster(root: Path, workers: int):
         procs.append(subprocess.Popen(
             [dask, "worker", address, "--nworkers", str(workers), "--nthreads", "1",
              "--no-dashboard", "--local-directory", str(root / "dask-worker")],
-            stdout=logs[1], stderr=subprocess.STDOUT, cwd=root))
+            stdout=logs[1], stderr=subprocess.STDOUT, cwd=root,
+            env={**os.environ, "DASK_CONFIG": str(NO_TRIM_CONFIG)}))
         from dask.distributed import Client
 
         with Client(address, timeout=START_TIMEOUT_S) as client:
