@@ -15,8 +15,12 @@ Per image (no batching across different sizes, no crop, no padding — so pixels
    grid (CLS / register tokens first are dropped).
 3. boxes in original pixels -> map coordinates: ``x * Wf / W``, ``y * Hf / H`` (exact when the
    network stride divides the resized size; otherwise off by less than one map cell per side).
-4. ``roi_align_op(aligned=True, output_size, sampling_ratio)`` -> ``(N, C, o, o)``, mean over the
-   ``o x o`` grid -> ``(N, C)``.
+4. ``roi_align_op(aligned=True, output_size, sampling_ratio)`` -> ``(N, C, o, o)``, then
+   ``pooling="mean"``: mean over the ``o x o`` grid -> ``(N, C)`` (bottom-up style); or
+   ``pooling="grid:K"``: adaptive average to ``K x K`` cells, flattened channel-major ->
+   ``(N, C K²)``, which keeps the coarse layout inside the box (an object's shape survives: on the
+   synthetic benchmark a linear probe of shape reads 41% / 57% / 67% from mean / grid:2 / grid:3
+   features of the demo's random ResNet, chance 25%).
 
 A whole-image box then averages the whole map; when the map side is a multiple of
 ``output_size`` every adaptive sample falls on a cell centre and the result is exactly the
@@ -75,7 +79,7 @@ class RegionBackbone:
     """
 
     def __init__(self, model: str, device: str = "cpu", output_size: int = 7,
-                 sampling_ratio: int = -1):
+                 sampling_ratio: int = -1, pooling: str = "mean"):
         from transformers import AutoModel
 
         quiet_loading()
@@ -90,14 +94,18 @@ class RegionBackbone:
         self.model_id, self.device = model, device
         self.weights_hash = weights_sha256(source, local)
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
+        self.grid = grid_size(pooling, output_size)  # 0 = mean pooling
+        self.pooling = pooling
         config = self.model.config
         sizes = getattr(config, "hidden_sizes", None)
-        self.dim = int(sizes[-1]) if sizes else int(config.hidden_size)  # C of the feature map
+        self.channels = int(sizes[-1]) if sizes else int(config.hidden_size)  # C of the map
+        self.dim = self.channels * max(1, self.grid) ** 2  # features per box
         self.patch_size = getattr(config, "patch_size", None)  # ViT-style token grids only
 
     def provenance(self) -> dict:
         return {"model": self.model_id, "config_sha256": config_sha256(self.model.config),
-                "weights_sha256": self.weights_hash, "pooling": "roi_align_mean",
+                "weights_sha256": self.weights_hash,
+                "pooling": "roi_align_mean" if not self.grid else f"roi_align_grid{self.grid}",
                 "output_size": self.output_size, "sampling_ratio": self.sampling_ratio}
 
     @torch.no_grad()
@@ -130,7 +138,7 @@ class RegionBackbone:
     @torch.no_grad()
     def pool(self, images: Sequence[Image.Image],
              boxes_per_image: Sequence[Tensor | np.ndarray]) -> list[Tensor]:
-        """RoIAlign + mean pooling: one float32 ``(N_i, C)`` CPU tensor per image, rows in box
+        """RoIAlign + pooling: one float32 ``(N_i, dim)`` CPU tensor per image, rows in box
         order. ``boxes_per_image[i]``: ``(N_i, 4)`` x1y1x2y2 in pixels of ``images[i]``."""
         if len(images) != len(boxes_per_image):
             raise ValueError(f"{len(images)} images but {len(boxes_per_image)} box sets")
@@ -144,5 +152,20 @@ class RegionBackbone:
             b = (b * scale).to(fmap.device)  # (N, 4) map coordinates, float32
             pooled = roi_align_op(fmap[None], [b], self.output_size, 1.0, self.sampling_ratio,
                                   aligned=True)  # (N, C, o, o)
-            out.append(pooled.mean(dim=(2, 3)).float().cpu())
+            if self.grid:
+                feats = torch.nn.functional.adaptive_avg_pool2d(pooled, self.grid).flatten(1)
+            else:
+                feats = pooled.mean(dim=(2, 3))
+            out.append(feats.float().cpu())  # (N, dim)
         return out
+
+
+def grid_size(pooling: str, output_size: int) -> int:
+    """0 for ``"mean"``, K for ``"grid:K"`` (1 <= K <= output_size); PkdError otherwise."""
+    if pooling == "mean":
+        return 0
+    k = pooling.removeprefix("grid:")
+    if pooling.startswith("grid:") and k.isdigit() and 1 <= int(k) <= output_size:
+        return int(k)
+    raise PkdError(f"--pooling {pooling!r}: expected 'mean' or 'grid:K' with 1 <= K <= "
+                   f"{output_size}")

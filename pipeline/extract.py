@@ -45,6 +45,7 @@ class RegionRecipe:
     detector: str | None = None  # "given:PATH" | "hf:MODEL" | "detectron2:CONFIG"
     boxes_from: str | None = None  # take boxes from this regions store instead of a detector
     backbone: str | None = None  # HF vision backbone (id/path) to pool features from
+    pooling: str = "mean"  # per box: "mean" of the RoIAlign grid, or "grid:K" cells (C K² dims)
     conf: float = 0.2  # detector score threshold
     iou: float = 0.5  # NMS IoU threshold
     min_boxes: int = 10  # bottom-up convention: at least this many boxes per image

@@ -124,6 +124,8 @@ def make_region_stage(recipe, source: Source) -> RegionStage:
 
     if (recipe.detector is None) == (recipe.boxes_from is None):
         raise PkdError("extract regions: give exactly one of --detector or --boxes-from")
+    if recipe.pooling != "mean" and not recipe.backbone:
+        raise PkdError(f"extract regions: --pooling {recipe.pooling} needs --backbone MODEL")
     if recipe.boxes_from:
         boxes = StoreBoxes(recipe.boxes_from)
         max_regions = boxes.max_regions
@@ -132,7 +134,8 @@ def make_region_stage(recipe, source: Source) -> RegionStage:
                                min_boxes=recipe.min_boxes, max_boxes=recipe.max_boxes,
                                device=recipe.device)
         max_regions = recipe.max_boxes
-    backbone = RegionBackbone(recipe.backbone, device=recipe.device) if recipe.backbone else None
+    backbone = (RegionBackbone(recipe.backbone, device=recipe.device, pooling=recipe.pooling)
+                if recipe.backbone else None)
     if backbone is None and getattr(boxes, "feature_dim", None) is None:
         raise PkdError(f"extract regions: {recipe.detector or recipe.boxes_from} gives no "
                        "per-box features; add --backbone MODEL to pool them")

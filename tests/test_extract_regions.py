@@ -119,3 +119,40 @@ def test_hf_detector_boxes_and_query_features(synth_data, tiny_detr_dir, tmp_pat
         np.testing.assert_allclose(got["region_scores"][i, :n], det.scores, rtol=1e-4)
         np.testing.assert_allclose(got["region_features"][i, :n].astype(np.float32),
                                    det.features, **F16)
+
+
+def test_grid_pooling_keeps_the_layout_and_reduces_to_mean(synth_data, tiny_resnet_dir):
+    """grid:1 and the mean of grid:7's cells are exactly mean pooling; grid:K has C*K*K dims."""
+    from pkd.pipeline.backbones import RegionBackbone
+
+    boxes = coco_boxes(synth_data)
+    image_id = next(i for i, b in boxes.items() if len(b) >= 2)
+    img = [image(synth_data, image_id)]
+    mean = RegionBackbone(str(tiny_resnet_dir)).pool(img, [boxes[image_id]])[0]
+    n, c = mean.shape
+    grid1 = RegionBackbone(str(tiny_resnet_dir), pooling="grid:1").pool(img, [boxes[image_id]])[0]
+    torch.testing.assert_close(grid1, mean)
+    grid7 = RegionBackbone(str(tiny_resnet_dir), pooling="grid:7").pool(img, [boxes[image_id]])[0]
+    torch.testing.assert_close(grid7.reshape(n, c, 7, 7).mean((2, 3)), mean)
+    grid2 = RegionBackbone(str(tiny_resnet_dir), pooling="grid:2")
+    assert grid2.dim == 4 * c and grid2.provenance()["pooling"] == "roi_align_grid2"
+    assert grid2.pool(img, [boxes[image_id]])[0].shape == (n, 4 * c)
+
+
+def test_grid_pooled_store_and_bad_pooling(synth_data, tiny_resnet_dir, tmp_path, capsys):
+    given = f"given:{synth_data / 'boxes.json'}"
+    out = tmp_path / "grid.zarr"
+    assert regions(synth_data, out, "--detector", given, "--backbone", tiny_resnet_dir,
+                   "--pooling", "grid:2", "--max-boxes", MAX_BOXES, "--splits", "val") == 0
+    store = FeatureStore.open(out, kind="regions")
+    assert store.spec.dims["feature_dim"] == 128
+    assert store.spec.producer["backbone"]["pooling"] == "roi_align_grid2"
+    capsys.readouterr()
+    for bad in ("grid:0", "grid:8", "max"):
+        assert regions(synth_data, tmp_path / f"{bad}.zarr", "--detector", given, "--backbone",
+                       tiny_resnet_dir, "--pooling", bad, "--splits", "val") == 2
+        err = capsys.readouterr().err.strip()
+        assert "expected 'mean' or 'grid:K'" in err and len(err.splitlines()) == 1
+    assert regions(synth_data, tmp_path / "nobb.zarr", "--detector", "hf:x", "--pooling",
+                   "grid:2", "--splits", "val") == 2
+    assert "needs --backbone" in capsys.readouterr().err

@@ -69,6 +69,10 @@ def _print_metrics(metrics: dict, out: Path | None) -> None:
     console.print(table)
     if metrics["missing"]:
         console.print(f"{metrics['missing']} questions had no prediction (scored 0)")
+    if "prior" in metrics:
+        prior = metrics["prior"]
+        console.print(f"training prior: {prior['prior']:.1f}% of answers are their question type's "
+                      f"favourite training answer (gold: {prior['gold']:.1f}%)")
     if "inference" in metrics:
         inf = metrics["inference"]
         console.print(f"model: {inf['parameters']:,} parameters, {inf['ms_per_question']:.3f} ms "

@@ -101,6 +101,8 @@ def regions(
     detector: Annotated[str | None, typer.Option(help="given:PATH|hf:MODEL|detectron2:CFG")] = None,
     boxes_from: Annotated[str | None, typer.Option(help="reuse the boxes of this store")] = None,
     backbone: Annotated[str | None, typer.Option(help="HF backbone to pool box features")] = None,
+    pooling: Annotated[str, typer.Option(
+        help="backbone pooling per box: mean | grid:K (K x K cells, C*K*K dims)")] = "mean",
     dataset: Dataset = "synth", splits: Splits = "train,val,test,test_iid", images: Images = None,
     captions: Annotated[bool, typer.Option(help="also cover caption images")] = False,
     conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10, max_boxes: int = 100,
@@ -112,7 +114,7 @@ def regions(
     from pkd.pipeline.extract import RegionRecipe, extract_regions
 
     recipe = RegionRecipe(_source(data, dataset, splits, images, captions), detector, boxes_from,
-                          backbone, conf, iou, min_boxes, max_boxes, device, batch_size)
+                          backbone, pooling, conf, iou, min_boxes, max_boxes, device, batch_size)
     opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads)
     _finish(extract_regions(recipe, out, opts), strict)
 
