@@ -19,8 +19,8 @@ Per image (no batching across different sizes, no crop, no padding — so pixels
    ``pooling="mean"``: mean over the ``o x o`` grid -> ``(N, C)`` (bottom-up style); or
    ``pooling="grid:K"``: adaptive average to ``K x K`` cells, flattened channel-major ->
    ``(N, C K²)``, which keeps the coarse layout inside the box (an object's shape survives: on the
-   synthetic benchmark a linear probe of shape reads 41% / 57% / 67% from mean / grid:2 / grid:3
-   features of the demo's random ResNet, chance 25%).
+   synthetic benchmark a linear probe of shape reads 40.8% / 57.4% / 67.3% from mean / grid:2 /
+   grid:3 features of the demo's random ResNet, chance 25%; ``pkd stores probe``).
 
 A whole-image box then averages the whole map; when the map side is a multiple of
 ``output_size`` every adaptive sample falls on a cell centre and the result is exactly the

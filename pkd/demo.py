@@ -226,16 +226,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 def region_probes(paths: Paths) -> dict:
     """Linear-probe accuracy of shape and colour from each regions store (train -> test images):
     what the VQA models can see at all (:mod:`pkd.probe`)."""
-    import numpy as np
+    from pkd.probe import probe_benchmark_store
 
-    from pkd.probe import probe_store
-
-    def images(split: str) -> np.ndarray:
-        questions = json.loads((paths.data / f"synth_{split}_questions.json").read_text())
-        return np.unique([q["image_id"] for q in questions["questions"]])
-
-    return {name: probe_store(paths.store(f"{name}.zarr"), paths.data / "boxes.json",
-                              images("train"), images("test"))
+    return {name: probe_benchmark_store(paths.store(f"{name}.zarr"), paths.data)
             for name in ("regions", "teacher_regions")}
 
 

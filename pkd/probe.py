@@ -93,3 +93,21 @@ def probe_store(store_path: Path, boxes_json: Path, train_ids: np.ndarray, eval_
                      "majority": 100.0 * float(np.bincount(y_eval).max() / len(y_eval)),
                      "regions": int(len(y_eval))}
     return out
+
+
+def split_image_ids(data: Path, split: str) -> np.ndarray:
+    """Sorted image ids of a synthetic benchmark split (``synth_<split>_questions.json``)."""
+    from pkd.data.vqa import dataset_files, load_questions
+
+    questions, _ = dataset_files(Path(data), "synth", split)
+    if not questions.is_file():
+        raise PkdError(f"{questions}: no such split file (a `pkd data synth` folder?)")
+    return np.unique(np.array([q.image_id for q in load_questions(questions)], dtype=np.int64))
+
+
+def probe_benchmark_store(store_path: Path, data: Path, train_split: str = "train",
+                          eval_split: str = "test") -> dict[str, dict[str, float]]:
+    """:func:`probe_store` with the benchmark folder's boxes and splits."""
+    data = Path(data)
+    return probe_store(store_path, data / "boxes.json", split_image_ids(data, train_split),
+                       split_image_ids(data, eval_split))

@@ -9,13 +9,8 @@ import pytest
 from train_fixtures import make_benchmark, make_regions_store
 
 from pkd.errors import PkdError
-from pkd.probe import object_labels, probe_store
+from pkd.probe import object_labels, probe_store, split_image_ids
 from pkd.stores import FeatureStore, StoreWriter
-
-
-def split_image_ids(data, split: str) -> np.ndarray:
-    questions = json.loads((data / f"synth_{split}_questions.json").read_text())["questions"]
-    return np.unique([q["image_id"] for q in questions])
 
 
 def rewritten(src, dst, features):
@@ -79,3 +74,15 @@ def test_store_without_the_benchmark_boxes_is_refused(bench, tmp_path):
     with pytest.raises(PkdError, match="no region matches a box"):
         probe_store(good, tmp_path / "boxes.json", split_image_ids(data, "train"),
                     split_image_ids(data, "test"))
+
+
+def test_cli_probe_prints_both_attributes(bench, capsys):
+    from pkd.cli import main
+
+    data, good, _ = bench
+    assert main(["stores", "probe", str(good), "--data", str(data)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("shape: ") and "chance 25.0%" in out[0]
+    assert out[1].startswith("color: ") and "test regions" in out[1]
+    assert main(["stores", "probe", str(good), "--data", str(data), "--eval-split", "nope"]) == 2
+    assert "no such split file" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import typer
 
 from pkd.errors import PkdError
 
-app = typer.Typer(help="Feature stores: info, import-h5.", no_args_is_help=True)
+app = typer.Typer(help="Feature stores: info, probe, import-h5.", no_args_is_help=True)
 
 
 @app.command("info")
@@ -26,6 +26,22 @@ def info(
         typer.echo(json.dumps(summary, indent=2))
         return
     _print_summary(summary)
+
+
+@app.command("probe")
+def probe(
+    store: Annotated[Path, typer.Argument(help="A regions store of the synthetic benchmark.")],
+    data: Annotated[Path, typer.Option(help="The benchmark folder (pkd data synth).")],
+    train_split: Annotated[str, typer.Option(help="Split whose images fit the probe.")] = "train",
+    eval_split: Annotated[str, typer.Option(help="Split whose images score it.")] = "test",
+) -> None:
+    """Linear probes: how well an object's shape and colour can be read from its region feature."""
+    from pkd.probe import probe_benchmark_store
+
+    result = probe_benchmark_store(store, data, train_split, eval_split)
+    for attr, r in result.items():
+        typer.echo(f"{attr}: {r['accuracy']:.1f}% on {r['regions']} {eval_split} regions "
+                   f"(chance {r['chance']:.1f}%, majority class {r['majority']:.1f}%)")
 
 
 @app.command("import-h5")
