@@ -74,9 +74,9 @@ def test_outputs_attentions_and_gradients(bert_dir):
 
 
 def test_sizes_must_match_the_checkpoint(bert_dir):
-    with pytest.raises(PkdError, match=r"set model\.hidden_size=48 \(the checkpoint has 32\)"):
+    with pytest.raises(PkdError, match=r"config says hidden_size 48 \(the checkpoint has 32\)"):
         fusion(bert_dir, hidden_size=48, num_heads=4)
-    with pytest.raises(PkdError, match=r"model\.num_layers=3 \(the checkpoint has 2\)"):
+    with pytest.raises(PkdError, match=r"num_layers 3 \(the checkpoint has 2\); set them"):
         fusion(bert_dir, num_layers=3)
 
 

@@ -70,10 +70,11 @@ class HFEncoder(nn.Module):
             raise PkdError(f"{where}: cannot load the encoder ({first_line(err)})") from None
         have = _sizes(config)
         want = {"hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads}
-        wrong = [f"model.{k}={v} (the checkpoint has {have[k]})" for k, v in want.items()
+        wrong = [f"{k} {v} (the checkpoint has {have[k]})" for k, v in want.items()
                  if have[k] != v]
         if wrong:
-            raise PkdError(f"{where}: set {', '.join(wrong)}")
+            raise PkdError(f"{where}: the model config says {', '.join(wrong)}; set them to the "
+                           "checkpoint's")
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # the VQA head reads [CLS]; an unused pooler breaks DDP
         self.model.get_input_embeddings().requires_grad_(False)  # inputs_embeds bypasses them
