@@ -168,3 +168,15 @@ def test_val_carved_from_train_when_the_dataset_has_no_val_split(bench, tmp_path
     assert not set(train.image_ids.tolist()) & set(val.image_ids.tolist())  # image-level carve
     result = fit(cfg)  # validates on the carved share, never on another split
     assert result.best_val >= 0
+
+
+def test_prediction_device_follows_run_device():
+    from pkd.train.predict import eval_device
+
+    assert eval_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert eval_device("auto").type == "cpu"
+        with pytest.raises(PkdError, match="run.device=cuda: no CUDA device"):
+            eval_device("cuda")
+    else:
+        assert eval_device("auto").type == eval_device("cuda").type == "cuda"

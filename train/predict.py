@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pkd.errors import PkdError
+from pkd.prefetch import prefetch
 from pkd.train import checkpoint as ck
 from pkd.train.config import load_config
 from pkd.train.distributed import World
@@ -41,6 +42,13 @@ def load_run(run_dir: Path, which: str = "best"):
     return cfg, v, stores, model.eval()
 
 
+def eval_device(name: str) -> torch.device:
+    """``run.device`` of the run, for prediction: cuda when asked for or (``auto``) present."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PkdError("run.device=cuda: no CUDA device is visible (use run.device=auto or cpu)")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 @dataclass
 class Predictions:
     results: list[dict]  # official format [{"question_id", "answer"}]
@@ -58,15 +66,19 @@ class Predictions:
 def predict(run_dir: Path, split: str, which: str = "best") -> Predictions:
     """Official-format results of the run on ``split``, and the model time they took."""
     cfg, v, stores, model = load_run(run_dir, which)
+    device = eval_device(cfg.run.device)
+    model.to(device)
     data, batches = split_batches(cfg, split, v, stores)
     results, seconds = [], 0.0
-    with torch.no_grad():
-        for positions in make_sampler(batches, cfg, World(), shuffle=False):
-            batch = batches[positions]
+    sampler = make_sampler(batches, cfg, World(), shuffle=False)
+    with torch.no_grad():  # the next batches are read in a thread while this one runs
+        for batch in prefetch(batches.__getitem__, sampler, depth=2):
+            question_ids = batch["question_id"].tolist()
+            batch = {k: t.to(device, non_blocking=True) for k, t in batch.items()}
             start = time.perf_counter()
-            best = model(batch)["logits"].argmax(-1)
+            best = model(batch)["logits"].argmax(-1).tolist()  # .tolist() waits for the device
             seconds += time.perf_counter() - start
-            for qid, a in zip(batch["question_id"].tolist(), best.tolist(), strict=True):
+            for qid, a in zip(question_ids, best, strict=True):
                 results.append({"question_id": int(qid), "answer": v.answers.answer(a)})
     return Predictions(results, seconds, sum(p.numel() for p in model.parameters()))
 
