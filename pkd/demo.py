@@ -10,8 +10,9 @@ skips what is done.
 "perAnswerType", "ms_per_question", "prior", "prior_gold"}]}`` (percent, official metric; model
 forward time per question while evaluating; share of answers that are the training favourite of
 their question type, and the share of gold answers that are — :mod:`pkd.data.prior`) plus
-``"models"`` (parameter counts) and ``"region_probes"`` (linear-probe accuracy of shape and colour
-from each regions store, :mod:`pkd.probe`).
+``"models"`` (parameter counts), ``"region_probes"`` (linear-probe accuracy of shape and colour
+from each regions store, :mod:`pkd.probe`) and ``"stage_seconds"`` (wall time of each stage in
+this invocation; a resumed stage costs ~0).
 
 The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
 region backbones): the numbers show the methods' mechanics on this benchmark, not their
@@ -210,14 +211,26 @@ def run_demo(cfg: DemoConfig) -> dict:
     if unknown:
         raise PkdError(f"pkd demo: unknown method {unknown[0]!r} (known: {', '.join(KNOWN)})")
     start = time.monotonic()
+    seconds: dict[str, float] = {}  # wall time of each stage in this invocation
+
+    def timed(key: str, fn):
+        t = time.monotonic()
+        out = fn()
+        seconds[key] = round(seconds.get(key, 0.0) + time.monotonic() - t, 1)
+        return out
+
     cfg.out.mkdir(parents=True, exist_ok=True)
-    paths = prepare(cfg)
+    paths = timed("prepare (data, pre-training, extraction)", lambda: prepare(cfg))
     rows = []
     for name in cfg.methods:
         for seed in range(cfg.seeds):
-            rows += evaluate_run(train_run(cfg, paths, name, seed), name, seed)
+            for need in NEEDS.get(name.split("-")[0], ()):
+                timed(f"{need}-seed{seed}", lambda n=need, s=seed: train_run(cfg, paths, n, s))
+            run = timed(f"{name}-seed{seed}", lambda n=name, s=seed: train_run(cfg, paths, n, s))
+            rows += timed("evaluation", lambda r=run, n=name, s=seed: evaluate_run(r, n, s))
     results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows,
-               "models": model_sizes(cfg), "region_probes": region_probes(paths)}
+               "models": model_sizes(cfg), "region_probes": region_probes(paths),
+               "stage_seconds": seconds}
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2))
     plot_results(results, cfg.out / "results.png")
     return results

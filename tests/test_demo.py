@@ -37,6 +37,9 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
         assert row["ms_per_question"] > 0 and 0 <= row["prior"] <= 100
     assert (cfg.out / "results.png").stat().st_size > 0
     assert saved["models"]["baseline"] > 0
+    stages = saved["stage_seconds"]
+    assert set(stages) == {"prepare (data, pre-training, extraction)", "baseline-seed0", "evaluation"}
+    assert sum(stages.values()) <= saved["elapsed_s"] + 0.5
     probes = saved["region_probes"]
     assert set(probes) == {"regions", "teacher_regions"}
     assert all(0 <= probes[s][a]["accuracy"] <= 100 for s in probes for a in ("shape", "color"))
