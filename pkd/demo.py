@@ -25,8 +25,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pkd.data.synth import SynthConfig
+if TYPE_CHECKING:
+    from pkd.data.synth import SynthConfig
 
 SPLITS = ("test", "test_iid")
 MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
@@ -48,12 +50,18 @@ PKD = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
        "method.pkd.memory_size": 256, "method.pkd.kd_temperature": 4.0}
 
 
+def _synth_defaults() -> SynthConfig:
+    from pkd.data.synth import SynthConfig  # numpy & co. load only when a demo is built
+
+    return SynthConfig()
+
+
 @dataclass
 class DemoConfig:
     out: Path  # everything goes here: data/, foundation/, stores/, runs/, results.json
     seeds: int = 1  # training seeds per method
     methods: tuple[str, ...] = MAIN_METHODS  # rows of the results table (see ABLATIONS too)
-    synth: SynthConfig = field(default_factory=SynthConfig)  # the benchmark
+    synth: SynthConfig = field(default_factory=lambda: _synth_defaults())  # the benchmark
     pretrain_epochs: int = 20  # caption pre-training epochs of the demo foundation model
     train_epochs: int = 10  # VQA training epochs per run
     batch_size: int = 64  # VQA training batch size

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pkd.demo import KNOWN
+
 
 def demo(
     out: Annotated[Path, typer.Option(help="output folder (resumable: re-run to finish)")] = Path(
@@ -14,7 +16,7 @@ def demo(
     seeds: Annotated[int, typer.Option(help="training seeds per method")] = 1,
     ablations: Annotated[bool, typer.Option(help="also run the ablation rows")] = False,
     methods: Annotated[str, typer.Option(
-        help="comma-separated rows instead of the main methods (see pkd.demo.KNOWN)")] = "",
+        help="comma-separated rows instead of the main methods; known: " + ", ".join(KNOWN))] = "",
 ) -> None:
     """synth data -> pre-train foundation -> extract -> train -> evaluate; prints a table."""
     from rich.console import Console
