@@ -180,3 +180,14 @@ def test_prediction_device_follows_run_device():
             eval_device("cuda")
     else:
         assert eval_device("auto").type == eval_device("cuda").type == "cuda"
+
+
+def test_dataloader_workers_give_the_same_run(bench, tmp_path):
+    """run.num_workers=2 reads batches in worker processes: same batches, same final weights."""
+    data, regions = bench
+    for name, workers in (("thread", 0), ("workers", 2)):
+        cfg = load_config(None, train_overrides(data, regions, tmp_path / name,
+                                                **{"run.num_workers": workers}))
+        fit(cfg)
+    a, b = _weights(tmp_path / "thread"), _weights(tmp_path / "workers")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -97,7 +97,7 @@ class RunConfig:
     keep_last: int = 3  # checkpoints kept on disk (older ones are pruned; 0 = keep all)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto" = cuda when available
     amp: bool = False  # bf16/fp16 autocast on cuda
-    num_workers: int = 0  # data-loading worker processes
+    num_workers: int = 0  # batch-reading worker processes (0 = one reader thread in the trainer)
     log_every: int = 50  # print / log training metrics every N steps
     threads: int = 0  # torch CPU threads per process (0 = usable cores - 1, at least 1)
 

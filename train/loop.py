@@ -208,6 +208,18 @@ class Trainer:
             self._save_best(score)
         return score
 
+    def batch_stream(self):
+        """The batches of :meth:`epoch_batches`, read ahead while a step trains: in a thread
+        (``run.num_workers = 0``) or in that many DataLoader worker processes (each reopens the
+        stores; on GPU nodes with many cores, and the batches come back in order)."""
+        n = self.cfg.run.num_workers
+        if n <= 0:
+            return prefetch(self.train.__getitem__, self.epoch_batches(), depth=2)
+        loader = torch.utils.data.DataLoader(
+            self.train, batch_size=None, sampler=list(self.epoch_batches()), num_workers=n,
+            prefetch_factor=2, pin_memory=self.world.device.type == "cuda")
+        return iter(loader)
+
     def epoch_batches(self):
         """The remaining batches of the current epoch (skips those done before a resume)."""
         self.sampler.set_epoch(self.epoch)
@@ -227,8 +239,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
     try:
         while t.step < t.total:
             n_batches = len(t.sampler)
-            # the next batches are read from the stores in a thread while this one trains
-            for batch in prefetch(t.train.__getitem__, t.epoch_batches(), depth=2):
+            for batch in t.batch_stream():
                 losses = t.train_step(batch)
                 t.step, t.in_epoch = t.step + 1, t.in_epoch + 1
                 end = t.in_epoch == n_batches
