@@ -61,11 +61,13 @@ def test_missing_options(files, capsys):
     assert err.count("\n") == 1
 
 
-def test_checkpoint_mode_needs_a_run_folder_and_a_split(files, capsys):
+def test_checkpoint_mode_needs_a_run_folder(files, capsys):
     assert main(["evaluate", "--checkpoint", "run", "--split", "test"]) == 2
     assert capsys.readouterr().err == "error: run: not a pkd run folder (no config.yaml)\n"
-    assert main(["evaluate", "--checkpoint", "run"]) == 2
-    assert "give --split" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", "run"]) == 2  # the default split needs the run too
+    assert capsys.readouterr().err == "error: run: not a pkd run folder (no config.yaml)\n"
+    assert main(["evaluate", "--checkpoint", "run", "--which", "first"]) == 2
+    assert "expected best or last" in capsys.readouterr().err
     assert main(["evaluate", "--split", "test"]) == 2
     assert "--split: only valid with --checkpoint" in capsys.readouterr().err
 

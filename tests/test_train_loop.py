@@ -45,7 +45,7 @@ def test_cli_train_then_evaluate_checkpoint(bench, tmp_path):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows} == {"train", "val"}
     assert load_config(run / "config.yaml").run.max_steps == 8
-    assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 0
+    assert main(["evaluate", "--checkpoint", str(run)]) == 0  # data.test_split: "test"
     metrics = json.loads((run / "metrics_test.json").read_text())
     results = json.loads((run / "results_test.json").read_text())
     questions = json.loads((data / "synth_test_questions.json").read_text())["questions"]

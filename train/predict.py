@@ -24,12 +24,18 @@ from pkd.train.loop import make_sampler
 from pkd.train.prepare import build_run_model, check_provenance, open_stores, split_batches, vocabs
 
 
-def load_run(run_dir: Path, which: str = "best"):
-    """(cfg, vocabs, stores, model in eval mode) of a trained run folder."""
+def load_run_config(run_dir: Path):
+    """The resolved config a run folder was trained with."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise PkdError(f"{run_dir}: not a pkd run folder (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml")
+    return load_config(run_dir / "config.yaml")
+
+
+def load_run(run_dir: Path, which: str = "best"):
+    """(cfg, vocabs, stores, model in eval mode) of a trained run folder."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
     v = vocabs(cfg, run_dir, create=False)
     stores = open_stores(cfg)
     check_provenance(run_dir, stores)

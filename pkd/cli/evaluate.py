@@ -21,7 +21,7 @@ Results = Annotated[Path | None, typer.Option(help="results JSON [{question_id, 
 Out = Annotated[Path | None, typer.Option(help="write the metrics JSON here")]
 Checkpoint = Annotated[Path | None, typer.Option(help="trained run folder (pkd train run.out_dir)")]
 Which = Annotated[str, typer.Option(help="best (on val) or last checkpoint of the run")]
-Split = Annotated[str | None, typer.Option(help="split to predict with --checkpoint")]
+Split = Annotated[str | None, typer.Option(help="split to predict with --checkpoint (default: the run's data.test_split)")]
 
 
 def evaluate(questions: Questions = None, annotations: Answers = None, results: Results = None,
@@ -33,8 +33,12 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
     if checkpoint is not None:
         from pkd.train.predict import evaluate_checkpoint
 
-        if split is None or which not in ("best", "last"):
-            raise PkdError("--checkpoint: give --split NAME (and --which best|last)")
+        if which not in ("best", "last"):
+            raise PkdError(f"--which {which!r}: expected best or last")
+        if split is None:  # the run's own test split (data.test_split)
+            from pkd.train.predict import load_run_config
+
+            split = load_run_config(checkpoint).data.test_split
         metrics, _ = evaluate_checkpoint(checkpoint, split, which, out)
         _print_metrics(metrics, out or checkpoint / f"metrics_{split}.json")
         return
