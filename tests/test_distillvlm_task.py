@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from train_fixtures import sharpen
 
 from pkd.errors import PkdError
 from pkd.train.checkpoint import save_checkpoint
@@ -53,16 +54,6 @@ def make_batch(seed: int, lengths=(5, 3, 1), counts=(4, 2, 3)) -> dict:
         "teacher_region_geometry": geometry.clone(),
         "teacher_region_mask": rmask.clone(),
     }
-
-
-def sharpen(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Larger query/key weights: BERT init (std 0.02) gives near-uniform maps and L_att ~ 1e-7."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.layers:
-            for lin in (layer.attention.query, layer.attention.key):
-                lin.weight.copy_(0.5 * torch.randn(lin.weight.shape, generator=g))
-    return model
 
 
 def make_teacher() -> torch.nn.Module:

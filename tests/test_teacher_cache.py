@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from train_fixtures import sharpen
 
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores.reader import FeatureStore
@@ -70,16 +71,6 @@ class FakeData:
     def teacher_batch(self, ids) -> dict:
         """What ``cache_teacher`` reads: the teacher's view (region_* = teacher regions)."""
         return teacher_view(self.batch(ids))
-
-
-def sharpen(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Larger query/key weights: BERT init (std 0.02) gives near-uniform maps and L_att ~ 1e-7."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.layers:
-            for lin in (layer.attention.query, layer.attention.key):
-                lin.weight.copy_(0.5 * torch.randn(lin.weight.shape, generator=g))
-    return model
 
 
 def make_teacher():

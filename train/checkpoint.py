@@ -113,6 +113,17 @@ def load_checkpoint(path: str | Path, expected_config: Any = None,
     return _load_safetensors(ckpt / MODEL_FILE), state
 
 
+def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(weights)``; weights that do not fit are a one-line
+    :class:`PkdError` ``"<what> (<torch's first specific complaint>)"``."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0])[:200]
+        raise PkdError(f"{what} ({detail})") from None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """The ``step_*`` directory meant by ``path`` (a root with ``latest.json`` or a step dir)."""
     path = Path(path)

@@ -8,6 +8,7 @@ format ``[{"question_id", "answer"}]``; the caller scores it with the official m
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -124,10 +125,20 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
 
 def training_prior(cfg, results: list[dict], annotations: Path) -> dict:
     """:func:`pkd.data.prior.prior_agreement` of ``results`` against the run's training split."""
-    from pkd.data.prior import dominant_answers, prior_agreement
+    from pkd.data.prior import prior_agreement
     from pkd.data.vqa import dataset_files, load_annotations
 
     _, train = dataset_files(Path(cfg.data.root), cfg.data.dataset, cfg.data.train_split)
-    dominant = dominant_answers(load_annotations(train))
+    dominant = _training_favourites(str(train), train.stat().st_mtime_ns)
     predictions = {r["question_id"]: r["answer"] for r in results}
     return prior_agreement(predictions, load_annotations(annotations), dominant)
+
+
+@functools.lru_cache(maxsize=4)
+def _training_favourites(path: str, mtime_ns: int) -> dict:
+    """:func:`pkd.data.prior.dominant_answers` of a training annotation file, read once per
+    file version (a run is scored on several splits; VQA-CP's train file holds 438k answers)."""
+    from pkd.data.prior import dominant_answers
+    from pkd.data.vqa import load_annotations
+
+    return dominant_answers(load_annotations(path))

@@ -57,18 +57,17 @@ class HFEncoder(nn.Module):
 
     def __init__(self, source: str, hidden_size: int, num_layers: int, num_heads: int):
         super().__init__()
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoModel
 
         quiet_loading()
         where = f"model.encoder=hf:{source}"
         path, local = resolve_model(source)
         try:
-            config = AutoConfig.from_pretrained(path, local_files_only=local)
             self.model = AutoModel.from_pretrained(path, local_files_only=local,
                                                    attn_implementation="eager", dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as err:
             raise PkdError(f"{where}: cannot load the encoder ({first_line(err)})") from None
-        have = _sizes(config)
+        have = _sizes(self.model.config)
         want = {"hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads}
         wrong = [f"{k} {v} (the checkpoint has {have[k]})" for k, v in want.items()
                  if have[k] != v]

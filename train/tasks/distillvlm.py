@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from pkd.errors import PkdError
-from pkd.train.checkpoint import load_checkpoint
+from pkd.train.checkpoint import load_checkpoint, load_weights
 from pkd.train.config import DistillConfig
 from pkd.train.losses.attention import AttentionMSE, layer_pairs, teacher_layers_needed
 from pkd.train.losses.contrastive import TokenNCE
@@ -192,11 +192,6 @@ def load_teacher(cfg: DistillConfig, num_words: int, num_answers: int,
     weights, _ = load_checkpoint(path)
     if weights and all(k.startswith("model.") for k in weights):  # a task checkpoint (RUN/ckpt)
         weights = {k.removeprefix("model."): v for k, v in weights.items()}
-    try:
-        teacher.load_state_dict(weights)
-    except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0])[:200]
-        raise PkdError(f"{path}: weights do not fit method.distill.teacher_model and the run's "
-                       f"vocabularies ({detail})") from None
+    load_weights(teacher, weights, f"{path}: weights do not fit method.distill.teacher_model "
+                                   "and the run's vocabularies")
     return teacher.requires_grad_(False).eval()

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from pkd.errors import PkdError
-from pkd.train.checkpoint import load_checkpoint
+from pkd.train.checkpoint import load_checkpoint, load_weights
 from pkd.train.config import PKDConfig, TrainConfig
 from pkd.train.foundation_head import FoundationHead
 from pkd.train.losses.divergence import FeatureDivergence, pool_tokens
@@ -302,13 +302,8 @@ def load_predictors(predictors: CrossModalPredictors, path: str) -> CrossModalPr
             if k.startswith("predictors.")}
     if not mine:
         raise PkdError(f"{path}: holds no predictor weights (a method.name=pkd-predictors run)")
-    try:
-        predictors.load_state_dict(mine)
-    except RuntimeError as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0])[:200]
-        raise PkdError(f"{path}: predictor weights do not fit method.pkd / the run's "
-                       f"vocabulary and stores ({detail})") from None
+    load_weights(predictors, mine, f"{path}: predictor weights do not fit method.pkd / the "
+                                   "run's vocabulary and stores")
     return predictors
 
 
