@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from pkd.errors import PkdError
-from pkd.prefetch import prefetch
 from pkd.train import checkpoint as ck
 from pkd.train.config import load_config
 from pkd.train.distributed import World
@@ -77,9 +76,9 @@ def predict(run_dir: Path, split: str, which: str = "best") -> Predictions:
     model.to(device)
     data, batches = split_batches(cfg, split, v, stores)
     results, seconds = [], 0.0
-    sampler = make_sampler(batches, cfg, World(), shuffle=False)
-    with torch.no_grad():  # the next batches are read in a thread while this one runs
-        for batch in prefetch(batches.__getitem__, sampler, depth=2):
+    with torch.no_grad():  # read, then run: a reader thread beside the forward would inflate
+        for positions in make_sampler(batches, cfg, World(), shuffle=False):  # its timing
+            batch = batches[positions]
             question_ids = batch["question_id"].tolist()
             batch = {k: t.to(device, non_blocking=True) for k, t in batch.items()}
             start = time.perf_counter()
