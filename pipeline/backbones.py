@@ -37,8 +37,15 @@ from PIL import Image
 from torch import Tensor
 
 from pkd.errors import PkdError
-from pkd.hf.loading import first_line, quiet_loading, resolve_model
-from pkd.pipeline.foundation import config_sha256, weights_sha256
+from pkd.hf.fingerprint import (
+    check_weight_files,
+    folder_weights_sha256,
+    image_processor_file,
+    image_processor_sha256,
+    model_folder,
+)
+from pkd.hf.hashing import config_sha256
+from pkd.hf.loading import first_line, load_errors, model_identity, quiet_loading, resolve_model
 from pkd.pipeline.roi_align import roi_align_op
 
 
@@ -49,8 +56,29 @@ def load_image_processor(model: str):
     source, local = resolve_model(model)
     try:
         return AutoImageProcessor.from_pretrained(source, backend="pil", local_files_only=local)
-    except (OSError, ValueError) as err:
+    except load_errors() as err:
         raise PkdError(f"{model}: cannot load its image processor ({first_line(err)})") from err
+
+
+def load_pretrained(loader, model: str, what: str, where: str | None = None):
+    """``loader.from_pretrained(model)`` (weights checked first), a PkdError naming ``where``
+    (default: the model) otherwise; returns ``(net, folder)``."""
+    source, local = resolve_model(model)
+    folder = model_folder(source, local)
+    check_weight_files(folder)  # a truncated download: one line, not the loader's traceback
+    try:
+        return loader.from_pretrained(source, local_files_only=local), folder
+    except load_errors() as err:
+        raise PkdError(f"{where or model}: cannot load {what} ({first_line(err)})") from err
+
+
+def forward_error(err: Exception, model: str, processor_file: str, shape) -> PkdError | None:
+    """A one-line PkdError for a forward pass that refused the processor's pixels (a size the
+    model was not built for, ...); None for errors that are not about the input (out of memory)."""
+    if isinstance(err, torch.OutOfMemoryError) or not isinstance(err, ValueError | RuntimeError):
+        return None
+    return PkdError(f"{model}: the model refuses the {tuple(shape)} pixels its image processor "
+                    f"({processor_file}) makes: {first_line(err)}")
 
 
 def resized_size(processor, width: int, height: int) -> tuple[int, int]:
@@ -83,16 +111,14 @@ class RegionBackbone:
         from transformers import AutoModel
 
         quiet_loading()
-        source, local = resolve_model(model)
-        try:
-            net = AutoModel.from_pretrained(source, local_files_only=local)
-        except (OSError, ValueError) as err:
-            raise PkdError(f"{model}: cannot load a transformers backbone ({first_line(err)})") from err
+        net, folder = load_pretrained(AutoModel, model, "a transformers backbone")
         net = getattr(net, "vision_model", net)  # CLIP/BLIP-style wrappers: the image tower
         self.model = net.to(device).eval().requires_grad_(False)
         self.processor = load_image_processor(model)
         self.model_id, self.device = model, device
-        self.weights_hash = weights_sha256(source, local)
+        self.weights_hash = folder_weights_sha256(folder)
+        self.processor_hash = image_processor_sha256(folder)
+        self.processor_file = image_processor_file(folder, model)
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
         self.grid = grid_size(pooling, output_size)  # 0 = mean pooling
         self.pooling = pooling
@@ -103,8 +129,10 @@ class RegionBackbone:
         self.patch_size = getattr(config, "patch_size", None)  # ViT-style token grids only
 
     def provenance(self) -> dict:
-        return {"model": self.model_id, "config_sha256": config_sha256(self.model.config),
+        return {"model": model_identity(self.model_id),
+                "config_sha256": config_sha256(self.model.config),
                 "weights_sha256": self.weights_hash,
+                "image_processor_sha256": self.processor_hash,
                 "pooling": "roi_align_mean" if not self.grid else f"roi_align_grid{self.grid}",
                 "output_size": self.output_size, "sampling_ratio": self.sampling_ratio}
 
@@ -119,7 +147,13 @@ class RegionBackbone:
             resized = [images[i].convert("RGB").resize(size, resample) for i in group]
             pixels = self.processor(images=resized, do_resize=False, do_center_crop=False,
                                     return_tensors="pt")["pixel_values"].to(self.device)
-            hidden = self.model(pixel_values=pixels).last_hidden_state
+            try:
+                hidden = self.model(pixel_values=pixels).last_hidden_state
+            except Exception as err:
+                refused = forward_error(err, self.model_id, self.processor_file, pixels.shape)
+                if refused is None:
+                    raise
+                raise refused from err
             fmap = self._as_map(hidden, pixels.shape[-2:])  # (b, C, Hf, Wf)
             for j, i in enumerate(group):
                 maps[i] = fmap[j]

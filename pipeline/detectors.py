@@ -23,10 +23,16 @@ import torch
 from PIL import Image
 
 from pkd.errors import PkdError
-from pkd.hf.loading import first_line, quiet_loading, resolve_model
-from pkd.pipeline.backbones import load_image_processor
+from pkd.hf.fingerprint import (
+    file_sha256,
+    folder_weights_sha256,
+    image_processor_file,
+    image_processor_sha256,
+)
+from pkd.hf.hashing import config_sha256
+from pkd.hf.loading import first_line, model_identity, quiet_loading
+from pkd.pipeline.backbones import forward_error, load_image_processor, load_pretrained
 from pkd.pipeline.boxes import clip_boxes, cxcywh_to_xyxy, select_boxes, xywh_to_xyxy
-from pkd.pipeline.foundation import config_sha256, weights_sha256
 
 DETECTRON2_MISSING = ("detectron2 is not installed: pip install "
                       "'git+https://github.com/facebookresearch/detectron2.git' "
@@ -161,7 +167,7 @@ class GivenBoxes:
 
     def provenance(self) -> dict:
         digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
-        return {"detector": f"given:{self.path}", "boxes_sha256": digest,
+        return {"detector": f"given:{self.path.resolve()}", "boxes_sha256": digest,
                 "max_boxes": self.max_boxes}
 
     def detect(self, images: Sequence[Image.Image], image_ids: Sequence[int]) -> list[Detections]:
@@ -210,23 +216,23 @@ class HFDetector:
         from transformers import AutoModelForObjectDetection
 
         quiet_loading()
-        source, local = resolve_model(model)
-        try:
-            net = AutoModelForObjectDetection.from_pretrained(source, local_files_only=local)
-        except (OSError, ValueError) as err:
-            raise PkdError(f"hf:{model}: cannot load an object-detection model "
-                           f"({first_line(err)})") from err
+        net, folder = load_pretrained(AutoModelForObjectDetection, model,
+                                      "an object-detection model", f"hf:{model}")
         self.model = net.to(device).eval().requires_grad_(False)
         self.processor = load_image_processor(model)
         self.model_id, self.device = model, device
-        self.weights_hash = weights_sha256(source, local)
+        self.weights_hash = folder_weights_sha256(folder)
+        self.processor_hash = image_processor_sha256(folder)
+        self.processor_file = image_processor_file(folder, model)
         self.conf, self.iou, self.min_boxes, self.max_boxes = conf, iou, min_boxes, max_boxes
         config = self.model.config
         self.feature_dim = int(getattr(config, "d_model", None) or config.hidden_size)
 
     def provenance(self) -> dict:
-        return {"detector": f"hf:{self.model_id}", "config_sha256": config_sha256(self.model.config),
-                "weights_sha256": self.weights_hash, "conf": self.conf, "iou": self.iou,
+        return {"detector": f"hf:{model_identity(self.model_id)}",
+                "config_sha256": config_sha256(self.model.config),
+                "weights_sha256": self.weights_hash,
+                "image_processor_sha256": self.processor_hash, "conf": self.conf, "iou": self.iou,
                 "min_boxes": self.min_boxes, "max_boxes": self.max_boxes,
                 "region_feature": "decoder_query_state"}
 
@@ -234,7 +240,14 @@ class HFDetector:
     def detect(self, images: Sequence[Image.Image], image_ids: Sequence[int]) -> list[Detections]:
         images = [img.convert("RGB") for img in images]
         inputs = self.processor(images=images, return_tensors="pt").to(self.device)
-        out = self.model(**inputs)
+        try:
+            out = self.model(**inputs)
+        except Exception as err:
+            refused = forward_error(err, f"hf:{self.model_id}", self.processor_file,
+                                    inputs["pixel_values"].shape)
+            if refused is None:
+                raise
+            raise refused from err
         num_queries = out.logits.shape[1]
         scores, labels = class_scores(out.logits, self.model.config.num_labels)  # (B, Q)
         queries = out.last_hidden_state[:, -num_queries:]  # (B, Q, d) one state per query
@@ -255,6 +268,22 @@ class HFDetector:
 
 # --- detectron2: Faster R-CNN box head features -----------------------------------------------
 
+def detectron2_weights(config: str, weights: str) -> Path | None:
+    """The local file of a config's ``MODEL.WEIGHTS`` (hashed into the provenance), None for a
+    URL / ``detectron2://`` / ``catalog://`` name (fetched by detectron2; the name is part of the
+    config hash). An empty or missing local file is a PkdError: detectron2 would build the
+    detector with random weights or fail deep inside fvcore."""
+    if not weights:
+        raise PkdError(f"{config}: MODEL.WEIGHTS is empty (the detector would run with random "
+                       "weights)")
+    if "://" in weights:
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise PkdError(f"{config}: MODEL.WEIGHTS {weights}: no such file")
+    return path
+
+
 class Detectron2Detector:
     """A detectron2 ``GeneralizedRCNN`` with ``StandardROIHeads`` (FPN) or ``Res5ROIHeads`` (C4,
     e.g. the bottom-up-attention Visual Genome detector).
@@ -263,8 +292,9 @@ class Detectron2Detector:
     ``INPUT.FORMAT``), keeps up to ``max(max_boxes, 1000)`` detections at score >= 0, then
     :func:`select_boxes`. Region features: the box head's pooled features of the kept boxes
     (see ``_box_features``). Weights: ``MODEL.WEIGHTS`` of the config.
-    Written against detectron2's public API; not exercised by the test suite (not installable
-    from the registry).
+    Written against detectron2's public API; the test suite runs the loading and error paths
+    against a stand-in module (detectron2 is not installable from the registry), not a real
+    detector.
     """
 
     def __init__(self, config: str, conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10,
@@ -278,15 +308,31 @@ class Detectron2Detector:
             raise PkdError(DETECTRON2_MISSING) from err
         if not Path(config).is_file():
             raise PkdError(f"{config}: no such detectron2 config file")
+        # detectron2 / yacs / fvcore raise all kinds of exceptions for a bad config or checkpoint
+        # (KeyError, AssertionError, yaml errors...): each step is one line naming the file.
         cfg = get_cfg()
-        cfg.merge_from_file(config)
-        cfg.MODEL.DEVICE = device
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # select_boxes applies conf / min_boxes
-        cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = iou
-        cfg.TEST.DETECTIONS_PER_IMAGE = max(max_boxes, 1000)
-        cfg.freeze()
-        self.model = build_model(cfg).eval().requires_grad_(False)
-        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        try:
+            cfg.merge_from_file(config)
+            cfg.MODEL.DEVICE = device
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # select_boxes applies conf / min_boxes
+            cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = iou
+            cfg.TEST.DETECTIONS_PER_IMAGE = max(max_boxes, 1000)
+            cfg.freeze()
+        except Exception as err:
+            raise PkdError(f"{config}: not a valid detectron2 config ({first_line(err)})") from err
+        weights = str(cfg.MODEL.WEIGHTS or "")
+        self.weights_path = detectron2_weights(config, weights)
+        try:
+            self.model = build_model(cfg).eval().requires_grad_(False)
+        except Exception as err:
+            raise PkdError(f"{config}: cannot build the detectron2 model "
+                           f"({first_line(err)})") from err
+        try:
+            DetectionCheckpointer(self.model).load(weights)
+        except Exception as err:
+            raise PkdError(f"{config}: cannot load MODEL.WEIGHTS {weights} "
+                           f"({first_line(err)})") from err
+        self.weights_hash = file_sha256(self.weights_path) if self.weights_path else ""
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.cfg, self.config_path, self.device = cfg, config, device
         self.conf, self.iou, self.min_boxes, self.max_boxes = conf, iou, min_boxes, max_boxes
@@ -295,8 +341,9 @@ class Detectron2Detector:
                             else int(cfg.MODEL.RESNETS.RES2_OUT_CHANNELS) * 8)  # res5 width
 
     def provenance(self) -> dict:
-        return {"detector": f"detectron2:{self.config_path}",
+        return {"detector": f"detectron2:{Path(self.config_path).resolve()}",
                 "config_sha256": hashlib.sha256(self.cfg.dump().encode()).hexdigest(),
+                "weights_sha256": self.weights_hash,
                 "conf": self.conf, "iou": self.iou, "min_boxes": self.min_boxes,
                 "max_boxes": self.max_boxes, "region_feature": "box_head"}
 

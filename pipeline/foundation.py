@@ -37,9 +37,7 @@ Text rows past ``num_tokens`` are zero in ``text_tokens``. Embeddings are unit-n
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,12 +45,28 @@ import torch.nn.functional as F
 
 from pkd.errors import PkdError
 from pkd.hf.families import SUPPORTED, detect_family  # noqa: F401 (re-exported)
+from pkd.hf.fingerprint import (  # noqa: F401 (weights_sha256 re-exported)
+    check_weight_files,
+    folder_weights_sha256,
+    image_processor_file,
+    image_processor_sha256,
+    model_folder,
+    present,
+    tokenizer_names,
+    tokenizer_sha256,
+    weights_sha256,
+)
 from pkd.hf.hashing import VOLATILE_CONFIG_KEYS, config_sha256  # noqa: F401 (re-exported)
-from pkd.hf.loading import first_line, quiet_loading, resolve_model  # noqa: F401 (re-exported)
+from pkd.hf.loading import (  # noqa: F401 (re-exported)
+    first_line,
+    load_errors,
+    model_identity,
+    quiet_loading,
+    resolve_model,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # files weights_sha256 reads
-FINGERPRINT_BYTES = 1 << 20  # bytes read from each end of a weights file
+UNKNOWN_LIMIT = 0.05  # most unknown-token pieces the first text batch may have (a share)
 
 
 @dataclass(frozen=True)
@@ -72,20 +86,31 @@ class FoundationModel:
     """
 
     def __init__(self, spec: FoundationSpec, family: str, model, tokenizer, image_processor,
-                 weights_hash: str = ""):
+                 fingerprints: dict[str, str] | None = None, tokenizer_file: str = ""):
         self.spec, self.family, self.model = spec, family, model
         self.tokenizer, self.image_processor = tokenizer, image_processor
-        self.weights_hash = weights_hash  # weights_sha256 of the checkpoint files
+        # weights_sha256 / tokenizer_sha256 / image_processor_sha256 of the checkpoint folder
+        self.fingerprints = dict(fingerprints or {})
+        self.tokenizer_file = tokenizer_file or spec.model  # named when the tokenizer is wrong
         self.device = next(model.parameters()).device
         self.dims = model_dims(model.config, family, spec.max_text_len)
+        self._texts_checked = False  # the first text batch is checked for unknown tokens
+
+    @property
+    def weights_hash(self) -> str:
+        return self.fingerprints.get("weights_sha256", "")
 
     def provenance(self) -> dict:
         """What produced the features: stored in every store and compared when it is reopened;
-        ``info`` (library versions) is recorded but not compared (see ``stores.schema``)."""
-        return {"model": self.spec.model, "family": self.family,
+        ``info`` (library versions) is recorded but not compared (see ``stores.schema``). A local
+        model is recorded by its absolute path; its files by their fingerprints
+        (:mod:`pkd.hf.fingerprint`)."""
+        return {"model": model_identity(self.spec.model), "family": self.family,
                 "config_hash": config_sha256(self.model.config),
-                "weights_sha256": self.weights_hash, "dtype": self.spec.dtype,
-                "info": library_info()}
+                "weights_sha256": self.fingerprints.get("weights_sha256", ""),
+                "tokenizer_sha256": self.fingerprints.get("tokenizer_sha256", ""),
+                "image_processor_sha256": self.fingerprints.get("image_processor_sha256", ""),
+                "dtype": self.spec.dtype, "info": library_info()}
 
     def _empty(self, target: str) -> dict[str, np.ndarray]:
         """Zero-row arrays of the ``encode_images`` / ``encode_texts`` outputs (empty batch)."""
@@ -132,7 +157,15 @@ class FoundationModel:
         (B, L) i32, ``num_tokens`` (B,) i32 — what each family caches: see the module doc."""
         if not texts:
             return self._empty("texts")
+        if not self._texts_checked:
+            check_coverage(self.tokenizer, texts, self.tokenizer_file)
+            self._texts_checked = True
         input_ids, num_tokens = self.tokenize(texts)
+        vocab = self.model.config.text_config.vocab_size
+        if int(input_ids.max()) >= vocab:
+            raise PkdError(f"{self.tokenizer_file}: token id {int(input_ids.max())} is outside "
+                           f"the model's text vocabulary of {vocab} (text_config.vocab_size): "
+                           "the tokenizer belongs to another model")
         if self.family == "clip":
             _check_eos(input_ids, num_tokens, self.model.config.text_config.eos_token_id,
                        self.spec.model)
@@ -185,8 +218,9 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
     """Load ``spec.model`` frozen (eval, no grad, eager attention) with its own preprocessing.
 
     A local directory loads with ``local_files_only``; a hub id does too when ``HF_HUB_OFFLINE``
-    is set. Raises :class:`PkdError` for an unknown model, an unsupported architecture, missing
-    weights, a missing tokenizer / image processor or a bad spec.
+    is set. Raises :class:`PkdError` (one line, naming the folder or file) for an unknown model,
+    an unsupported architecture, missing, truncated or corrupt weights, a missing tokenizer /
+    image processor, an image processor whose output size is not the model's, or a bad spec.
     """
     from transformers import AutoConfig, BlipForImageTextRetrieval, CLIPModel
 
@@ -195,25 +229,41 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
     source, local = resolve_model(spec.model)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local)
-    except (OSError, ValueError) as err:
+    except load_errors() as err:
         raise PkdError(f"{spec.model}: cannot load a model config ({first_line(err)})") from err
     family = detect_family(config, spec.model)
     model_dims(config, family, spec.max_text_len, where=spec.model)  # validates max_text_len
+    folder = model_folder(source, local)
+    check_weight_files(folder)  # a truncated download: one line, not the loader's traceback
     cls = CLIPModel if family == "clip" else BlipForImageTextRetrieval
     try:
         model, info = cls.from_pretrained(source, local_files_only=local, dtype=torch.float32,
                                           attn_implementation="eager", output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as err:
+    except load_errors() as err:
         reason = first_line(err)
         raise PkdError(f"{spec.model}: cannot load the {family} weights ({reason})") from err
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         raise PkdError(f"{spec.model}: checkpoint lacks {len(missing)} weights of {cls.__name__} "
                        f"(e.g. {missing[0]})")
-    model.requires_grad_(False).eval().to(_device(spec))
     tokenizer, image_processor = load_preprocessing(source, local, spec.model)
-    return FoundationModel(spec, family, model, tokenizer, image_processor,
-                           weights_sha256(source, local))
+    names = list(dict.fromkeys(tokenizer_names(tokenizer)))
+    token_files = present(folder, names)
+    if folder is not None and not token_files:
+        raise PkdError(f"{folder}: no tokenizer file (none of {', '.join(names)}): transformers "
+                       f"would fall back to an empty {type(tokenizer).__name__} of "
+                       f"{len(tokenizer)} tokens that turns every text into "
+                       f"{tokenizer.unk_token or 'unknown tokens'}; save the model's tokenizer "
+                       "there (save_pretrained)")
+    check_image_size(image_processor, config, image_processor_file(folder, spec.model),
+                     spec.model)
+    model.requires_grad_(False).eval().to(_device(spec))
+    fingerprints = {"weights_sha256": folder_weights_sha256(folder),
+                    "tokenizer_sha256": tokenizer_sha256(folder, tokenizer),
+                    "image_processor_sha256": image_processor_sha256(folder)}
+    tokenizer_file = str(token_files[0]) if token_files else spec.model
+    return FoundationModel(spec, family, model, tokenizer, image_processor, fingerprints,
+                           tokenizer_file)
 
 
 def load_preprocessing(source: str, local: bool, where: str):
@@ -223,12 +273,50 @@ def load_preprocessing(source: str, local: bool, where: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
         image_processor = AutoImageProcessor.from_pretrained(source, local_files_only=local)
-    except (OSError, ValueError, TypeError, KeyError) as err:
+    except load_errors() as err:
         raise PkdError(f"{where}: no tokenizer/image processor found (save one with "
-                       "save_pretrained)") from err
+                       f"save_pretrained; {first_line(err)})") from err
     if tokenizer.pad_token_id is None:
         raise PkdError(f"{where}: the tokenizer has no pad token (set one and save_pretrained)")
     return tokenizer, image_processor
+
+
+def check_image_size(image_processor, config, processor_file: str, where: str) -> None:
+    """The processor must make exactly the ``vision_config.image_size`` square the model's
+    position embeddings were built for (CLIP / BLIP do not interpolate them): checked on one
+    blank, non-square probe image, before any data is read."""
+    from PIL import Image
+
+    side = int(config.vision_config.image_size)
+    probe = Image.new("RGB", (side + side // 2 + 1, side + 3))
+    try:
+        pixels = image_processor(images=[probe], return_tensors="pt")["pixel_values"]
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as err:
+        raise PkdError(f"{processor_file}: the image processor fails on a "
+                       f"{probe.width}x{probe.height} test image ({first_line(err)})") from err
+    height, width = (int(x) for x in pixels.shape[-2:])
+    if (height, width) != (side, side):
+        raise PkdError(f"{processor_file}: the image processor makes {width}x{height} pixel "
+                       f"inputs (for a {probe.width}x{probe.height} image), but {where} has "
+                       f"vision_config.image_size {side}: the processor settings (size / "
+                       "crop_size) do not belong to this model")
+
+
+def check_coverage(tokenizer, texts: list[str], tokenizer_file: str) -> None:
+    """Refuse a tokenizer that maps more than :data:`UNKNOWN_LIMIT` of the pieces of ``texts``
+    (the first batch) to its unknown token: a missing or foreign vocabulary, which would
+    otherwise give a complete store of features of ``[UNK] [UNK] ...``."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return  # byte-level vocabularies cover every text
+    pieces = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    total = sum(len(p) for p in pieces)
+    unknown = sum(list(p).count(unk) for p in pieces)
+    if total and unknown > UNKNOWN_LIMIT * total:
+        raise PkdError(f"{tokenizer_file}: the tokenizer maps {unknown} of the {total} pieces "
+                       f"({unknown / total:.0%}) of the first {len(pieces)} texts to the unknown "
+                       f"token {tokenizer.unk_token!r} (at most {UNKNOWN_LIMIT:.0%} allowed): its "
+                       "vocabulary does not cover the text (missing or foreign tokenizer files)")
 
 
 def model_dims(config, family: str, max_text_len: int, where: str = "") -> dict[str, int]:
@@ -241,31 +329,6 @@ def model_dims(config, family: str, max_text_len: int, where: str = "") -> dict[
     return {"vision_tokens": 1 + (vision.image_size // vision.patch_size) ** 2,
             "vision_dim": vision.hidden_size, "text_dim": text.hidden_size,
             "embed_dim": embed, "max_text_len": max_text_len}
-
-
-def weights_sha256(source: str, local: bool) -> str:
-    """Cheap fingerprint of a checkpoint's weight files: sha256 over, per file (sorted by name),
-    its name, size, first and last ``FINGERPRINT_BYTES``. Two checkpoints with one config but
-    other weights differ here, where ``config_sha256`` cannot tell them apart. "" when the
-    files cannot be found (a hub id that is not in the local cache)."""
-    folder = Path(source)
-    if not local and not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(source, local_files_only=True))
-        except Exception:  # not cached / no hub access: no fingerprint rather than no run
-            return ""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    digest = hashlib.sha256()
-    for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}:".encode())
-        with path.open("rb") as f:
-            digest.update(f.read(FINGERPRINT_BYTES))
-            f.seek(max(0, size - FINGERPRINT_BYTES))
-            digest.update(f.read(FINGERPRINT_BYTES))
-    return digest.hexdigest() if files else ""
 
 
 def library_info() -> dict:

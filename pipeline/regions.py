@@ -14,6 +14,7 @@ Stored per image (padded to ``max_regions``): ``boxes`` (N,4) xyxy pixels, ``reg
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -42,7 +43,9 @@ class StoreBoxes:
                       if n in self.store.spec.names]
 
     def provenance(self) -> dict:
-        return {"boxes_from": str(self.store.path), "boxes_producer": self.store.spec.producer}
+        # the absolute path: the same store given as a relative path is the same provenance
+        return {"boxes_from": str(Path(self.store.path).resolve()),
+                "boxes_producer": self.store.spec.producer}
 
     def detect(self, images: list, image_ids: Sequence[int]) -> list[Detections]:
         got = self.store.read(self.store.rows_of(image_ids), self.names)

@@ -149,21 +149,49 @@ def compared(obj: Any) -> Any:
     return obj
 
 
+# What a differing provenance fingerprint means (the field name alone is a hash's name).
+FIELD_MEANING = {
+    "weights_sha256": "the model's weight files differ",
+    "tokenizer_sha256": "the tokenizer files differ",
+    "image_processor_sha256": "the image processor files (size, crop, mean / std) differ",
+    "config_hash": "the model config differs",
+    "config_sha256": "the model config differs",
+    "boxes_sha256": "the boxes file differs",
+}
+MISSING = object()  # a field one side does not record
+
+
 def spec_difference(have: StoreSpec, want: StoreSpec) -> str | None:
-    """Name of the first field (``producer.model``, ``dims.max_regions``, ``arrays``...) that
-    differs between two specs, with both values; None when they describe the same store.
-    ``producer`` entries named ``info`` (library versions...) are ignored."""
+    """The first field (``producer.model``, ``producer.backbone.weights_sha256``,
+    ``dims.max_regions``, ``arrays``...) that differs between two specs, named by its full dotted
+    path, with both values (and what a differing fingerprint means); None when they describe the
+    same store. ``producer`` entries named ``info`` (library versions...) are ignored."""
     a, b = canonical(have.to_attrs(0)), canonical(want.to_attrs(0))
     a["producer"], b["producer"] = compared(a["producer"]), compared(b["producer"])
     for part in ("kind", "key", "producer", "dims", "arrays", "items_per_chunk", "items_per_shard"):
-        if a[part] == b[part]:
-            continue
-        if isinstance(a[part], dict) and isinstance(b[part], dict):
-            for key in sorted(set(a[part]) | set(b[part])):
-                if a[part].get(key) != b[part].get(key):
-                    return f"{part}.{key} is {a[part].get(key)!r}, expected {b[part].get(key)!r}"
-        return f"{part} is {a[part]!r}, expected {b[part]!r}"
+        found = _difference(a[part], b[part], part)
+        if found:
+            return found
     return None
+
+
+def _difference(have: Any, want: Any, where: str) -> str | None:
+    """The first differing leaf below ``where`` (dicts are walked key by key, in sorted order)."""
+    if have == want:
+        return None
+    if isinstance(have, dict) and isinstance(want, dict):
+        for key in sorted(set(have) | set(want)):
+            found = _difference(have.get(key, MISSING), want.get(key, MISSING), f"{where}.{key}")
+            if found:
+                return found
+    name = where.rsplit(".", 1)[-1]
+    if have is MISSING:
+        return (f"{where} is not recorded in the store, expected {want!r} (a store made by an "
+                "older pkd or another producer)")
+    if want is MISSING:
+        return f"{where} is {have!r} in the store, but this run does not record it"
+    meaning = f" ({FIELD_MEANING[name]})" if name in FIELD_MEANING else ""
+    return f"{where} is {have!r}, expected {want!r}{meaning}"
 
 
 def read_attrs(path: Path) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ def test_parse_detector_specs():
 
 @pytest.mark.parametrize("spec", ["", "boxes.json", "yolo:v8", "hf:", "given:  ", ":x"])
 def test_bad_specs_are_user_errors(spec):
-    with pytest.raises(PkdError, match="expected given:PATH | hf:MODEL | detectron2:CONFIG"):
+    with pytest.raises(PkdError, match=re.escape("expected given:PATH | hf:MODEL | "
+                                                 "detectron2:CONFIG")):
         parse_detector(spec)
 
 

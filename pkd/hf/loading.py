@@ -27,9 +27,34 @@ def resolve_model(model: str) -> tuple[str, bool]:
     return model, offline
 
 
-def first_line(err: Exception) -> str:
-    """The first line of an exception message (for one-line PkdErrors)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+def model_identity(model: str) -> str:
+    """How provenance records a model: a local directory as its absolute, resolved path (so
+    ``./clip``, ``clip/`` and ``/data/clip`` are one model), a hub id as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What ``from_pretrained`` raises for a broken checkpoint folder (a truncated or corrupt
+    weights file, a malformed JSON file...): callers turn these into one-line PkdErrors."""
+    import pickle
+
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError,
+                                               TypeError, EOFError, pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        pass
+    return errors
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception message (for one-line PkdErrors); a KeyError's key without
+    the quotes ``str(KeyError)`` adds."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return (text.strip().splitlines() or [type(err).__name__])[0]
 
 
 def quiet_loading() -> None:

@@ -62,10 +62,13 @@ BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]
 CLIP_SPECIALS = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                  "pad_token": "<|pad|>", "unk_token": "<|unk|>"}
 # A small default corpus so a builder can be called without texts (demo words + VQA phrasing).
+# It covers every word and character of the synthetic benchmark's questions and captions, so
+# the tiny tokenizers pass load_foundation's unknown-token check on that data.
 DEFAULT_TEXTS = (
     "what color is the square ? is there a red circle in the image ? how many shapes are there ?",
     "a photo of a blue triangle next to a green square . yes no one two three four five",
     "where is the yellow star ? left right top bottom center small large the a of is are",
+    "what shape is the purple object ? how many orange objects : a diamond , and a circle .",
 )
 
 
