@@ -17,9 +17,12 @@ Blosc zstd 3), plus ``--questions-per-image`` questions per image (random words 
     ahead in a background thread (``pkd.prefetch``, what ``pkd train``'s ``fit`` does).
 (b) Batch reads of ``--read-batch`` images of ``region_features``: fully random and
     chunk-shuffled rows from the store (``FeatureStore.read``), from a numpy memmap of the
-    same padded float16 array (the limit: no decompression), and from an HDF5 file in the
-    bottom-up layout (``image_features`` [N, 36, 2048] float32, uncompressed, chunked per image,
-    read with sorted fancy indexing).
+    same padded float16 array (the limit: no decompression), and from an HDF5 file in the layout
+    the bottom-up converters write (``image_features`` [N, 36, 2048] float32 created without
+    ``chunks=``: contiguous, uncompressed), read with sorted fancy indexing (one call per batch)
+    and one row per call (what the UpDn / BAN loaders' ``__getitem__`` does). A second HDF5 file
+    chunked per image (one chunk = one image, uncompressed) is read with fancy indexing too, as
+    the layout a user re-chunking for random access would pick.
 (c) Bytes on disk per image of each layout vs raw float32.
 
 Torch runs ``--threads`` threads (default: cores - 1, the rule of ``pkd extract`` and
@@ -175,12 +178,15 @@ def read_throughput(args, store: FeatureStore, root: Path, feats: np.ndarray) ->
     n = len(feats)
     np.save(root / "features.npy", feats)
     mm = np.load(root / "features.npy", mmap_mode="r")
-    with h5py.File(root / "bottom_up.h5", "w") as f:
-        ds = f.create_dataset("image_features", shape=feats.shape, dtype="float32",
-                              chunks=(1, *feats.shape[1:]))
-        for s in range(0, n, 256):
-            ds[s:s + 256] = feats[s:s + 256].astype(np.float32)
+    for name, chunks in (("bottom_up.h5", None), ("per_image.h5", (1, *feats.shape[1:]))):
+        with h5py.File(root / name, "w") as f:  # chunks=None: contiguous, as the converters
+            ds = f.create_dataset("image_features", shape=feats.shape, dtype="float32",
+                                  chunks=chunks)
+            for s in range(0, n, 256):
+                ds[s:s + 256] = feats[s:s + 256].astype(np.float32)
     h5 = h5py.File(root / "bottom_up.h5", "r")["image_features"]
+    h5_chunked = h5py.File(root / "per_image.h5", "r")["image_features"]
+    assert h5.chunks is None and h5_chunked.chunks is not None
     rng = np.random.default_rng(1)
     sampler = ChunkShuffleSampler(np.arange(n), args.read_batch, PER_CHUNK, drop_last=True)
     patterns = {"random": [rng.choice(n, args.read_batch, replace=False)
@@ -188,9 +194,15 @@ def read_throughput(args, store: FeatureStore, root: Path, feats: np.ndarray) ->
                 "chunk-shuffled": [np.array(b) for b in list(sampler)[:args.read_batches]]}
     readers = {"memmap f16 (limit)": lambda r: mm[np.sort(r)],
                "store (FeatureStore.read)": lambda r: store.read(r, ["region_features"]),
-               "HDF5 f32, chunk per image": lambda r: h5[np.sort(r)]}
-    assert (store.read(patterns["random"][0], ["region_features"])["region_features"]
-            == feats[patterns["random"][0]]).all()
+               "HDF5 f32 contiguous (bottom-up), fancy": lambda r: h5[np.sort(r)],
+               "HDF5 f32 contiguous, row per call": lambda r: np.stack([h5[i] for i in r]),
+               "HDF5 f32 chunk per image, fancy": lambda r: h5_chunked[np.sort(r)]}
+    r = patterns["random"][0]  # every layout holds the same numbers
+    assert (store.read(r, ["region_features"])["region_features"] == feats[r]).all()
+    assert (readers["HDF5 f32 contiguous, row per call"](r) == feats[r]).all()
+    for name in ("memmap f16 (limit)", "HDF5 f32 contiguous (bottom-up), fancy",
+                 "HDF5 f32 chunk per image, fancy"):
+        assert (readers[name](r) == feats[np.sort(r)]).all(), name
     best: dict[tuple[str, str], float] = {}
     for _ in range(args.repeat):
         for name, read in readers.items():
@@ -220,7 +232,8 @@ def sizes(root: Path, store: Path, n: int, item_shape: tuple[int, int]) -> list[
     layouts = {"store, region_features only": disk_bytes(store / "region_features"),
                "store, all arrays": disk_bytes(store),
                "memmap f16 (.npy)": disk_bytes(root / "features.npy"),
-               "HDF5 f32 (bottom-up)": disk_bytes(root / "bottom_up.h5")}
+               "HDF5 f32 contiguous (bottom-up)": disk_bytes(root / "bottom_up.h5"),
+               "HDF5 f32 chunk per image": disk_bytes(root / "per_image.h5")}
     return [{"layout": name, "KB/image": b / n / 1024, "x raw f32": b / n / raw}
             for name, b in layouts.items()]
 

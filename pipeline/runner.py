@@ -9,6 +9,11 @@ skips shards with a done record, so an interrupted run resumes where it stopped 
 same bytes as an uninterrupted one (shard boundaries and batches inside a shard are fixed; keep
 the number of torch threads fixed too, e.g. ``--threads 1``, where bit-identical floats matter).
 
+``retry_failed`` re-runs only the items recorded as failed (an image fixed or added since): each
+done shard whose record lists failures is read back, its failed ids are computed again (in their
+own batches) and the whole shard is rewritten with the same owner rule as any write (one writer
+per shard), the other rows unchanged. Items that fail again are recorded again.
+
 CPU threads: torch's default (one intra-op thread per core) oversubscribes the cores as soon as
 the image-decoding thread or another process runs beside it, and its OpenMP workers then spin
 instead of computing (measured 10-20x slower on 2 cores). A run therefore uses ``usable cores -
@@ -24,10 +29,12 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from pkd.progress import track
 from pkd.stores import Failure, StoreWriter
@@ -43,6 +50,7 @@ class RunOptions:
     workers: int = 0  # >0: a dask.distributed LocalCluster with this many worker processes
     scheduler: str | None = None  # address of an existing dask scheduler (tcp://host:8786)
     overwrite: bool = False  # delete an existing store and start over
+    retry_failed: bool = False  # also re-run the failed items of done shards (the rest is kept)
     items_per_shard: int = 512  # rows per work unit (= Zarr shard)
     items_per_chunk: int = 16  # rows per compressed chunk inside a shard (capped at the shard)
     threads: int = 0  # torch CPU threads per process; 0 = auto (see the module doc)
@@ -113,15 +121,29 @@ def _spec_of(stage, opts: RunOptions):
                                items_per_chunk=min(opts.items_per_chunk, opts.items_per_shard))
 
 
-def compute_shard(stage, writer: StoreWriter, k: int) -> list[Failure]:
-    """Compute shard ``k`` with ``stage`` and write it (done record last)."""
-    arrays, failures = stage.run(writer.shard_ids(k))
-    writer.write_shard(k, arrays, failures)
-    return list(failures)
+def compute_shard(stage, writer: StoreWriter, k: int, retry: Sequence[int] = ()) -> list[Failure]:
+    """Compute shard ``k`` with ``stage`` and write it (done record last); the failures recorded.
+    ``retry``: ids of a done shard to compute again, keeping its other rows as stored."""
+    if not len(retry):
+        arrays, failures = stage.run(writer.shard_ids(k))
+        return writer.write_shard(k, arrays, failures)
+    arrays, ok = writer.read_shard(k)
+    pos = np.searchsorted(writer.shard_ids(k), np.asarray(retry, dtype=np.int64))
+    fresh, failures = stage.run(writer.shard_ids(k)[pos])
+    for name, a in arrays.items():
+        a[pos] = fresh[name]
+    ok[pos] = True  # write_shard clears the rows that failed again
+    return writer.write_shard(k, arrays, failures, ok=ok)
+
+
+def retry_ids(records: dict[int, dict], shards: Sequence[int]) -> dict[int, list[int]]:
+    """``{shard: its recorded failed ids}`` for the done ``shards`` that have failures."""
+    return {k: sorted(int(f["id"]) for f in records[k]["failures"])
+            for k in shards if k in records and records[k]["failures"]}
 
 
 def run_shard(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, k: int,
-              session: str) -> list[Failure]:
+              session: str, retry: Sequence[int] = ()) -> list[Failure]:
     """Shard ``k`` of the store at ``out`` in a worker process (stage and writer kept for the
     session)."""
     join_session(session)
@@ -135,7 +157,7 @@ def run_shard(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, k:
         import torch
 
         torch.set_num_threads(opts.threads)
-    return compute_shard(stage, writer, k)
+    return compute_shard(stage, writer, k, retry)
 
 
 def shard_pool(opts: RunOptions):
@@ -157,25 +179,28 @@ def run_stage(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, la
     out = Path(out)
     stage = cached(recipe, build)
     writer = StoreWriter(out, _spec_of(stage, opts), stage.ids, overwrite=opts.overwrite)
-    pending = writer.pending(opts.part)
+    records = read_records(out)
+    pending = writer.pending(opts.part, retry_failed=opts.retry_failed)
+    retry = retry_ids(records, pending)  # empty unless retry_failed
     i, n = opts.part or (0, 1)
     skipped = [k for k in range(i, writer.n_shards, n) if k not in pending]
-    records = read_records(out)
     setup_done = time.monotonic()
     report = RunReport(out, shards_skipped=len(skipped), setup_seconds=setup_done - start,
-                       items_run=sum(len(writer.shard_rows(k)) for k in pending),
+                       items_run=sum(len(retry[k]) if k in retry else len(writer.shard_rows(k))
+                                     for k in pending),
                        earlier_failures=failures_of({k: records[k] for k in skipped}))
     if pool is not None:
         threads = opts.threads or (auto_threads(opts.workers) if not opts.scheduler else 0)
         remote = dataclasses.replace(opts, threads=threads, overwrite=False)
-        results = pool.map(run_shard, [(recipe, build, out, remote, k, session) for k in pending])
+        results = pool.map(run_shard, [(recipe, build, out, remote, k, session, retry.get(k, ()))
+                                       for k in pending])
         for failures in track(results, total=len(pending), description=label):
             report.failures += failures
             report.shards_run += 1
     else:
         with torch_threads(opts.threads or auto_threads()):
             for k in track(pending, total=len(pending), description=label):
-                report.failures += compute_shard(stage, writer, k)
+                report.failures += compute_shard(stage, writer, k, retry.get(k, ()))
                 report.shards_run += 1
     report.seconds = time.monotonic() - setup_done
     return report

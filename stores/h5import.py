@@ -17,6 +17,12 @@ Image ids of the N rows, first found of: an ``image_ids`` dataset; ``ids`` (a JS
 classic ``*_imgid2idx.pkl`` ``{image_id: row}`` — read with an unpickler that refuses every global,
 so only dicts, lists, ints and strings can come out of it (never ``pickle.load``).
 
+Features are stored as float16. An image whose features are not finite there — NaN / inf in the
+file, or a value beyond ±65504 that overflows float16 — is imported as a failed item, like an
+unreadable image at extraction: its row is zero with ``ok = 0`` and the reason (``overflows
+float16: ...`` / ``non-finite features: ...``) is recorded with its image id; the other images go
+on (``pkd stores import-h5 --strict`` then exits 1; ``pkd stores info`` lists them).
+
 The import streams shard by shard (``items_per_shard`` images at a time) and resumes like any
 store write.
 """
@@ -33,8 +39,11 @@ import numpy as np
 
 from pkd.errors import PkdError
 from pkd.progress import track
-from pkd.stores.schema import ArraySpec, StoreSpec, config_hash
-from pkd.stores.writer import StoreWriter
+from pkd.stores.schema import ArraySpec, Failure, StoreSpec, config_hash
+from pkd.stores.writer import FLOAT16_MAX, StoreWriter, finite_rows
+
+IDS_JSON_HINT = ("write the mapping as JSON {image_id: row} (or [image_id of row 0, ...]) and pass "
+                 "it with --ids-json")
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -50,7 +59,9 @@ def load_imgid2idx(path: str | Path) -> dict[int, int]:
         with open(path, "rb") as f:
             mapping = _NoGlobals(f, encoding="latin1").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise PkdError(f"{path}: not a plain imgid2idx pickle ({err})") from None
+        what = ("holds numpy objects (e.g. numpy-int keys), which pkd does not unpickle"
+                if "numpy" in str(err) else "not a plain imgid2idx pickle")  # numpy.*.scalar
+        raise PkdError(f"{path}: {what} ({err}); {IDS_JSON_HINT}") from None
     return _as_mapping(mapping, path)
 
 
@@ -81,7 +92,8 @@ def image_rows(f: h5py.File, ids, imgid2idx) -> tuple[np.ndarray, np.ndarray]:
     elif imgid2idx is not None:
         mapping = load_imgid2idx(imgid2idx)
     else:
-        raise PkdError(f"{f.filename}: no image_ids dataset; give ids (JSON) or imgid2idx (pkl)")
+        raise PkdError(f"{f.filename}: no image_ids dataset; give the ids as JSON (--ids-json) "
+                       "or a *_imgid2idx.pkl (--imgid2idx)")
     image_ids = np.fromiter(mapping.keys(), dtype=np.int64, count=len(mapping))
     rows = np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping))
     bad = (rows < 0) | (rows >= n)
@@ -153,12 +165,13 @@ class H5Regions:
         """Dataset ``name`` for ``rows`` as (B, K, c) ``dtype``, zero beyond each image's count."""
         dset = self.f[name]
         out = np.zeros((len(rows), self.max_regions, dset.shape[-1]), dtype=dtype)
-        if self.flat:
-            counts = self.counts[rows]
-            idx = np.concatenate([np.arange(s, s + c) for s, c in zip(self.starts[rows], counts, strict=True)])
-            out[valid] = read_rows(dset, idx)  # row-major mask order = concatenation order
-        else:
-            out[valid] = read_rows(dset, rows)[valid]
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf: see failures()
+            if self.flat:
+                counts = self.counts[rows]
+                idx = np.concatenate([np.arange(s, s + c) for s, c in zip(self.starts[rows], counts, strict=True)])
+                out[valid] = read_rows(dset, idx)  # row-major mask order = concatenation order
+            else:
+                out[valid] = read_rows(dset, rows)[valid]
         return out
 
     def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -182,6 +195,30 @@ class H5Regions:
             "image_size": size,
         }
 
+    def failures(self, rows: np.ndarray, image_ids: np.ndarray, features: np.ndarray,
+                 where: str) -> list[Failure]:
+        """Failures of the images whose float16 ``features`` (B, K, d) of HDF5 ``rows`` are not
+        finite, saying whether the file holds inf / nan or finite values beyond float16."""
+        out = []
+        for p in np.flatnonzero(~finite_rows(features)):
+            source = self._source_features(int(rows[p]))
+            if np.isfinite(source).all():
+                reason = (f"overflows float16: image_features up to {np.abs(source).max():.6g}, "
+                          f"float16 holds ±{FLOAT16_MAX:.0f}")
+            else:
+                what = "nan" if np.isnan(source).any() else "inf"
+                reason = f"non-finite features: image_features holds {what} in the HDF5 file"
+            out.append(Failure(int(image_ids[p]), where, reason))
+        return out
+
+    def _source_features(self, row: int) -> np.ndarray:
+        """The valid ``image_features`` of HDF5 row ``row`` as stored in the file."""
+        count = int(min(self.counts[row], self.max_regions))
+        if self.flat:
+            start = int(self.starts[row])
+            return self.f["image_features"][start:start + count]
+        return self.f["image_features"][row, :count]
+
     def spec(self, source: Path, items_per_chunk: int, items_per_shard: int) -> StoreSpec:
         k, d = self.max_regions, self.feature_dim
         stat = source.stat()
@@ -203,6 +240,7 @@ def import_h5(h5_path: str | Path, out: str | Path, *, ids: str | Path | Sequenc
 
     ``ids``: JSON file (or list) of image ids, ``imgid2idx``: pickle — see the module docstring.
     Resumes an interrupted import; a store from another source file is refused (StoreMismatch).
+    Images with non-finite float16 features are recorded as failed (``FeatureStore.failures``).
     """
     h5_path, out = Path(h5_path), Path(out)
     try:
@@ -217,6 +255,9 @@ def import_h5(h5_path: str | Path, out: str | Path, *, ids: str | Path | Sequenc
         with StoreWriter(out, spec, image_ids, overwrite=overwrite) as writer:
             pending = writer.pending()
             for k in track(pending, total=len(pending), description=f"import {h5_path.name}"):
-                rows = np.array([row_of[i] for i in writer.shard_ids(k).tolist()], dtype=np.int64)
-                writer.write_shard(k, source.read(rows))
+                shard_ids = writer.shard_ids(k)
+                rows = np.array([row_of[i] for i in shard_ids.tolist()], dtype=np.int64)
+                arrays = source.read(rows)
+                failed = source.failures(rows, shard_ids, arrays["region_features"], str(h5_path))
+                writer.write_shard(k, arrays, failed)
     return out

@@ -20,6 +20,7 @@ def store_info(path: str | Path) -> dict:
     store = FeatureStore.open(path)
     spec, attrs = store.spec, store.attrs
     shards = n_shards(store.n_items, spec.items_per_shard)
+    checksums = store.checksums
     return {
         "path": str(store.path),
         "kind": spec.kind,
@@ -38,6 +39,8 @@ def store_info(path: str | Path) -> dict:
         "n_failures": len(store.failures),
         "failures": [vars(f) for f in store.failures[:MAX_LISTED_FAILURES]],
         "bytes_on_disk": disk_bytes(store.path),
+        "chunk_checksums": all(checksums.values()),  # False: written before pkd added crc32c
+        "arrays_without_checksums": [name for name, has in checksums.items() if not has],
         "schema_version": attrs["schema_version"],
         "pkd_version": attrs.get("pkd_version"),
         "created": attrs.get("created"),

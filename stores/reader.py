@@ -11,11 +11,18 @@ Random rows are still slow in any compressed layout (one chunk decoded per row):
 with :class:`pkd.stores.ChunkShuffleSampler` so a batch touches few chunks, and open the store with
 ``cache_bytes`` so the chunks a window of batches shares are decoded once
 (:class:`pkd.stores.chunk_cache.ChunkCache`).
+
+Integrity: chunks carry a crc32c (:func:`pkd.stores.writer.codec`); a chunk whose bytes changed
+on disk raises :class:`~pkd.errors.PkdError` naming the store, the array, the chunk and its rows,
+and nothing of it reaches the cache. Stores written before the checksum (``checksums`` says which
+arrays lack it) are read as before: there a damaged chunk is caught only when the compressor
+cannot decode it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +33,22 @@ from zarr.core.sync import sync  # zarr's own event loop (the sync API runs on i
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores.chunk_cache import ChunkCache
 from pkd.stores.records import failures_of, n_shards, read_records, shard_range
-from pkd.stores.schema import Failure, StoreSpec, canonical, read_attrs
+from pkd.stores.schema import Failure, StoreSpec, canonical, done_path, read_attrs
+
+DAMAGED = (ValueError, RuntimeError)  # zarr: "checksum do not match"; blosc: undecodable bytes
+
+
+def has_checksums(array_dir: Path) -> bool:
+    """Whether each chunk of the Zarr array at ``array_dir`` carries a crc32c (from its
+    zarr.json: the codecs of a sharded array's inner chunks, else the array's own)."""
+    try:
+        codecs = json.loads((array_dir / "zarr.json").read_text()).get("codecs", [])
+    except (OSError, json.JSONDecodeError) as err:
+        raise PkdError(f"{array_dir}: unreadable zarr.json ({err})") from None
+    for c in codecs:
+        if c.get("name") == "sharding_indexed":
+            codecs = c.get("configuration", {}).get("codecs", [])
+    return any(c.get("name") == "crc32c" for c in codecs)
 
 
 def chunk_runs(rows: np.ndarray, items_per_chunk: int, n_items: int) -> list[tuple[int, int]]:
@@ -42,10 +64,11 @@ def chunk_runs(rows: np.ndarray, items_per_chunk: int, n_items: int) -> list[tup
             for a, b in zip(firsts, lasts, strict=True)]
 
 
-async def _read_runs(jobs: list[tuple[zarr.Array, tuple[int, int]]]) -> list[np.ndarray]:
-    """``array[start:stop]`` of every job, fetched concurrently, in the given order."""
+async def _read_runs(jobs: list[tuple[zarr.Array, tuple[int, int]]]) -> list[np.ndarray | BaseException]:
+    """``array[start:stop]`` of every job, fetched concurrently, in the given order (a job that
+    raised gives its exception)."""
     reads = [a.async_array.getitem(slice(start, stop)) for a, (start, stop) in jobs]
-    return list(await asyncio.gather(*reads))
+    return list(await asyncio.gather(*reads, return_exceptions=True))
 
 
 class FeatureStore:
@@ -55,7 +78,8 @@ class FeatureStore:
         self.path = path
         self.spec = spec
         self.attrs = attrs  # the raw `pkd_store` attribute (pkd_version, created, n_items...)
-        self.ids = np.asarray(zarr.open_array(path / "ids", mode="r")[:], dtype=np.int64)
+        self.ids = np.asarray(self._checked_read("ids", zarr.open_array(path / "ids", mode="r")),
+                              dtype=np.int64)
         self.n_items = len(self.ids)
         records = read_records(path)
         self.pending = [k for k in range(n_shards(self.n_items, spec.items_per_shard)) if k not in records]
@@ -65,7 +89,7 @@ class FeatureStore:
         for k in self.pending:  # a crashed shard may hold written rows: they do not count
             r = shard_range(k, self.n_items, spec.items_per_shard)
             done[r.start:r.stop] = False
-        self.ok = zarr.open_array(path / "ok", mode="r")[:].astype(bool) & done
+        self.ok = self._checked_read("ok", zarr.open_array(path / "ok", mode="r")).astype(bool) & done
         self._arrays: dict[str, zarr.Array] = {}
         self.cache_bytes = cache_bytes  # decoded chunks kept for later reads (0 = none)
         self._cache = ChunkCache(cache_bytes) if cache_bytes > 0 else None
@@ -77,6 +101,8 @@ class FeatureStore:
         provenance differs from ``expect = {"producer": {...}, "dims": {...}}`` (subsets).
         ``cache_bytes`` > 0 keeps up to that many bytes of decoded chunks (:class:`ChunkCache`)."""
         path = Path(path)
+        if not path.exists():
+            raise PkdError(f"{path}: no such path")
         attrs = read_attrs(path)
         spec = StoreSpec.from_attrs(attrs, path)
         if kind is not None and spec.kind != kind:
@@ -97,6 +123,45 @@ class FeatureStore:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._cache = ChunkCache(self.cache_bytes) if self.cache_bytes > 0 else None
+
+    @property
+    def checksums(self) -> dict[str, bool]:
+        """``{array: whether its chunks carry a crc32c}`` for every array, ``ok`` and ``ids``."""
+        return {name: has_checksums(self.path / name) for name in [*self.spec.names, "ok", "ids"]}
+
+    def _checked_read(self, name: str, array: zarr.Array, start: int = 0,
+                      stop: int | None = None) -> np.ndarray:
+        """``array[start:stop]``; a damaged chunk is a PkdError naming it (:meth:`_damaged`)."""
+        stop = array.shape[0] if stop is None else stop
+        try:
+            return array[start:stop]
+        except DAMAGED as err:
+            raise self._damaged(name, array, start, stop, err) from None
+
+    def _damaged(self, name: str, array: zarr.Array, start: int, stop: int,
+                 err: BaseException) -> PkdError:
+        """The one-line error for a failed read of rows ``[start, stop)`` of ``array``: the first
+        chunk in that range that fails alone is named, with its rows and how to rewrite it."""
+        step = array.chunks[0]
+        first = start - start % step
+        for lo in range(first, stop, step):
+            hi = min(lo + step, array.shape[0])
+            try:
+                array[lo:hi]
+            except DAMAGED as chunk_err:
+                start, stop, err = lo, hi, chunk_err
+                break
+        what = "checksum mismatch" if "checksum" in str(err) else f"{type(err).__name__}: {err}"
+        where = f"chunk {start // step}, rows [{start}, {stop})" if stop - start <= step \
+            else f"rows [{start}, {stop})"
+        if name == "ids":
+            fix = "rebuild the store (--overwrite)"
+        else:
+            k = start // self.spec.items_per_shard
+            record = done_path(self.path, k).relative_to(self.path)
+            fix = f"to rewrite shard {k}, delete {record} and re-run the command that wrote the store"
+        return PkdError(f"{self.path}: array {name!r}, {where}: damaged data "
+                        f"({' '.join(what.split())}); {fix}")
 
     def _array(self, name: str) -> zarr.Array:
         if name not in self._arrays:
@@ -156,6 +221,11 @@ class FeatureStore:
             rows = np.asarray(missing, dtype=np.int64) * ipc
             jobs += [(name, array, run) for run in chunk_runs(rows, ipc, self.n_items)]
         parts = sync(_read_runs([(a, run) for _, a, run in jobs])) if jobs else []
+        for (name, array, (start, stop)), part in zip(jobs, parts, strict=True):
+            if isinstance(part, DAMAGED):
+                raise self._damaged(name, array, start, stop, part)
+            if isinstance(part, BaseException):
+                raise part
         for (name, _, (start, stop)), part in zip(jobs, parts, strict=True):
             for first in range(start, stop, ipc):
                 chunk = part[first - start:first - start + ipc]
@@ -170,7 +240,8 @@ class FeatureStore:
         """``{name: array [stop - start, *item_shape]}`` for the contiguous rows ``[start, stop)``."""
         if not 0 <= start <= stop <= self.n_items:
             raise PkdError(f"{self.path}: rows [{start}, {stop}) out of range (store has {self.n_items} rows)")
-        return {name: self._array(name)[start:stop] for name in (names or self.spec.names)}
+        return {name: self._checked_read(name, self._array(name), start, stop)
+                for name in (names or self.spec.names)}
 
 
 def describe(producer: dict) -> str:

@@ -11,6 +11,13 @@ Protocol (see docs/design.md, section Stores):
    the ``ok`` column, then the completion record (temporary file + ``os.replace``). A crash before
    the record leaves the shard pending; the next run rewrites it whole.
 
+Integrity: every chunk of every array carries a crc32c of its compressed bytes (``codec()``), so
+a damaged chunk is a read error (:class:`pkd.stores.FeatureStore` names the array and rows)
+rather than wrong numbers. A row whose floating-point values are not all finite in the store dtype
+(NaN from the model or the source file, or a value beyond ±65504 that overflowed float16) is never
+written as data: ``write_shard`` records it as a failed item (reason ``non-finite features: ...``),
+zeroes it and leaves ``ok = 0`` — like an unreadable image, the shard goes on.
+
 Two writers must never share a shard (a shard file is read-modified-written); give each process a
 disjoint ``part=(i, n)`` of :meth:`StoreWriter.pending`.
 """
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores.records import n_shards, read_records, shard_range, write_record
@@ -35,9 +42,43 @@ from pkd.stores.schema import ATTR, Failure, StoreSpec, done_path, read_attrs, s
 IDS_CHUNK = 1 << 16  # ids per chunk of the `ids` array (unsharded, written once at creation)
 
 
-def codec() -> BloscCodec:
-    """The compressor of every per-item array."""
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: larger values become inf in float16
+EXPONENT_BITS = {2: 0x7C00, 4: 0x7F800000, 8: 0x7FF0000000000000}  # IEEE all-ones = inf / nan
+FINITE_CHECK_ROWS = 16  # rows checked at a time (bounds the temporary)
+
+
+def codec() -> list:
+    """The bytes-to-bytes codecs of every chunk: Blosc zstd, then a crc32c of the compressed
+    bytes (checked on every read: a flipped or zeroed byte raises instead of decoding to wrong
+    numbers). Stores written before pkd added the checksum have the compressor alone; they stay
+    readable and ``pkd stores info`` says they have no chunk checksums."""
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+
+
+def finite_rows(a: np.ndarray) -> np.ndarray:
+    """(n,) bool: row ``i`` of ``a`` (n, ...) holds no inf / nan (True for non-float dtypes)."""
+    if not np.issubdtype(a.dtype, np.floating):
+        return np.ones(len(a), dtype=bool)
+    mask = EXPONENT_BITS.get(a.dtype.itemsize)
+    out = np.empty(len(a), dtype=bool)
+    for s in range(0, len(a), FINITE_CHECK_ROWS):  # blocks: no temporary the size of the shard
+        block = np.ascontiguousarray(a[s:s + FINITE_CHECK_ROWS]).reshape(min(FINITE_CHECK_ROWS, len(a) - s), -1)
+        if mask is None:
+            out[s:s + len(block)] = np.isfinite(block).all(axis=1)
+        else:  # exponent bits all ones <=> inf or nan; ~4x faster than isfinite on float16
+            bits = block.view(f"u{a.dtype.itemsize}")
+            out[s:s + len(block)] = ((bits & mask) != mask).all(axis=1)
+    return out
+
+
+def non_finite_reason(name: str, row: np.ndarray) -> str:
+    """Why ``row`` (one item of array ``name``, holding an inf or nan) is refused: one line."""
+    has_nan = bool(np.isnan(row).any())
+    what = "nan" if has_nan else "inf"
+    reason = f"non-finite features: {name} holds {what} as {row.dtype}"
+    if not has_nan and row.dtype == np.float16:
+        reason += f" (overflows float16: a value beyond ±{FLOAT16_MAX:.0f})"
+    return reason
 
 
 def sorted_ids(ids: Sequence[int], where: Path) -> np.ndarray:
@@ -130,26 +171,59 @@ class StoreWriter:
         rows = self.shard_rows(k)
         return self.ids[rows.start:rows.stop].copy()
 
-    def pending(self, part: tuple[int, int] | None = None) -> list[int]:
-        """Shards without a completion record; ``part=(i, n)`` keeps shards with ``k % n == i``."""
+    def pending(self, part: tuple[int, int] | None = None, *, retry_failed: bool = False) -> list[int]:
+        """Shards without a completion record; ``part=(i, n)`` keeps shards with ``k % n == i``.
+        ``retry_failed``: also the done shards whose record lists failed items."""
         i, n = part or (0, 1)
         if not 0 <= i < n:
             raise PkdError(f"{self.path}: part must be (i, n) with 0 <= i < n, got {part}")
         done = read_records(self.path)
-        return [k for k in range(i, self.n_shards, n) if k not in done]
+        return [k for k in range(i, self.n_shards, n)
+                if k not in done or (retry_failed and done[k]["failures"])]
+
+    def read_shard(self, k: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(every array, the ``ok`` column) of shard ``k`` as stored (to patch a few rows)."""
+        rows = self.shard_rows(k)
+        arrays = {name: self._arrays[name][rows.start:rows.stop] for name in self.spec.names}
+        return arrays, self._arrays["ok"][rows.start:rows.stop].astype(bool)
 
     def write_shard(self, k: int, arrays: dict[str, np.ndarray], failures: Sequence[Failure] = (),
-                    ok: np.ndarray | None = None) -> None:
+                    ok: np.ndarray | None = None) -> list[Failure]:
         """Write every array of shard ``k`` (shape ``(len(shard_rows(k)), *item_shape)``), then
-        ``ok`` (default: 1 except the failed ids), then the completion record."""
+        ``ok`` (default: 1 except the failed ids), then the completion record. Rows holding inf /
+        nan become failures too (zeroed, ``ok = 0``); returns every failure recorded."""
         rows = self.shard_rows(k)
         self._validate(k, rows, arrays)
+        arrays, failures = self._refuse_non_finite(k, arrays, list(failures))
         ok_column = self._ok_column(k, failures, ok)
         done_path(self.path, k).unlink(missing_ok=True)  # a rewrite is pending until it finishes
         for name in self.spec.names:
             self._arrays[name][rows.start:rows.stop] = arrays[name]
         self._arrays["ok"][rows.start:rows.stop] = ok_column
         write_record(self.path, k, rows, failures)
+        return failures
+
+    def _refuse_non_finite(self, k: int, arrays: dict[str, np.ndarray], failures: list[Failure]
+                           ) -> tuple[dict[str, np.ndarray], list[Failure]]:
+        """Rows with inf / nan in any float array: zeroed (in copies) and added to ``failures``
+        (rows already failed are zeroed without a second failure)."""
+        ids = self.shard_ids(k)
+        bad = np.zeros(len(ids), dtype=bool)
+        reasons: dict[int, str] = {}
+        for a in self.spec.arrays:
+            finite = finite_rows(arrays[a.name])
+            for p in np.flatnonzero(~finite & ~bad):
+                reasons[int(p)] = non_finite_reason(a.name, arrays[a.name][p])
+            bad |= ~finite
+        if not bad.any():
+            return arrays, failures
+        arrays = dict(arrays)
+        for a in self.spec.arrays:  # the whole row goes, as for any failed item
+            arrays[a.name] = arrays[a.name].copy()
+            arrays[a.name][bad] = 0
+        failed = {f.id for f in failures}
+        new = [Failure(int(ids[p]), "", reasons[p]) for p in sorted(reasons) if int(ids[p]) not in failed]
+        return arrays, failures + new
 
     def _validate(self, k: int, rows: range, arrays: dict[str, np.ndarray]) -> None:
         if set(arrays) != set(self.spec.names):

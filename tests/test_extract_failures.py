@@ -152,3 +152,77 @@ def test_bad_run_options_are_one_line_errors(option, value, message, synth_data,
     assert extract_foundation(synth_data, tiny_clip_dir, tmp_path, option, *value.split()) == 2
     assert one_error_line(capsys.readouterr().err).startswith(f"error: {message}")
     assert not (tmp_path / "foundation_images.zarr").exists()
+
+
+def test_retry_failed_reruns_only_the_failed_items(synth_data, damaged_images, clean,
+                                                   tiny_clip_dir, tmp_path, capsys):
+    """Fix some broken images, run again with --retry-failed: those rows are computed (as in a
+    clean run), the rows and shards without failures are left as they were."""
+    folder, broken = damaged_images
+    images = shutil.copytree(folder, tmp_path / "images")
+    originals = {int(p.stem): p for p in (synth_data / "images").iterdir()}
+    by_reason = {reason: i for i, reason in broken.items()}
+    shutil.copy(originals[by_reason["truncated"]], images)  # shard 2 (rows 32-47): no failure
+    out = tmp_path / "out"
+    assert extract_foundation(synth_data, tiny_clip_dir, out, "--images", images,
+                              "--threads", "1") == 0
+    path = out / "foundation_images.zarr"
+    before, records = store_arrays(path), {p.name: p.read_text() for p in done_records(path)}
+    fixed = [by_reason["no image file"], by_reason["not an image"]]  # shards 0 and 1
+    for i in fixed:
+        shutil.copy(originals[i], images)
+    capsys.readouterr()
+    assert extract_foundation(synth_data, tiny_clip_dir, out, "--images", images, "--threads",
+                              "1", "--retry-failed") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert " 2 shards run, 1 skipped (done); 4 items " in lines[0]  # the 4 failed images only
+    assert " 0 shards run, 7 skipped " in lines[1]  # questions: nothing had failed
+    store, after = FeatureStore.open(path), store_arrays(path)
+    assert store.complete
+    assert {f.id for f in store.failures} == {by_reason["empty file"], by_reason["too large"]}
+    rows = np.isin(after["ids"], fixed)
+    assert after["ok"][rows].all() and after["ok"].sum() == 46
+    reference = store_arrays(clean / "foundation_images.zarr")
+    for name in ("vision_tokens", "image_embeds"):
+        np.testing.assert_allclose(after[name][rows].astype(np.float32),
+                                   reference[name][rows].astype(np.float32), rtol=1e-3, atol=1e-3)
+        assert after[name][~rows].tobytes() == before[name][~rows].tobytes()
+    assert (path / "_pkd/done/shard-000002.json").read_text() == records["shard-000002.json"]
+    capsys.readouterr()
+    assert extract_foundation(synth_data, tiny_clip_dir, out, "--images", images,
+                              "--retry-failed", "--overwrite") == 2
+    assert one_error_line(capsys.readouterr().err).startswith("error: --retry-failed --overwrite")
+
+
+def test_non_finite_features_at_extraction_are_failed_items(synth_data, tiny_clip_dir, tmp_path,
+                                                            monkeypatch, capsys):
+    """A model output that overflows float16 (or is NaN) is never stored as data: the image is
+    recorded as failed (the run goes on; --strict makes it an exit status)."""
+    from pkd.pipeline.stages import FoundationImageStage
+
+    run = FoundationImageStage.run
+    blown = {}
+
+    def overflowing(self, ids):
+        arrays, failures = run(self, ids)
+        with np.errstate(over="ignore"):
+            arrays["vision_tokens"][0, 3, 1] = np.float32(7e4)  # beyond float16: inf
+        arrays["image_embeds"][2, 0] = np.nan
+        blown.update({int(ids[0]): "vision_tokens holds inf as float16 (overflows float16",
+                      int(ids[2]): "image_embeds holds nan as float32"})
+        return arrays, failures
+
+    monkeypatch.setattr(FoundationImageStage, "run", overflowing)
+    capsys.readouterr()
+    assert extract_foundation(synth_data, tiny_clip_dir, tmp_path, "--splits", "val,test",
+                              "--strict") == 1
+    captured = capsys.readouterr()
+    assert " 2 failed" in captured.out.splitlines()[0]
+    for i, reason in blown.items():
+        assert f"skipped image {i} (no file): non-finite features: {reason}" in captured.err
+    store = FeatureStore.open(tmp_path / "foundation_images.zarr")
+    assert {f.id for f in store.failures} == set(blown)
+    arrays = store_arrays(tmp_path / "foundation_images.zarr")
+    bad = np.isin(arrays["ids"], list(blown))
+    assert not arrays["ok"][bad].any() and arrays["ok"][~bad].all()
+    assert not arrays["vision_tokens"][bad].any() and np.isfinite(arrays["image_embeds"]).all()

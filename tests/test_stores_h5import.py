@@ -104,7 +104,7 @@ def test_fixed_layout_with_imgid2idx_pickle(tmp_path):
         pickle.dump({i: r for r, i in enumerate(IMAGE_IDS)}, f, protocol=2)  # as the py2 tools did
     out = import_h5(tmp_path / "f.h5", tmp_path / "f.zarr", imgid2idx=tmp_path / "train36_imgid2idx.pkl")
     check_store(out, COUNTS, sizes_given=False)
-    with pytest.raises(PkdError, match="no image_ids dataset; give ids"):
+    with pytest.raises(PkdError, match=r"no image_ids dataset; give the ids as JSON \(--ids-json\)"):
         import_h5(tmp_path / "f.h5", tmp_path / "g.zarr")
 
 

@@ -21,6 +21,8 @@ Workers = Annotated[int, typer.Option(help="dask LocalCluster worker processes (
 Scheduler = Annotated[str | None, typer.Option(help="address of a running dask scheduler")]
 Overwrite = Annotated[bool, typer.Option(help="delete an existing store and start over")]
 Strict = Annotated[bool, typer.Option(help="exit non-zero when any image failed")]
+RetryFailed = Annotated[bool, typer.Option(
+    help="re-run only the items recorded as failed (the rest of the store is kept)")]
 PerShard = Annotated[int, typer.Option(help="items per shard (work unit)")]
 Threads = Annotated[int, typer.Option(help="torch CPU threads per process (0 = auto)")]
 Device = Annotated[str, typer.Option(help="torch device")]
@@ -40,7 +42,7 @@ def _part(shard: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def _options(shard, workers, scheduler, overwrite, items_per_shard, threads):
+def _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed=False):
     from pkd.pipeline.runner import RunOptions
 
     chunk = RunOptions.items_per_chunk
@@ -49,10 +51,14 @@ def _options(shard, workers, scheduler, overwrite, items_per_shard, threads):
                        f"of {chunk} (the rows of a compressed chunk)")
     if shard and overwrite:  # slices run side by side: each would delete the others' work
         raise PkdError(f"--shard {shard} --overwrite: delete the store once, then run the slices")
+    if retry_failed and overwrite:
+        raise PkdError("--retry-failed --overwrite: --overwrite starts over (every item is run "
+                       "again); give one of them")
     if workers < 0 or threads < 0:
         raise PkdError(f"--workers {workers} / --threads {threads}: must be >= 0")
     return RunOptions(part=_part(shard), workers=workers, scheduler=scheduler,
-                      overwrite=overwrite, items_per_shard=items_per_shard, threads=threads)
+                      overwrite=overwrite, retry_failed=retry_failed,
+                      items_per_shard=items_per_shard, threads=threads)
 
 
 def _source(data, dataset, splits, images, captions=False):
@@ -81,7 +87,7 @@ def foundation(
     max_text_len: Annotated[int, typer.Option(help="text tokens per item")] = 32,
     device: Device = "cpu", batch_size: BatchSize = 32, shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
-    items_per_shard: PerShard = 512, threads: Threads = 0,
+    items_per_shard: PerShard = 512, threads: Threads = 0, retry_failed: RetryFailed = False,
 ) -> None:
     """Frozen foundation model features: images, questions (and captions)."""
     from pkd.pipeline.extract import FoundationRecipe, extract_foundation
@@ -90,7 +96,7 @@ def foundation(
                               device=device, dtype=dtype, max_text_len=max_text_len,
                               batch_size=batch_size)
     targets = ("images", "questions", "captions") if captions else ("images", "questions")
-    opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads)
+    opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed)
     _finish(extract_foundation(recipe, out, opts, targets), strict)
 
 
@@ -108,14 +114,14 @@ def regions(
     conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10, max_boxes: int = 100,
     device: Device = "cpu", batch_size: BatchSize = 16, shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
-    items_per_shard: PerShard = 512, threads: Threads = 0,
+    items_per_shard: PerShard = 512, threads: Threads = 0, retry_failed: RetryFailed = False,
 ) -> None:
     """Boxes and per-box features (a detector, or the boxes of another store)."""
     from pkd.pipeline.extract import RegionRecipe, extract_regions
 
     recipe = RegionRecipe(_source(data, dataset, splits, images, captions), detector, boxes_from,
                           backbone, pooling, conf, iou, min_boxes, max_boxes, device, batch_size)
-    opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads)
+    opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed)
     _finish(extract_regions(recipe, out, opts), strict)
 
 

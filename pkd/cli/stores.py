@@ -11,6 +11,7 @@ import typer
 from pkd.errors import PkdError
 
 app = typer.Typer(help="Feature stores: info, probe, import-h5.", no_args_is_help=True)
+MAX_LISTED = 20  # failed images printed by import-h5 (`pkd stores info` lists them all)
 
 
 @app.command("info")
@@ -48,19 +49,41 @@ def probe(
 def import_h5(
     h5: Annotated[Path, typer.Argument(help="Bottom-up-attention HDF5 file (fixed-36 or pos_boxes layout).")],
     out: Annotated[Path, typer.Argument(help="The regions store to write (NAME.zarr).")],
-    ids_json: Annotated[Path | None, typer.Option(help="JSON {image_id: row} or [image_id, ...].")] = None,
-    imgid2idx: Annotated[Path | None, typer.Option(help="Classic *_imgid2idx.pkl (read safely).")] = None,
+    # `\\[` keeps rich markup from eating "[image_id, ...]" (it would read it as a style tag)
+    ids_json: Annotated[Path | None, typer.Option(help="JSON {image_id: row} or \\[image_id, ...].")] = None,
+    imgid2idx: Annotated[Path | None, typer.Option(
+        help="Classic *_imgid2idx.pkl (read safely: plain ints only; numpy keys need --ids-json).")] = None,
     items_per_shard: Annotated[int, typer.Option(help="Images per shard (work unit).")] = 512,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing store at OUT first.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any image failed (non-finite features).")] = False,
 ) -> None:
-    """Convert HDF5 region features into a `regions` store (resumable)."""
+    """Convert HDF5 region features into a `regions` store (resumable). Images whose features are
+    not finite in float16 (NaN / inf, or beyond ±65504) are recorded as failed, their rows zero."""
+    from pkd.stores import FeatureStore
     from pkd.stores import import_h5 as run_import
 
     if ids_json and imgid2idx:
         raise PkdError(f"{out}: give at most one of --ids-json and --imgid2idx")
     path = run_import(h5, out, ids=ids_json, imgid2idx=imgid2idx, items_per_shard=items_per_shard,
                       overwrite=overwrite)
-    typer.echo(f"wrote {path}")
+    failures = FeatureStore.open(path).failures
+    typer.echo(f"wrote {path}: {len(failures)} failed")
+    for f in failures[:MAX_LISTED]:
+        typer.echo(f"failed image {f.id}: {f.reason}", err=True)
+    if len(failures) > MAX_LISTED:
+        typer.echo(f"{len(failures) - MAX_LISTED} more failed, see `pkd stores info {path}`", err=True)
+    if strict and failures:
+        raise typer.Exit(1)
+
+
+def _checksum_line(s: dict) -> str:
+    if s["chunk_checksums"]:
+        return "chunk checksums: crc32c on every chunk (a damaged chunk is a read error)"
+    missing = s["arrays_without_checksums"]
+    which = "no chunk checksums" if len(missing) == len(s["arrays"]) + 2 else \
+        f"no chunk checksums on {', '.join(missing)}"
+    return (f"{which} (written before pkd checksummed chunks): a damaged chunk may read as "
+            "wrong numbers; rebuild the store (--overwrite) to add them")
 
 
 def _print_summary(s: dict) -> None:
@@ -83,5 +106,6 @@ def _print_summary(s: dict) -> None:
     console.print(f"dims: {json.dumps(s['dims'])}", markup=False)
     console.print(f"chunks of {s['items_per_chunk']} items, shards of {s['items_per_shard']}; "
                   f"created {s['created']} by pkd {s['pkd_version']}")
+    console.print(_checksum_line(s), markup=False)
     for f in s["failures"]:
         console.print(f"failed {f['id']}: {f['path']} {f['reason']}", markup=False)
