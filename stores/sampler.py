@@ -19,6 +19,11 @@ N-times larger batch (DDP averages the gradients: the same update), ranks are di
 equally long, and each global batch keeps its chunk locality. A last short global batch is padded
 by repeating the epoch's first positions until it divides by ``world_size`` (as
 ``torch.utils.data.DistributedSampler`` does).
+
+``drop_last`` drops that short last global batch, except when it is the only one: a split with
+fewer positions than ``batch_size * world_size`` gives one smaller batch per epoch (per rank:
+``ceil(M / world_size)`` positions), never zero batches. Every rank takes the same number of
+batches either way.
 """
 
 from __future__ import annotations
@@ -66,11 +71,16 @@ class ChunkShuffleSampler:
         # sort by window, random order inside a window
         return np.lexsort((rng.random(m), window))
 
+    def _stop(self, m: int) -> int:
+        """How many of the ``m`` ordered positions are cut into batches (``drop_last`` keeps a
+        short batch when it is the only one)."""
+        g = self.batch_size * self.world_size
+        return m - m % g if self.drop_last and m >= g else m
+
     def __iter__(self) -> Iterator[list[int]]:
         order, b, w = self.epoch_order(), self.batch_size, self.world_size
         g = b * w  # global batch: what one process would take with batch_size * world_size
-        stop = len(order) - len(order) % g if self.drop_last else len(order)
-        for start in range(0, stop, g):
+        for start in range(0, self._stop(len(order)), g):
             batch = order[start:start + g]  # (<= g,) positions of this global batch
             if len(batch) % w:  # last global batch: repeat the epoch's first positions
                 batch = np.concatenate([batch, np.resize(order, w - len(batch) % w)])
@@ -79,7 +89,7 @@ class ChunkShuffleSampler:
 
     def __len__(self) -> int:
         g = self.batch_size * self.world_size
-        return len(self.chunk_of) // g if self.drop_last else -(-len(self.chunk_of) // g)
+        return -(-self._stop(len(self.chunk_of)) // g)
 
 
 def pad_batch(arrays: dict[str, np.ndarray], count_name: str, padded_names: Sequence[str],

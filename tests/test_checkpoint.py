@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from pkd.errors import PkdError
@@ -205,7 +206,76 @@ def test_corrupt_weights_file_is_a_user_error(tmp_path):
     model = make_model()
     path = save(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), step=1)
     (path / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(PkdError, match="model.safetensors: checksum mismatch"):
+        load_checkpoint(tmp_path)
+    _as_version_1(path)  # no checksums: the safetensors reader still refuses the garbage
     with pytest.raises(PkdError, match="model.safetensors: not a valid safetensors file"):
+        load_checkpoint(tmp_path)
+
+
+def _as_version_1(path):
+    """Rewrite ``path/state.json`` the way checkpoints were written before checksums."""
+    doc = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps(
+        {"format": doc["format"], "version": 1, "state": doc["state"]}))
+
+
+def _flip_tensor_byte(file, offset_from_end=3):
+    """Flip one byte inside a safetensors file's tensor data (its header stays valid)."""
+    data = bytearray(file.read_bytes())
+    data[-offset_from_end] ^= 0x40
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "state.safetensors"])
+def test_flipped_tensor_bytes_are_refused(tmp_path, name):
+    """Tensor data with a flipped byte still parses as safetensors: only the checksum tells."""
+    model = make_model()
+    path = save(tmp_path, model, torch.optim.AdamW(model.parameters()), step=1)
+    doc = json.loads((path / "state.json").read_text())
+    assert doc["version"] == 2 and set(doc["files"]) == {"model.safetensors", "state.safetensors"}
+    assert all(len(r["sha256"]) == 64 for r in doc["files"].values())
+    _flip_tensor_byte(path / name)
+    load_file(str(path / name))  # still a valid file: the damage is in the numbers
+    with pytest.raises(PkdError) as err:
+        load_checkpoint(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith(str(path / name)) and "checksum mismatch" in msg and "\n" not in msg
+    with pytest.raises(PkdError, match="checksum mismatch"):
+        load_checkpoint(path, config_to_dict(TrainConfig()))  # with a config check, too
+
+
+def test_edited_state_json_is_refused(tmp_path):
+    model = make_model()
+    path = save(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), step=3)
+    doc = json.loads((path / "state.json").read_text())
+    doc["state"]["step"] = 30
+    (path / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(PkdError, match=r"state.json: checksum mismatch in its state"):
+        load_checkpoint(tmp_path)
+    del doc["files"]  # a version-2 sidecar without its record is not an old checkpoint
+    (path / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(PkdError, match=r"state.json: no valid checksum record"):
+        load_checkpoint(tmp_path)
+
+
+def test_version_1_checkpoints_load_unchecked(tmp_path):
+    """Checkpoints written before checksums load as before (documented in the module)."""
+    model = make_model()
+    path = save(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), step=2)
+    before = snapshot(model)
+    _as_version_1(path)
+    assert ckpt.verify_checkpoint(path) is False
+    weights, state = load_checkpoint(tmp_path, config_to_dict(TrainConfig()))
+    assert state["step"] == 2 and all(torch.equal(weights[k], v) for k, v in before.items())
+
+
+def test_newer_checkpoint_version_is_refused(tmp_path):
+    model = make_model()
+    path = save(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1), step=2)
+    doc = json.loads((path / "state.json").read_text())
+    (path / "state.json").write_text(json.dumps({**doc, "version": 99}))
+    with pytest.raises(PkdError, match="version 99 is newer"):
         load_checkpoint(tmp_path)
 
 

@@ -165,5 +165,5 @@ def test_direct_classes_and_errors():
         UpDn(WORDS, ANSWERS, REGION_DIM, tiny("updn", foundation=True))
     batch = make_batch()
     del batch["image_embeds"]
-    with pytest.raises(KeyError, match="image_embeds"):
+    with pytest.raises(PkdError, match="image_embeds"):
         make("updn", foundation=True)(batch)

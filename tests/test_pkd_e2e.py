@@ -1,4 +1,7 @@
-"""PKD from the CLI: extract foundation stores -> stage 1 predictors -> stage 2 -> evaluate."""
+"""PKD from the CLI: extract foundation stores -> stage 1 predictors -> stage 2 -> evaluate.
+
+The foundation model sees the training and validation splits only: the test split is evaluated
+with the VQA model and its memory alone (no foundation features were ever extracted for it)."""
 
 from __future__ import annotations
 
@@ -6,9 +9,12 @@ import json
 
 import pytest
 import torch
+import yaml
 from train_fixtures import make_benchmark, make_regions_store, train_overrides
 
 from pkd.cli import main
+from pkd.data.vqa import dataset_files, load_split
+from pkd.stores import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +24,8 @@ def pkd_data(tmp_path_factory, tiny_clip_dir):
     data = make_benchmark(root / "data")
     regions = make_regions_store(data, root / "regions.zarr")
     assert main(["extract", "foundation", "--data", str(data), "--model", str(tiny_clip_dir),
-                 "--out", str(root / "stores"), "--items-per-shard", "64"]) == 0
+                 "--splits", "train,val", "--out", str(root / "stores"),
+                 "--items-per-shard", "64"]) == 0
     stage1 = root / "stage1"
     args = train_overrides(data, regions, stage1, **_foundation(root), **{
         "method.name": "pkd-predictors", "method.pkd.predictor_hidden": 32,
@@ -40,6 +47,20 @@ def _stage2(pkd_data, out, **extra):
         **extra})
 
 
+def _test_questions(data):
+    return load_split(*dataset_files(data, "synth", "test"))
+
+
+def test_foundation_stores_hold_no_test_item(pkd_data):
+    data, _, root, _ = pkd_data
+    test = _test_questions(data)
+    images = FeatureStore.open(_foundation(root)["data.foundation_image"])
+    questions = FeatureStore.open(_foundation(root)["data.foundation_text"])
+    assert images.complete and questions.complete
+    assert not {q.image_id for q, _ in test} & set(images.ids.tolist())
+    assert not {q.question_id for q, _ in test} & set(questions.ids.tolist())
+
+
 def test_stage1_logs_predictor_losses_and_no_validation(pkd_data):
     rows = [json.loads(x) for x in (pkd_data[3] / "metrics.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows} == {"train"}
@@ -55,6 +76,49 @@ def test_stage2_trains_and_evaluates_without_the_foundation_model(pkd_data, tmp_
     train_rows = [r for r in rows if r["split"] == "train"]
     assert ("mkd_loss" in train_rows[0]) == ablation.get("method.pkd.use_model_kd", True)
     assert (run / "words.json").read_text() == (pkd_data[3] / "words.json").read_text()
+    # the test split has no foundation features: every test question is still answered
     assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 0
     metrics = json.loads((run / "metrics_test.json").read_text())
     assert metrics["missing"] == 0
+    assert metrics["answered"] == metrics["questions"] == len(_test_questions(pkd_data[0]))
+
+
+def test_evaluation_reads_neither_foundation_store(pkd_data, tmp_path):
+    """The test-time forward is D with its memory hook: an eval batch holds regions and the
+    question only, and evaluation runs with the foundation stores gone."""
+    from pkd.train.predict import load_run
+    from pkd.train.prepare import split_batches
+
+    run = tmp_path / "stage2"
+    assert main(["train", *_stage2(pkd_data, run)]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "val"]) == 0
+    before = json.loads((run / "results_val.json").read_text())
+
+    cfg, v, stores, model = load_run(run)
+    assert stores.foundation_image is None and stores.foundation_text is None
+    assert model.feature_fusion.memory.queue.count > 0  # the memory is in the checkpoint
+    _, batches = split_batches(cfg, "test", v, stores)
+    assert set(batches[[0, 1]]) == {"question_id", "question_tokens", "question_mask",
+                                    "targets", "region_features", "region_geometry",
+                                    "region_mask"}
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["foundation_image"] = str(tmp_path / "gone" / "images.zarr")
+    config["data"]["foundation_text"] = str(tmp_path / "gone" / "questions.zarr")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "val"]) == 0
+    assert json.loads((run / "results_val.json").read_text()) == before
+
+
+def test_a_model_fed_foundation_embeddings_needs_them_at_test_time(pkd_data, tmp_path, capsys):
+    """model.use_foundation_features feeds image_embeds / text_embeds to the forward: such a run
+    does need the foundation stores to cover the split it is evaluated on."""
+    data, regions, root, _ = pkd_data
+    run = tmp_path / "fed"
+    assert main(["train", *train_overrides(data, regions, run, **_foundation(root), **{
+        "model.use_foundation_features": True, "run.max_steps": 2})]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "val"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {_foundation(root)['data.foundation_image']}: no image_id")

@@ -4,7 +4,6 @@ and a consumer that stops early stops the worker thread."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -17,18 +16,24 @@ def test_results_in_order():
 
 
 def test_runs_at_most_depth_ahead():
-    started: list[int] = []
+    """At most ``depth`` results queued plus one being computed: no read starts further ahead
+    of the consumer. The consumer waits (an event, not a clock) until the worker has started
+    the furthest read it may, so a worker that ran further would show it."""
+    depth, n = 2, 30
+    started = [threading.Event() for _ in range(n)]
+    received, ahead = [0], []
 
     def work(x):
-        started.append(x)
+        ahead.append(x - received[0])  # how far ahead of the consumer this read starts
+        started[x].set()
         return x
 
-    it = prefetch(work, range(100), depth=2)
-    assert next(it) == 0
-    time.sleep(0.05)  # let the worker run as far ahead as it may
-    # item 0 consumed; 2 results queued; the worker may hold one more computed result waiting
-    assert len(started) <= 1 + 2 + 1, started
-    it.close()
+    for value in prefetch(work, range(n), depth=depth):
+        assert value == received[0]
+        received[0] += 1
+        furthest = min(n - 1, value + depth + 1)
+        assert started[furthest].wait(timeout=60), "the worker stopped reading ahead"
+    assert max(ahead) <= depth + 1, ahead
 
 
 def test_error_surfaces_at_its_item():
@@ -54,12 +59,24 @@ def test_early_stop_ends_the_worker():
 
 
 def test_overlaps_work_with_the_consumer():
-    """Two 20 ms steps per item (produce, consume) take ~20 ms per item when overlapped."""
-    def slow(x):
-        time.sleep(0.02)
+    """The worker has read item k + 1 before the consumer finishes its step on item k.
+
+    Checked by order of events, not by a clock: during step k the consumer waits for the
+    worker's "read k + 1" event; a reader that only read on request (no overlap) would never
+    set it while the consumer waits, and the wait would fail.
+    """
+    n = 8
+    read = [threading.Event() for _ in range(n)]
+    log: list[tuple[str, int]] = []
+
+    def produce(x):
+        log.append(("read", x))
+        read[x].set()
         return x
 
-    start = time.monotonic()
-    for _ in prefetch(slow, range(10)):
-        time.sleep(0.02)
-    assert time.monotonic() - start < 0.35  # serial would take 0.4 s
+    for x in prefetch(produce, range(n)):
+        if x + 1 < n:
+            assert read[x + 1].wait(timeout=60), f"item {x + 1} was not read during step {x}"
+        log.append(("step done", x))
+    for k in range(n - 1):
+        assert log.index(("read", k + 1)) < log.index(("step done", k)), log

@@ -128,3 +128,28 @@ def test_store_pickles_without_open_arrays(store):
     store.read([0], ["num_regions"])  # opens an array handle
     clone = pickle.loads(pickle.dumps(store))
     np.testing.assert_array_equal(clone.read([3, 0, 3])["num_regions"], store.read([3, 0, 3])["num_regions"])
+
+
+def test_split_smaller_than_a_batch_gives_one_smaller_batch():
+    """drop_last never drops the only batch: 143 questions, batch 256 -> one batch of 143."""
+    s = ChunkShuffleSampler(np.arange(143), batch_size=256, items_per_chunk=16, drop_last=True)
+    assert len(s) == 1 and [sorted(b) for b in s] == [list(range(143))]
+    # with a full batch available the short rest is still dropped
+    s = ChunkShuffleSampler(np.arange(300), batch_size=256, items_per_chunk=16, drop_last=True)
+    assert len(s) == len(list(s)) == 1 and len(next(iter(s))) == 256
+    assert len(ChunkShuffleSampler(np.arange(0), 4, 2, drop_last=True)) == 0
+
+
+@pytest.mark.parametrize(("m", "world"), [(143, 2), (143, 4), (5, 4), (1, 2), (511, 2)])
+def test_small_split_ddp_ranks_take_the_same_steps(m, world):
+    """Under DDP (global batch 256 x world) every rank gets the same number of equal batches,
+    together covering every position."""
+    shares = []
+    for rank in range(world):
+        s = ChunkShuffleSampler(np.arange(m), 256, 16, seed=1, drop_last=True, rank=rank,
+                                world_size=world)
+        batches = list(s)
+        assert len(batches) == len(s) == 1
+        shares.append(batches[0])
+    assert len({len(b) for b in shares}) == 1 and len(shares[0]) == -(-m // world)
+    assert set().union(*map(set, shares)) == set(range(m))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,14 @@ import yaml
 
 from pkd.errors import PkdError
 from pkd.train.config import (
+    Allowed,
     ModelConfig,
     TrainConfig,
     config_from_dict,
     config_to_dict,
     load_config,
     save_config,
+    validate_config,
 )
 
 
@@ -160,3 +164,118 @@ def test_shipped_example_configs_load_and_agree():
     adapt, distil = cfgs["teacher-adapt"], cfgs["distillvlm"]
     assert adapt.method.distill.teacher_model == distil.method.distill.teacher_model
     assert distil.method.distill.teacher_checkpoint == f"{adapt.run.out_dir}/best"
+
+
+# ----------------------------------------------------------------------------- value ranges
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optim.lr=-1"], "optim.lr: -1.0 is not > 0"),
+        (["optim.lr=0"], "optim.lr: 0.0 is not > 0"),
+        (["optim.lr=.nan"], "optim.lr: nan is not a finite number"),
+        (["optim.eps=0"], "optim.eps: 0.0 is not > 0"),
+        (["optim.weight_decay=-0.1"], "optim.weight_decay: -0.1 is not >= 0"),
+        (["optim.betas=[0.9, 1.0]"], "optim.betas[1]: 1.0 is not in [0, 1)"),
+        (["optim.warmup_steps=-5"], "optim.warmup_steps: -5 is not >= 0"),
+        (["run.batch_size=0"], "run.batch_size: 0 is not >= 1"),
+        (["run.seed=-1"], "run.seed: -1 is not in [0, 4294967296)"),
+        (["run.max_steps=-1"], "run.max_steps: -1 is not >= 0"),
+        (["run.epochs=0"], "run.epochs: 0 is not >= 1 (with run.max_steps=0"),
+        (["run.out_dir="], "run.out_dir: '' is empty"),
+        (["data.max_question_length=0"], "data.max_question_length: 0 is not >= 1"),
+        (["data.val_fraction=1"], "data.val_fraction: 1.0 is not in [0, 1)"),
+        (["model.dropout=1.5"], "model.dropout: 1.5 is not in [0, 1)"),
+        (["model.encoder=bert"], "model.encoder: 'bert' is not 'native' or 'hf:PATH'"),
+        (["model.arch=fusion", "model.hidden_size=16", "model.num_heads=3"],
+         "model.num_heads: 3 does not divide model.hidden_size=16"),
+        (["model.arch=fusion", "model.max_positions=10"],
+         "model.max_positions: 10 is not >= data.max_question_length + 2 = 16"),
+        (["model.use_foundation_features=true"],
+         "model.use_foundation_features: true needs data.foundation_image"),
+        (["model.use_foundation_features=true", "data.foundation_image=f.zarr"],
+         "model.use_foundation_features: true needs data.foundation_text"),
+        (["method.pkd.div_temperature=0"], "method.pkd.div_temperature: 0.0 is not > 0"),
+        (["method.pkd.kd_temperature=-1"], "method.pkd.kd_temperature: -1.0 is not > 0"),
+        (["method.distill.kd_temperature=0"], "method.distill.kd_temperature: 0.0 is not > 0"),
+        (["method.distill.tau=0"], "method.distill.tau: 0.0 is not > 0"),
+        (["method.distill.queue_size=0"], "method.distill.queue_size: 0 is not >= 1"),
+        (["method.distill.teacher_model.dropout=-0.1"],
+         "method.distill.teacher_model.dropout: -0.1 is not in [0, 1)"),
+        (["method.name=teacher-adapt", "method.distill.teacher_model.num_heads=5"],
+         "method.distill.teacher_model.num_heads: 5 does not divide "
+         "method.distill.teacher_model.hidden_size=768"),
+        (["method.name=pkd", "method.pkd.predictor_heads=3"],
+         "method.pkd.predictor_heads: 3 does not divide method.pkd.predictor_hidden=256"),
+        (["method.name=pkd", "method.pkd.use_predictors=false"],
+         "method.pkd.learnable_slots: 0 with method.pkd.use_predictors=false"),
+    ],
+)
+def test_out_of_range_values_name_key_value_and_range(overrides, expected):
+    with pytest.raises(PkdError) as err:
+        load_config(None, overrides)
+    msg = str(err.value)
+    assert expected in msg and "\n" not in msg
+    assert msg.startswith("override '")  # the override that set the key
+
+
+def test_range_error_names_the_file_that_set_the_key(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: -1\n")
+    with pytest.raises(PkdError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: optim.lr: -1.0 is not > 0"
+
+
+def test_the_whole_config_is_checked_after_all_overrides(tmp_path):
+    """A later override may mend an earlier value; a rule between fields sees the final values."""
+    path = write(tmp_path, "model: {arch: fusion, hidden_size: 16, num_heads: 3}\n")
+    cfg = load_config(path, ["model.num_heads=4", "run.epochs=0", "run.max_steps=5"])
+    assert cfg.model.num_heads == 4 and cfg.run.epochs == 0
+    # a field nobody uses is not held to another field: UpDn has no attention heads
+    assert load_config(None, ["model.hidden_size=16", "model.num_heads=3"]).model.num_heads == 3
+
+
+def test_config_from_dict_and_validate_config_check_values():
+    with pytest.raises(PkdError, match=r"^<config>: run.batch_size: 0 is not >= 1$"):
+        config_from_dict({"run": {"batch_size": 0}})
+    cfg = TrainConfig()
+    bad = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=-1.0))
+    with pytest.raises(PkdError, match=r"^config: optim.lr: -1.0 is not > 0$"):
+        validate_config(bad)
+    assert validate_config(cfg) is cfg
+
+
+def _leaf_fields(cls, prefix=""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _leaf_fields(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", tp, f
+
+
+def test_every_numeric_field_declares_its_allowed_range():
+    """Each int / float (or tuple of them) field carries an ``Allowed`` rule; bools and Literals
+    are closed by their type. A new numeric field needs ``allowed(default, ge=..., ...)``."""
+    missing = []
+    for key, tp, f in _leaf_fields(TrainConfig):
+        args = typing.get_args(tp)
+        numeric = tp in (int, float) or (typing.get_origin(tp) is tuple
+                                         and all(a in (int, float, Ellipsis) for a in args))
+        if numeric and not isinstance(f.metadata.get("allowed"), Allowed):
+            missing.append(key)
+    assert not missing, f"config fields without an allowed range: {missing}"
+    assert TrainConfig().optim.betas == (0.9, 0.999)  # allowed() keeps the defaults
+
+
+def test_demo_run_configs_validate(tmp_path):
+    """Every run of ``pkd demo`` (main methods, ablations, sweeps) is an allowed config."""
+    from pkd import demo
+
+    cfg = demo.DemoConfig(out=tmp_path)
+    paths = demo.Paths(tmp_path / "data", tmp_path / "foundation", tmp_path / "stores")
+    for name in demo.KNOWN:
+        args = [f"{k}={v}" for k, v in demo.overrides(cfg, paths, name, 1).items()]
+        load_config(None, args)  # raises on a value out of range

@@ -6,7 +6,9 @@ Layout of a checkpoint root (e.g. ``RUN/ckpt``)::
     step_000100/
       model.safetensors       model state_dict
       state.safetensors       every tensor found inside ``state`` (optimizer moments, RNG, ...)
-      state.json              {"format": "pkd.checkpoint", "version": 1, "state": SKELETON}
+      state.json              {"format": "pkd.checkpoint", "version": 2, "state": SKELETON,
+                               "files": {NAME: {"sha256": HEX, "bytes": N}, ...},
+                               "state_sha256": HEX}
 
 ``SKELETON`` is ``state`` as JSON with each tensor replaced by ``{"__tensor__": NAME}`` (its name
 in ``state.safetensors``), tuples by ``{"__tuple__": [...]}``, numpy arrays by
@@ -19,6 +21,14 @@ Atomicity: a checkpoint is written into ``.tmp-*`` inside the root, then renamed
 ``latest.json`` naming a complete checkpoint (except when the *same* step is saved twice and
 the crash falls between the two renames that swap it). One writer per root (rank 0).
 
+Integrity: ``state.json`` records the sha256 (and size) of each ``.safetensors`` file beside it
+and of its own ``SKELETON`` (canonical JSON); loading recomputes them and refuses a checkpoint
+whose bytes changed since it was written (a one-line ``PkdError`` naming the file), before any
+tensor is used. Checkpoints written before checksums existed (``"version": 1``, no ``files``)
+still load, unchecked: refusing them would strand every earlier run, and a resumed run writes
+checked checkpoints from its next save on. A version-2 ``state.json`` without its record is
+refused. Bare weights files (below) have no sidecar and are not checked.
+
 Loading refuses (``PkdError``) a checkpoint whose saved config differs from the expected one in
 the model-relevant keys (:data:`MODEL_RELEVANT`), and never unpickles: a ``.pt/.pth/.bin/.ckpt``
 file is only read with ``torch.load(weights_only=True)``.
@@ -27,6 +37,7 @@ file is only read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -45,6 +56,7 @@ from safetensors.torch import load_file, save_file
 from pkd.errors import PkdError
 
 FORMAT, POINTER_FORMAT = "pkd.checkpoint", "pkd.checkpoint.pointer"
+VERSION = 2  # 2: checksums of the files and the skeleton (1: none)
 POINTER, MODEL_FILE, TENSOR_FILE, STATE_FILE = (
     "latest.json", "model.safetensors", "state.safetensors", "state.json")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -78,7 +90,10 @@ def save_checkpoint(root: str | Path, model_state: dict[str, torch.Tensor], stat
         skeleton = _encode(state, tensors, "state")
         save_file(_unshared(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         save_file(_unshared(tensors), str(tmp / TENSOR_FILE), metadata={"format": "pt"})
-        _write_json(tmp / STATE_FILE, {"format": FORMAT, "version": 1, "state": skeleton})
+        files = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
+                 for f in (MODEL_FILE, TENSOR_FILE)}
+        _write_json(tmp / STATE_FILE, {"format": FORMAT, "version": VERSION, "state": skeleton,
+                                       "files": files, "state_sha256": _skeleton_sha256(skeleton)})
         _fsync_files(tmp)
         _move_into_place(tmp, root / name)
         _write_json(root / POINTER, {"format": POINTER_FORMAT, "name": name})
@@ -106,11 +121,46 @@ def load_checkpoint(path: str | Path, expected_config: Any = None,
     doc = _read_json(ckpt / STATE_FILE)
     if doc.get("format") != FORMAT or not isinstance(doc.get("state"), dict):
         raise PkdError(f"{ckpt / STATE_FILE}: not a pkd checkpoint state (format != '{FORMAT}')")
+    verify_checkpoint(ckpt, doc)
     if expected_config is not None:
         check_config(ckpt / STATE_FILE, _decode(doc["state"], None).get("config"),
                      expected_config, compare)
     state = _decode(doc["state"], _load_safetensors(ckpt / TENSOR_FILE))
     return _load_safetensors(ckpt / MODEL_FILE), state
+
+
+def verify_checkpoint(ckpt: str | Path, doc: dict | None = None) -> bool:
+    """Check the sha256 of the files and skeleton of the ``step_*`` dir ``ckpt`` against its
+    ``state.json`` (``doc``: that file, already read). True when checked, False for a
+    version-1 checkpoint (no checksums); a mismatch is a one-line :class:`PkdError`."""
+    ckpt = Path(ckpt)
+    sidecar = ckpt / STATE_FILE
+    doc = _read_json(sidecar) if doc is None else doc
+    version = doc.get("version", 1)
+    if not isinstance(version, int) or version > VERSION:
+        raise PkdError(f"{sidecar}: checkpoint version {version!r} is newer than this pkd "
+                       f"reads ({VERSION})")
+    if version < 2:
+        return False
+    files = doc.get("files")
+    if (not isinstance(files, dict) or set(files) != {MODEL_FILE, TENSOR_FILE}
+            or not all(isinstance(r, dict) and isinstance(r.get("sha256"), str)
+                       for r in files.values())):
+        raise PkdError(f"{sidecar}: no valid checksum record ('files') for "
+                       f"{MODEL_FILE} and {TENSOR_FILE}")
+    if doc.get("state_sha256") != _skeleton_sha256(doc.get("state")):
+        raise PkdError(f"{sidecar}: checksum mismatch in its state (the file was changed "
+                       "after it was written)")
+    for name, record in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            raise PkdError(f"{path}: missing checkpoint file")
+        size, got = path.stat().st_size, _sha256(path)
+        if size != record.get("bytes", size) or got != record["sha256"]:
+            raise PkdError(f"{path}: checksum mismatch (sha256 {got[:12]}, {size} bytes; "
+                           f"{STATE_FILE} records {record['sha256'][:12]}, "
+                           f"{record.get('bytes')} bytes): the file is corrupt")
+    return True
 
 
 def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
@@ -274,6 +324,20 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
                 isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in candidate.items()):
             return candidate
     raise PkdError(f"{path}: no tensor state dict inside (keys 'state_dict' / 'model' / top level)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _skeleton_sha256(skeleton: Any) -> str:
+    """sha256 of the canonical JSON of ``skeleton`` (sorted keys; floats round-trip exactly)."""
+    text = json.dumps(skeleton, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -9,9 +9,16 @@
    (so ``true``, ``3``, ``[0.9, 0.98]``, ``null`` mean what they mean in YAML);
 3. every value is checked against the field's annotation. An unknown key raises
    :class:`PkdError` naming the file (or the override) and the key, with close-match suggestions;
-   a value of the wrong type names the field and the expected type.
+   a value of the wrong type names the field and the expected type;
+4. the finished config is checked as a whole (:func:`validate_config`, also run by the trainer
+   on a config built in code): each field's allowed values, declared with the field
+   (``lr: float = allowed(1e-3, gt=0)``, an :class:`Allowed` in its metadata), then the rules
+   between fields (heads dividing the width, foundation stores for foundation features, ...).
+   A value outside is one line naming the source, the key, the value and the range, e.g.
+   ``override 'optim.lr=-1': optim.lr: -1.0 is not > 0``, before the run folder is touched.
 
-The code is generic over dataclasses: a new field only needs its annotation and default.
+The code is generic over dataclasses: a new field only needs its annotation and default (and,
+if it is a number, its allowed range: a test checks that every numeric field declares one).
 Accepted annotations: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``X | None``,
 ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]`` and nested dataclasses.
 Coercions (nothing else is coerced): an ``int`` is accepted for a ``float`` field, and so is a
@@ -27,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -41,99 +49,159 @@ import yaml
 from pkd.errors import PkdError
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """The values a config field accepts beyond its type (checked by :func:`validate_config`).
+
+    Numeric bounds ``gt`` / ``ge`` / ``lt`` / ``le`` (for a tuple field: each item), ``nonempty``
+    and a full-match ``pattern`` (described by ``means``) for a string field.
+    """
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    nonempty: bool = False
+    pattern: str | None = None
+    means: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """``"is not > 0"``-style text when ``value`` is outside, else None."""
+        if isinstance(value, str):
+            if self.nonempty and not value:
+                return "is empty (give a value)"
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
+                return f"is not {self.means or self.pattern}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if not math.isfinite(value):
+            return "is not a finite number"
+        ok = ((self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+              and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+        return None if ok else f"is not {self.describe()}"
+
+    def describe(self) -> str:
+        """``> 0``, ``>= 1``, ``in [0, 1)``, ..."""
+        low = (f"({_num(self.gt)}" if self.gt is not None else
+               f"[{_num(self.ge)}" if self.ge is not None else None)
+        high = (f"{_num(self.lt)})" if self.lt is not None else
+                f"{_num(self.le)}]" if self.le is not None else None)
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>' if low[0] == '(' else '>='} {low[1:]}"
+        if high:
+            return f"{'<' if high[-1] == ')' else '<='} {high[:-1]}"
+        return "allowed"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def allowed(default: Any, **rule: Any) -> Any:
+    """A dataclass field with ``default`` whose values must satisfy :class:`Allowed` ``(**rule)``."""
+    return field(default=default, metadata={"allowed": Allowed(**rule)})
+
+
+ENCODER = r"native|hf:.+"  # model.encoder: the native encoder or a transformers checkpoint
+
+
 @dataclass
 class DataConfig:
-    root: str = "data"  # data root (questions / annotations / synthetic benchmark)
+    root: str = allowed("data", nonempty=True)  # data root (questions / annotations / synthetic benchmark)
     dataset: Literal["synth", "vqa2", "vqacp2"] = "synth"  # which benchmark format to read
-    train_split: str = "train"  # split name used for training
-    val_split: str = "val"  # split name used for validation (ignored when val_fraction > 0)
-    val_fraction: float = 0.0  # > 0: validate on this share of the TRAIN images, held out of training (VQA-CP has no val split)
-    test_split: str = "test"  # split name used for the final test
+    train_split: str = allowed("train", nonempty=True)  # split name used for training
+    val_split: str = allowed("val", nonempty=True)  # split name used for validation (ignored when val_fraction > 0)
+    val_fraction: float = allowed(0.0, ge=0, lt=1)  # > 0: validate on this share of the TRAIN images, held out of training (VQA-CP has no val split)
+    test_split: str = allowed("test", nonempty=True)  # split name used for the final test
     regions: str = ""  # path of the `regions` store (region_features, region_geometry, ...)
     foundation_image: str = ""  # path of the `foundation_image` store ("" = not used)
     foundation_text: str = ""  # path of the `foundation_text` store ("" = not used)
     teacher: str | None = None  # path of a precomputed `teacher` store (DistillVLM), optional
     teacher_regions: str = ""  # `regions` store of teacher features on the student's boxes
-    answer_min_count: int = 9  # an answer enters the vocabulary if it is seen this often in train
-    max_question_length: int = 14  # question tokens kept (longer questions are truncated)
-    chunk_cache_mib: int = 256  # per store: decoded chunks kept across batches (0 = decode every read)
+    answer_min_count: int = allowed(9, ge=1)  # an answer enters the vocabulary if it is seen this often in train
+    max_question_length: int = allowed(14, ge=1)  # question tokens kept (longer questions are truncated)
+    chunk_cache_mib: int = allowed(256, ge=0)  # per store: decoded chunks kept across batches (0 = decode every read)
+    allow_incomplete: bool = False  # use stores with shards still to extract: their missing items' questions are dropped (counted per split); default: refuse such a store
 
 
 @dataclass
 class ModelConfig:
     arch: Literal["updn", "fusion"] = "updn"  # UpDn baseline or Oscar-style transformer fusion
-    hidden_size: int = 512  # joint / transformer hidden size H
-    num_layers: int = 4  # transformer layers (fusion)
-    num_heads: int = 8  # attention heads (fusion)
-    intermediate_size: int = 2048  # transformer MLP width (fusion)
-    max_positions: int = 64  # word position embeddings (fusion); >= max_question_length + 2
-    word_dim: int = 300  # word embedding size (updn; fusion embeds words at hidden_size)
-    dropout: float = 0.1  # dropout in attention / hidden layers
-    classifier_dropout: float = 0.5  # dropout inside the answer classifier MLP
+    hidden_size: int = allowed(512, ge=1)  # joint / transformer hidden size H
+    num_layers: int = allowed(4, ge=1)  # transformer layers (fusion)
+    num_heads: int = allowed(8, ge=1)  # attention heads (fusion)
+    intermediate_size: int = allowed(2048, ge=1)  # transformer MLP width (fusion)
+    max_positions: int = allowed(64, ge=1)  # word position embeddings (fusion); >= max_question_length + 2
+    word_dim: int = allowed(300, ge=1)  # word embedding size (updn; fusion embeds words at hidden_size)
+    dropout: float = allowed(0.1, ge=0, lt=1)  # dropout in attention / hidden layers
+    classifier_dropout: float = allowed(0.5, ge=0, lt=1)  # dropout inside the answer classifier MLP
     use_foundation_features: bool = False  # also feed cached image_embeds / text_embeds
-    encoder: str = "native"  # "native" plain-torch encoder, or "hf:PATH" a transformers BERT-family checkpoint (fusion)
+    encoder: str = allowed("native", pattern=ENCODER, means="'native' or 'hf:PATH'")  # "native" plain-torch encoder, or "hf:PATH" a transformers BERT-family checkpoint (fusion)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3  # peak learning rate (AdamW)
-    weight_decay: float = 0.01  # decoupled weight decay
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
-    eps: float = 1e-8  # AdamW epsilon
-    grad_clip: float = 0.25  # max global gradient norm (0 = off); UpDn used 0.25
-    warmup_steps: int = 0  # linear warmup steps from 0 to lr
+    lr: float = allowed(1e-3, gt=0)  # peak learning rate (AdamW)
+    weight_decay: float = allowed(0.01, ge=0)  # decoupled weight decay
+    betas: tuple[float, float] = allowed((0.9, 0.999), ge=0, lt=1)  # AdamW betas
+    eps: float = allowed(1e-8, gt=0)  # AdamW epsilon
+    grad_clip: float = allowed(0.25, ge=0)  # max global gradient norm (0 = off); UpDn used 0.25
+    warmup_steps: int = allowed(0, ge=0)  # linear warmup steps from 0 to lr
     schedule: Literal["cosine", "constant"] = "cosine"  # lr after warmup
 
 
 @dataclass
 class RunConfig:
-    out_dir: str = "runs/default"  # run directory: resolved config, checkpoints, logs, results
-    seed: int = 0  # seed for torch, numpy and python random
-    epochs: int = 10  # passes over the training set (ignored when max_steps > 0)
-    max_steps: int = 0  # stop after this many optimizer steps (0 = use epochs)
-    batch_size: int = 256  # questions per optimizer step
-    eval_every: int = 1000  # evaluate on val every N steps (0 = once per epoch)
-    checkpoint_every: int = 1000  # save a checkpoint every N steps (0 = once per epoch)
-    keep_last: int = 3  # checkpoints kept on disk (older ones are pruned; 0 = keep all)
+    out_dir: str = allowed("runs/default", nonempty=True)  # run directory: resolved config, checkpoints, logs, results
+    seed: int = allowed(0, ge=0, lt=2**32)  # seed for torch, numpy and python random
+    epochs: int = allowed(10, ge=0)  # passes over the training set (ignored when max_steps > 0)
+    max_steps: int = allowed(0, ge=0)  # stop after this many optimizer steps (0 = use epochs)
+    batch_size: int = allowed(256, ge=1)  # questions per optimizer step
+    eval_every: int = allowed(1000, ge=0)  # evaluate on val every N steps (0 = once per epoch)
+    checkpoint_every: int = allowed(1000, ge=0)  # save a checkpoint every N steps (0 = once per epoch)
+    keep_last: int = allowed(3, ge=0)  # checkpoints kept on disk (older ones are pruned; 0 = keep all)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto" = cuda when available
     amp: bool = False  # bf16/fp16 autocast on cuda
-    num_workers: int = 0  # batch-reading worker processes (0 = one reader thread in the trainer)
-    log_every: int = 50  # print / log training metrics every N steps
-    threads: int = 0  # torch CPU threads per process (0 = usable cores - 1, at least 1)
+    num_workers: int = allowed(0, ge=0)  # batch-reading worker processes (0 = one reader thread in the trainer)
+    log_every: int = allowed(50, ge=1)  # print / log training metrics every N steps
+    threads: int = allowed(0, ge=0)  # torch CPU threads per process (0 = usable cores - 1, at least 1)
 
 
 @dataclass
 class PKDConfig:
-    lambda_mkd: float = 1.0  # weight of the model-level KD loss L_mkd (ours)
-    lambda_itm: float = 1.0  # weight of the predictors' ITM loss L_itm (ours)
-    lambda_div: float = 1.0  # weight of the feature divergence loss L_div (ours)
+    lambda_mkd: float = allowed(1.0, ge=0)  # weight of the model-level KD loss L_mkd (ours)
+    lambda_itm: float = allowed(1.0, ge=0)  # weight of the predictors' ITM loss L_itm (ours)
+    lambda_div: float = allowed(1.0, ge=0)  # weight of the feature divergence loss L_div (ours)
     divergence: Literal["kl", "cosine", "mse"] = "kl"  # D(predicted, cached foundation) (ours)
-    div_temperature: float = 1.0  # softmax temperature of the "kl" divergence (ours)
-    kd_temperature: float = 1.0  # temperature T of the two-class ITM KL in L_mkd (ours)
-    memory_size: int = 1024  # K, FIFO memory of pooled predicted features (ours)
-    learnable_slots: int = 0  # extra learnable memory slots next to the FIFO queue (ours)
-    predictor_layers: int = 2  # transformer layers of each feature predictor P_v, P_t (ours)
-    predictor_tokens: int = 0  # predicted tokens P' / L' (0 = as many as the cached store) (ours)
+    div_temperature: float = allowed(1.0, gt=0)  # softmax temperature of the "kl" divergence (ours)
+    kd_temperature: float = allowed(1.0, gt=0)  # temperature T of the two-class ITM KL in L_mkd (ours)
+    memory_size: int = allowed(1024, ge=0)  # K, FIFO memory of pooled predicted features (ours)
+    learnable_slots: int = allowed(0, ge=0)  # extra learnable memory slots next to the FIFO queue (ours)
+    predictor_layers: int = allowed(2, ge=1)  # transformer layers of each feature predictor P_v, P_t (ours)
+    predictor_tokens: int = allowed(0, ge=0)  # predicted tokens P' / L' (0 = as many as the cached store) (ours)
     use_predictors: bool = True  # ablation: train / use the cross-modal feature predictors
     use_memory: bool = True  # ablation: fuse the memory into region and word features
     use_model_kd: bool = True  # ablation: model-level distillation through the ITM head
     finetune_predictors: bool = False  # stage 2 also trains predictors with L_itm + L_div
     foundation_model: str = ""  # model dir of the frozen matching head ("" = the store's model)
     predictors: str = ""  # stage-1 (pkd-predictors) checkpoint the stage-2 predictors load
-    predictor_hidden: int = 256  # width of the predictors' transformer layers (ours)
-    predictor_heads: int = 4  # attention heads of the predictors' layers (ours)
+    predictor_hidden: int = allowed(256, ge=1)  # width of the predictors' transformer layers (ours)
+    predictor_heads: int = allowed(4, ge=1)  # attention heads of the predictors' layers (ours)
     blip_text_entry: Literal["hidden", "embeddings"] = "hidden"  # BLIP ITM input of t~ (ours)
 
 
 @dataclass
 class DistillConfig:
-    alpha: float = 1.0  # weight of the attention distillation loss L_att (ours)
-    beta: float = 1.0  # weight of the token-wise noise contrastive loss L_nce (ours)
-    gamma: float = 1.0  # weight of the output distillation loss L_kd (ours)
-    tau: float = 0.07  # temperature of L_nce
-    kd_temperature: float = 1.0  # temperature T of L_kd = T^2 BCE(s/T, sigmoid(t/T)) (ours)
-    queue_size: int = 4096  # MoCo-style queue of teacher token vectors (4096 reported best)
-    nce_dim: int = 128  # projection size of z_s, z_t in L_nce (ours)
+    alpha: float = allowed(1.0, ge=0)  # weight of the attention distillation loss L_att (ours)
+    beta: float = allowed(1.0, ge=0)  # weight of the token-wise noise contrastive loss L_nce (ours)
+    gamma: float = allowed(1.0, ge=0)  # weight of the output distillation loss L_kd (ours)
+    tau: float = allowed(0.07, gt=0)  # temperature of L_nce
+    kd_temperature: float = allowed(1.0, gt=0)  # temperature T of L_kd = T^2 BCE(s/T, sigmoid(t/T)) (ours)
+    queue_size: int = allowed(4096, ge=1)  # MoCo-style queue of teacher token vectors (4096 reported best)
+    nce_dim: int = allowed(128, ge=1)  # projection size of z_s, z_t in L_nce (ours)
     attention_layers: Literal["last", "uniform"] = "last"  # student<-teacher layer mapping
     online_teacher: bool = False  # run the teacher each step instead of reading the teacher store
     teacher_model: ModelConfig = field(
@@ -165,18 +233,27 @@ class TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then each dotted ``key=value``."""
-    cfg = TrainConfig()
+    """Defaults, then the YAML file at ``path`` (if any), then each dotted ``key=value``;
+    the result is checked as a whole by :func:`validate_config` (a later override may mend an
+    earlier value). Errors name the file or override that set the offending key."""
+    cfg, origin = TrainConfig(), {}
     if path is not None:
-        cfg = merge_dict(cfg, _read_yaml(Path(path)), source=str(path))
+        data = _read_yaml(Path(path))
+        cfg = merge_dict(cfg, data, source=str(path))
+        origin.update(dict.fromkeys(_dotted_keys(data), str(path)))
     for text in overrides:
-        cfg = merge_dict(cfg, _override_to_dict(text), source=f"override '{text}'")
+        data = _override_to_dict(text)
+        cfg = merge_dict(cfg, data, source=f"override '{text}'")
+        origin.update(dict.fromkeys(_dotted_keys(data), f"override '{text}'"))
+    validate_config(cfg, origin, default_source=str(path) if path is not None else "config")
     return cfg
 
 
 def config_from_dict(data: dict, source: str = "<config>") -> TrainConfig:
     """A validated :class:`TrainConfig` from a (possibly partial) nested dict."""
-    return merge_dict(TrainConfig(), data, source=source)
+    cfg = merge_dict(TrainConfig(), data, source=source)
+    validate_config(cfg, default_source=source)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -232,6 +309,16 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _dotted_keys(data: Any, prefix: str = "") -> list[str]:
+    """Every section and leaf key of a nested dict, dotted (``a``, ``a.b``, ...)."""
+    keys = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            dotted = f"{prefix}{k}"
+            keys += [dotted, *_dotted_keys(v, dotted + ".")]
+    return keys
+
+
 _OVERRIDE = re.compile(r"^([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)=(.*)$", re.DOTALL)
 
 
@@ -247,6 +334,91 @@ def _override_to_dict(text: str) -> dict:
     for part in reversed(match.group(1).split(".")):
         value = {part: value}
     return value
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def validate_config(cfg: TrainConfig, origin: dict[str, str] | None = None,
+                    default_source: str = "config") -> TrainConfig:
+    """``cfg`` when every value is allowed; else a one-line :class:`PkdError`
+    ``"<source>: <key>: <value> is not <allowed>"`` (e.g. ``optim.lr: -1.0 is not > 0``) for
+    the first offending key.
+
+    Each field's :class:`Allowed` (its metadata) is checked, walking every nested section, then
+    the rules between fields (:func:`_cross_field_problems`). ``origin`` maps dotted keys to the
+    file or override that set them (the message's source; ``default_source`` otherwise).
+    """
+    problems = _field_problems(cfg) or _cross_field_problems(cfg)
+    if problems:
+        key, text = problems[0]
+        raise PkdError(f"{_origin_of(key, origin or {}, default_source)}: {key}: {text}")
+    return cfg
+
+
+def _field_problems(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, problem) of each value outside its field's :class:`Allowed`."""
+    out = []
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _field_problems(value, key + ".")
+            continue
+        rule = f.metadata.get("allowed")
+        if rule is None:
+            continue
+        items = list(enumerate(value)) if isinstance(value, (tuple, list)) else [(None, value)]
+        for i, v in items:
+            text = rule.problem(v)
+            if text is not None:
+                out.append((key if i is None else f"{key}[{i}]", f"{v!r} {text}"))
+    return out
+
+
+def _cross_field_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """Rules between fields (each field is already within its own range)."""
+    out = []
+    r, d, m = cfg.run, cfg.data, cfg.method
+    if r.max_steps == 0 and r.epochs == 0:
+        out.append(("run.epochs", "0 is not >= 1 (with run.max_steps=0 the run counts epochs)"))
+    models = [] if m.name == "teacher-adapt" else [("model", cfg.model)]
+    if m.name in ("teacher-adapt", "distillvlm"):  # the teacher transformer is built too
+        models.append(("method.distill.teacher_model", m.distill.teacher_model))
+    for key, mc in models:
+        if mc.arch == "fusion" and mc.hidden_size % mc.num_heads:
+            out.append((f"{key}.num_heads", f"{mc.num_heads} does not divide "
+                                            f"{key}.hidden_size={mc.hidden_size}"))
+        if mc.arch == "fusion" and mc.max_positions < d.max_question_length + 2:
+            out.append((f"{key}.max_positions",
+                        f"{mc.max_positions} is not >= data.max_question_length + 2 = "
+                        f"{d.max_question_length + 2} ([CLS], the question, [SEP])"))
+        for store in ("foundation_image", "foundation_text"):
+            if mc.use_foundation_features and not getattr(d, store):
+                out.append((f"{key}.use_foundation_features",
+                             f"true needs data.{store} (a store of pkd extract foundation)"))
+    p = m.pkd
+    if m.name == "pkd-predictors" or (m.name == "pkd" and p.use_predictors):
+        if p.predictor_hidden % p.predictor_heads:
+            out.append(("method.pkd.predictor_heads", f"{p.predictor_heads} does not divide "
+                                                      f"method.pkd.predictor_hidden={p.predictor_hidden}"))
+    if m.name == "pkd" and p.use_memory and p.learnable_slots == 0:
+        if not p.use_predictors:
+            out.append(("method.pkd.learnable_slots", "0 with method.pkd.use_predictors=false "
+                        "leaves the memory empty (set it > 0, or method.pkd.use_memory=false)"))
+        elif p.memory_size == 0:
+            out.append(("method.pkd.memory_size", "0 with method.pkd.learnable_slots=0 leaves "
+                        "the memory empty (set one > 0, or method.pkd.use_memory=false)"))
+    return out
+
+
+def _origin_of(key: str, origin: dict[str, str], default: str) -> str:
+    """The source that set ``key`` or the nearest section above it."""
+    parts = key.split("[", 1)[0].split(".")
+    for n in range(len(parts), 0, -1):
+        source = origin.get(".".join(parts[:n]))
+        if source is not None:
+            return source
+    return default
 
 
 # ----------------------------------------------------------------------------- type checks

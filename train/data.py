@@ -3,8 +3,9 @@
 A :class:`SplitData` holds the light per-question data in memory (token ids, sparse soft-score
 targets, answer / question types) ordered by ``(image_id, question_id)``; heavy features stay in
 the Zarr stores and are read per batch by :class:`VQABatches`, so memory does not grow with the
-number of regions or the feature size. Questions whose image failed extraction are dropped (and
-counted) — their features would be zeros.
+number of regions or the feature size. Questions without features in a joined store (their image
+failed extraction, or — with ``data.allow_incomplete`` — its shard is not extracted yet) are
+dropped and counted per store (:attr:`SplitData.missing`): their features would be zeros.
 
 Batch keys (names flow unchanged from the stores): ``question_tokens`` (B,L) int64,
 ``question_mask`` (B,L) bool, ``targets`` (B,A) f32, ``region_features`` (B,N,d) f32,
@@ -15,7 +16,7 @@ foundation stores ``image_embeds`` / ``text_embeds`` (B,De), ``vision_tokens`` (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ class SplitData:
     answer_score: np.ndarray  # (Q, 10) float32 soft score of that answer
     answer_types: list[str]  # per question
     question_types: list[str]  # per question
-    dropped: int = 0  # questions dropped because their image has no features
+    dropped: int = 0  # questions dropped because a joined store has no features for them
+    missing: dict[str, int] = field(default_factory=dict)  # per store role: questions it lacks
 
     def __len__(self) -> int:
         return len(self.question_ids)
@@ -92,6 +94,7 @@ def keep_rows(split: SplitData, keep: np.ndarray) -> SplitData:
         answer_types=[t for t, k in zip(split.answer_types, keep, strict=True) if k],
         question_types=[t for t, k in zip(split.question_types, keep, strict=True) if k],
         dropped=split.dropped + int((~keep).sum()),
+        missing=dict(split.missing),
     )
 
 
@@ -115,13 +118,23 @@ class Stores:
 
 
 def attach(split: SplitData, stores: Stores) -> tuple[SplitData, dict[str, np.ndarray]]:
-    """Drop questions without features in any store; return each store's row per question."""
+    """Drop questions without features in any store; return each store's row per question.
+
+    A store's item has features iff it is ``ok`` (extracted without failure, in a done shard);
+    ``missing`` of the result counts, per store role, the questions that store lacked.
+    """
     keys = {**{r: ("image_ids", s) for r, s in stores.by_image().items()},
             **{r: ("question_ids", s) for r, s in stores.by_question().items()}}
     ok = np.ones(len(split), dtype=bool)
-    for attr, store in keys.values():
-        ok &= store.ok[store.rows_of(getattr(split, attr))]
+    missing = {}
+    for role, (attr, store) in keys.items():
+        has = store.ok[store.rows_of(getattr(split, attr))]
+        if not has.all():
+            missing[role] = int((~has).sum())
+        ok &= has
     split = keep_rows(split, ok)
+    for role, n in missing.items():
+        split.missing[role] = split.missing.get(role, 0) + n
     return split, {role: store.rows_of(getattr(split, attr)) for role, (attr, store) in keys.items()}
 
 

@@ -6,6 +6,9 @@ Every ``checkpoint_every`` steps (and at the end) a checkpoint is written atomic
 ``RUN/best`` (selection never looks at the test split). ``resume=True`` continues from
 ``RUN/ckpt`` exactly: model, optimizer, schedule, RNG state and the position inside the epoch.
 A non-finite loss stops the run with a clear error; the last good checkpoint stays.
+An epoch drops its short last batch, unless it is the only one: a training split with fewer
+questions than ``run.batch_size`` (times the processes under torchrun) trains one smaller batch
+per epoch, the same on every rank.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pkd.errors import PkdError
 from pkd.prefetch import prefetch
 from pkd.stores import ChunkShuffleSampler
 from pkd.train import checkpoint as ck
-from pkd.train.config import TrainConfig, config_to_dict, save_config
+from pkd.train.config import TrainConfig, config_to_dict, save_config, validate_config
 from pkd.train.distributed import World, all_reduce_sum, barrier, close_world, init_world
 from pkd.train.metrics_log import MetricsLog, plot_curves
 from pkd.train.prepare import (
@@ -31,6 +34,7 @@ from pkd.train.prepare import (
     build_run_task,
     check_provenance,
     open_stores,
+    require_questions,
     split_batches,
     uses_foundation_tokens,
     val_split_name,
@@ -105,6 +109,7 @@ class Trainer:
     """State of one run; ``fit`` drives it. Kept small: setup, step, evaluate, save."""
 
     def __init__(self, cfg: TrainConfig, resume: bool):
+        validate_config(cfg)  # a config built in code, too: refused before anything is written
         self.cfg, self.world = cfg, init_world(cfg.run.device)
         set_threads(cfg.run.threads, self.world.size)
         self.run_dir = Path(cfg.run.out_dir)
@@ -127,7 +132,9 @@ class Trainer:
         self.train_data, self.train = split_batches(
             cfg, cfg.data.train_split, self.vocabs, stores,
             foundation_tokens=uses_foundation_tokens(cfg), teacher=True)
-        _, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores)
+        val_data, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores)
+        if self.validates:  # best/ is chosen on val: refuse an empty split before training
+            require_questions(val_data, "validation")
         self.model = build_run_model(cfg, self.vocabs, stores)
         self.task = build_run_task(cfg, self.model, self.vocabs, stores).to(self.world.device)
         self.ddp = self.task
@@ -139,6 +146,9 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.task.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                      weight_decay=o.weight_decay)
         self.sampler = make_sampler(self.train, cfg, self.world, shuffle=True)
+        if len(self.sampler) == 0:  # epochs without a step: fit would repeat them forever
+            raise PkdError(f"data.train_split={cfg.data.train_split!r}: no training questions "
+                           "to cut into batches; training not started")
         self.total = cfg.run.max_steps or cfg.run.epochs * len(self.sampler)
         self.sched = make_scheduler(self.opt, o.warmup_steps, self.total, o.schedule)
         self.step, self.epoch, self.in_epoch, self.best = 0, 0, 0, -1.0

@@ -4,6 +4,13 @@ Loads the run's resolved config, vocabularies and its best checkpoint (``RUN/bes
 in ``RUN/ckpt`` with ``which="last"``), refuses stores whose provenance differs from the ones the
 run was trained on, predicts the argmax answer per question and writes the official results
 format ``[{"question_id", "answer"}]``; the caller scores it with the official metric.
+
+Only the stores the VQA model's forward reads are opened (``open_stores(evaluation=True)``): the
+regions store, plus the foundation stores when ``model.use_foundation_features`` feeds their
+embeddings to the model. A PKD run's test-time forward is its VQA model with the memory fusion
+hook (memory and fusion weights are in the checkpoint); the predictors, the foundation matching
+head and the foundation tokens serve its training losses only, so it evaluates on splits the
+foundation model never saw (its memory width comes from the run's ``stores.json``).
 """
 
 from __future__ import annotations
@@ -21,7 +28,14 @@ from pkd.train import checkpoint as ck
 from pkd.train.config import load_config
 from pkd.train.distributed import World
 from pkd.train.loop import make_sampler
-from pkd.train.prepare import build_run_model, check_provenance, open_stores, split_batches, vocabs
+from pkd.train.prepare import (
+    build_run_model,
+    check_provenance,
+    open_stores,
+    recorded_foundation_dim,
+    split_batches,
+    vocabs,
+)
 
 
 def load_run_config(run_dir: Path):
@@ -37,9 +51,9 @@ def load_run(run_dir: Path, which: str = "best"):
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     v = vocabs(cfg, run_dir, create=False)
-    stores = open_stores(cfg)
+    stores = open_stores(cfg, evaluation=True)  # what the model's forward reads, no more
     check_provenance(run_dir, stores)
-    model = build_run_model(cfg, v, stores)
+    model = build_run_model(cfg, v, stores, recorded_foundation_dim(run_dir))
     root = run_dir / ("best" if which == "best" else "ckpt")
     weights, _ = ck.load_checkpoint(root, expected_config=cfg)
     if which != "best":  # a training checkpoint holds the whole task: keep the model's part

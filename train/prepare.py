@@ -4,23 +4,34 @@ Vocabularies are built from the training split once and saved in the run folder
 (``answers.json``, ``words.json``); resuming and evaluating read them back, so a checkpoint's
 classifier rows always mean the same answers. Stores are opened read-only; their provenance is
 recorded in the run (``stores.json``) and a later resume / evaluation with stores made by another
-producer is refused with the reason.
+producer is refused with the reason. A store with shards still to extract is refused too (naming
+it and what is missing) unless ``data.allow_incomplete``; then the questions it lacks are dropped
+and counted per split on stderr.
+
+Training joins every configured store (the losses read foundation / teacher features); validation
+and evaluation join only what the VQA model's own forward reads (:func:`forward_stores`): the
+regions, and the foundation embeddings only with ``model.use_foundation_features``. So a PKD run
+(memory fusion inside the model; predictors and foundation head are training-only) evaluates on a
+split no foundation features were ever extracted for.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from pkd.data.answers import AnswerVocab
 from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores import FeatureStore
+from pkd.stores.records import n_shards, shard_range
 from pkd.train.config import TrainConfig
 from pkd.train.data import SplitData, Stores, VQABatches, attach, keep_rows, load_split_data
 from pkd.train.models import build_model
@@ -98,30 +109,83 @@ def vocabs(cfg: TrainConfig, run_dir: Path, create: bool) -> Vocabs:
     return Vocabs(answers, words)
 
 
-def open_stores(cfg: TrainConfig) -> Stores:
-    """Open the configured stores read-only, checking each one's kind."""
+def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
+    """Open the configured stores read-only, checking each one's kind and completeness.
+
+    ``evaluation``: only the stores the VQA model's forward reads (:func:`forward_stores`) — the
+    foundation and teacher stores feed training losses only, so they need not exist (or cover the
+    split) to evaluate a run that does not feed the model foundation features.
+    """
     if not cfg.data.regions:
         raise PkdError("data.regions: no regions store configured (pkd extract regions ...)")
     cfg = effective_config(cfg)
     d = cfg.data
     distill = cfg.method.name == "distillvlm"
     online = distill and cfg.method.distill.online_teacher
-    if distill and not online and not d.teacher:
+    if distill and not online and not d.teacher and not evaluation:
         raise PkdError("method.name=distillvlm: set data.teacher (pkd extract teacher) or "
                        "method.distill.online_teacher=true with data.teacher_regions")
+    foundation = not evaluation or cfg.model.use_foundation_features
+    teachers = not evaluation
 
     cache = d.chunk_cache_mib << 20
+    purpose = "evaluate" if evaluation else "train"
 
     def opened(path: str | None, kind: str, use: bool = True) -> FeatureStore | None:
-        return FeatureStore.open(path, kind=kind, cache_bytes=cache) if path and use else None
+        if not (path and use):
+            return None
+        store = FeatureStore.open(path, kind=kind, cache_bytes=cache)
+        check_complete(store, d.allow_incomplete, purpose)
+        return store
 
     return Stores(
-        regions=FeatureStore.open(d.regions, kind="regions", cache_bytes=cache),
-        foundation_image=opened(d.foundation_image, "foundation_image"),
-        foundation_text=opened(d.foundation_text, "foundation_text"),
-        teacher_regions=opened(d.teacher_regions, "regions", online),
-        teacher=opened(d.teacher, "teacher", distill and not online),
+        regions=opened(d.regions, "regions"),
+        foundation_image=opened(d.foundation_image, "foundation_image", foundation),
+        foundation_text=opened(d.foundation_text, "foundation_text", foundation),
+        teacher_regions=opened(d.teacher_regions, "regions", online and teachers),
+        teacher=opened(d.teacher, "teacher", distill and not online and teachers),
     )
+
+
+def missing_items(store: FeatureStore) -> int:
+    """Items of ``store`` in shards without a completion record (not extracted yet)."""
+    ips = store.spec.items_per_shard
+    return sum(len(shard_range(k, store.n_items, ips)) for k in store.pending)
+
+
+def check_complete(store: FeatureStore, allow: bool, purpose: str = "train") -> None:
+    """Refuse ``store`` if shards are still to extract (one line naming it and what is missing);
+    with ``allow`` (``data.allow_incomplete``) note it on stderr instead."""
+    if store.complete:
+        return
+    total = n_shards(store.n_items, store.spec.items_per_shard)
+    what = (f"{len(store.pending)} of {total} shards ({missing_items(store)} of "
+            f"{store.n_items} items) not extracted")
+    if not allow:
+        raise PkdError(f"{store.path}: incomplete {store.spec.kind} store, {what} (finish it by "
+                       "re-running the same pkd extract command, or set "
+                       f"data.allow_incomplete=true to {purpose} on the extracted items only)")
+    note(f"warning: {store.path}: incomplete {store.spec.kind} store, {what}; "
+         "data.allow_incomplete=true: questions without its features are dropped")
+
+
+def note(message: str) -> None:
+    """One line on stderr, from the main process only (under torchrun, rank 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_rank() != 0:
+        return
+    print(message, file=sys.stderr, flush=True)
+
+
+def forward_stores(cfg: TrainConfig, stores: Stores) -> Stores:
+    """The stores the VQA model's own forward reads (validation, evaluation): the regions, and
+    the foundation stores only with ``model.use_foundation_features`` (its ``image_embeds`` /
+    ``text_embeds`` input). PKD's memory is part of the model; its predictors, foundation head
+    and the foundation tokens serve the training losses only."""
+    keep = effective_config(cfg).model.use_foundation_features
+    return Stores(regions=stores.regions,
+                  foundation_image=stores.foundation_image if keep else None,
+                  foundation_text=stores.foundation_text if keep else None)
 
 
 def store_provenance(stores: Stores) -> dict:
@@ -169,19 +233,41 @@ def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
 
     ``split`` may be ``"<train_split>"`` or, with ``data.val_fraction > 0``, the carved
     validation share ``"val_from_train"`` (the training split then excludes those images).
-    DistillVLM teacher stores cover the training split only: they join when ``teacher`` is set.
+    ``teacher`` marks the training split: it joins every store (DistillVLM teacher stores cover the
+    training split only; the losses read the foundation stores). Without it (validation,
+    evaluation) only the stores the model's forward reads are joined (:func:`forward_stores`), so
+    questions are never dropped for lacking features the forward does not read. Dropped questions
+    are counted per store on stderr.
     """
     if not teacher:
-        stores = replace(stores, teacher_regions=None, teacher=None)
+        stores = forward_stores(cfg, stores)
     carved = split == CARVED_VAL
     name = cfg.data.train_split if carved else split
     data = load_split_data(cfg.data.root, cfg.data.dataset, name, v.answers, v.words,
                            cfg.data.max_question_length)
     if cfg.data.val_fraction > 0 and name == cfg.data.train_split:
         val = held_out(data.image_ids, cfg.data.val_fraction)
-        data = keep_rows(data, val if carved else ~val)
+        data = replace(keep_rows(data, val if carved else ~val), name=split, dropped=0)
     data, rows = attach(data, stores)
+    if data.dropped:
+        lacks = ", ".join(f"{role} {n}" for role, n in sorted(data.missing.items()))
+        note(f"{split}: {data.dropped} of {data.dropped + len(data)} questions dropped "
+             f"(no features in: {lacks})")
     return data, VQABatches(data, stores, rows, len(v.answers), foundation_tokens)
+
+
+def require_questions(data: SplitData, role: str) -> None:
+    """Refuse an empty ``role`` (``"validation"`` / ``"training"``) split before training starts:
+    ``best/`` picked on an empty validation split would be a model scored on nothing."""
+    if len(data):
+        return
+    if data.dropped:
+        lacks = ", ".join(f"{r} {n}" for r, n in sorted(data.missing.items()))
+        why = f"all {data.dropped} questions dropped, no features in: {lacks}"
+    else:
+        why = "the split holds no questions"
+    stake = "best/ would be chosen on nothing" if role == "validation" else "nothing to train on"
+    raise PkdError(f"{role} split {data.name!r} is empty ({why}): {stake}; training not started")
 
 
 def val_split_name(cfg: TrainConfig) -> str:
@@ -189,13 +275,24 @@ def val_split_name(cfg: TrainConfig) -> str:
     return CARVED_VAL if cfg.data.val_fraction > 0 else cfg.data.val_split
 
 
-def model_dims(stores: Stores) -> tuple[int, int | None]:
-    """(region feature dim, foundation embedding dim or None) from the store attributes."""
+def model_dims(stores: Stores, foundation_dim: int | None = None) -> tuple[int, int | None]:
+    """(region feature dim, foundation embedding dim or None) from the store attributes;
+    ``foundation_dim`` stands in when no foundation_image store is open (evaluation)."""
     region_dim = int(stores.regions.spec.dims["feature_dim"])
-    fdim = None
+    fdim = foundation_dim
     if stores.foundation_image is not None:
         fdim = int(stores.foundation_image.spec.dims["embed_dim"])
     return region_dim, fdim
+
+
+def recorded_foundation_dim(run_dir: Path) -> int | None:
+    """The foundation ``embed_dim`` a run was trained with (``stores.json``), or None: sizes
+    PKD's memory at evaluation without opening the foundation stores."""
+    path = Path(run_dir) / "stores.json"
+    if not path.is_file():
+        return None
+    dims = json.loads(path.read_text()).get("foundation_image", {}).get("dims", {})
+    return int(dims["embed_dim"]) if "embed_dim" in dims else None
 
 
 
@@ -208,13 +305,15 @@ def uses_foundation_tokens(cfg: TrainConfig) -> bool:
     return cfg.method.name in PKD_METHODS
 
 
-def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores) -> nn.Module:
-    """The VQA model a run trains (the teacher for ``teacher-adapt``), sized from the stores.
+def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores,
+                    foundation_dim: int | None = None) -> nn.Module:
+    """The VQA model a run trains (the teacher for ``teacher-adapt``), sized from the stores
+    (``foundation_dim``: the embedding size when no foundation store is open, evaluation).
 
     PKD stage-2 models carry their memory fusion hook (part of their saved state).
     """
     model_cfg = effective_config(cfg).model
-    region_dim, fdim = model_dims(stores)
+    region_dim, fdim = model_dims(stores, foundation_dim)
     model = build_model(model_cfg, len(v.words), len(v.answers), region_dim,
                         fdim if model_cfg.use_foundation_features else None)
     if cfg.method.name == "pkd":

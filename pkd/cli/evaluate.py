@@ -2,7 +2,9 @@
 
 Mode 1: ``--questions Q.json --annotations A.json --results R.json [--out M.json]``.
 Mode 2: ``--checkpoint RUN --split test [--which best|last]`` predicts with a trained run
-(``RUN/results_<split>.json``), then scores it (``RUN/metrics_<split>.json`` or ``--out``).
+(``RUN/results_<split>.json``), then scores it (``RUN/metrics_<split>.json`` or ``--out``); it
+opens only the stores the run's model reads (regions; foundation stores only for a model fed their
+embeddings), so a PKD run evaluates on a split no foundation features were extracted for.
 Every option is optional for Typer; the combinations are checked here.
 """
 

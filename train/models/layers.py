@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from pkd.errors import PkdError
+
 # The PKD hook: (word_features (B,L,Dw), word_mask (B,L), region_features (B,N,Dr),
 # region_mask (B,N)) -> (word_features, region_features), same shapes. A model whose
 # ``feature_fusion`` attribute is set applies it between ``embed_*`` and the attention / encoder.
@@ -58,7 +60,7 @@ def question_lengths(question_mask: torch.Tensor) -> torch.Tensor:
 
 
 def require(batch: dict, key: str, why: str) -> torch.Tensor:
-    """``batch[key]``, or a KeyError that says which setting needs it."""
+    """``batch[key]``, or a one-line :class:`PkdError` that says which setting needs it."""
     if key not in batch:
-        raise KeyError(f"batch has no '{key}' ({why})")
+        raise PkdError(f"batch has no '{key}' ({why})")
     return batch[key]

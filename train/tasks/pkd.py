@@ -28,12 +28,17 @@ Stage 2, :class:`PKDTask` (``method.name = "pkd"``)::
 Ablations: ``use_predictors=false`` drops the predictors, ``F`` and every distillation term
 (``L_mkd``, ``L_itm``, ``L_div``): the memory is then learnable slots only (``learnable_slots``
 must be > 0 when ``use_memory``), of width ``joint_dim``. ``use_memory=false``: no memory fusion.
-``use_model_kd=false``: no ``L_mkd`` (no ITM head). At test time only D with its hook runs.
+``use_model_kd=false``: no ``L_mkd`` (no ITM head). At test time only D with its hook runs: its
+forward reads the question and the regions (``question_tokens``, ``question_mask``,
+``region_features``, ``region_geometry``, ``region_mask``) and the memory in its own state — not
+the predictors, ``F`` or any foundation feature (unless ``model.use_foundation_features`` feeds D
+``image_embeds`` / ``text_embeds``), so validation and ``pkd evaluate`` join no foundation store
+(:func:`pkd.train.prepare.forward_stores`).
 
-Batch keys needed (besides the VQA ones): ``vision_tokens`` (B,P,d_v), ``text_tokens`` (B,L,d_t),
-``text_mask`` (B,L), ``image_embeds``, ``text_embeds`` (B,d_e) — the data must be read with
-``foundation_tokens=True`` — and, for a BLIP foundation model, ``input_ids`` (B,L) trimmed like
-``text_tokens`` (the exact ITM score of real text needs token ids).
+Training batch keys needed (besides the VQA ones): ``vision_tokens`` (B,P,d_v), ``text_tokens``
+(B,L,d_t), ``text_mask`` (B,L), ``image_embeds``, ``text_embeds`` (B,d_e) — the data must be read
+with ``foundation_tokens=True`` — and, for a BLIP foundation model, ``input_ids`` (B,L) trimmed
+like ``text_tokens`` (the exact ITM score of real text needs token ids).
 """
 
 from __future__ import annotations
