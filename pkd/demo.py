@@ -3,8 +3,8 @@
 synthetic data -> pre-train the demo foundation model on the unbiased captions -> extract
 foundation features, student regions and aligned teacher regions into stores -> train each method
 (per seed) -> evaluate on the shifted ``test`` (OOD) and the in-distribution ``test_iid`` split ->
-``results.json``, a table and ``results.png``. Every stage is resumable: re-running the command
-skips what is done.
+``results.json``, ``results.md`` (the table :func:`results_table` builds, as Markdown) and
+``results.png``. Every stage is resumable: re-running the command skips what is done.
 
 ``results.json``: ``{"elapsed_s": float, "rows": [{"method", "seed", "split", "overall",
 "perAnswerType", "ms_per_question", "prior", "prior_gold"}]}`` (percent, official metric; model
@@ -212,7 +212,7 @@ def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run (or finish) the demo; write ``results.json`` + ``results.png``; return the results."""
+    """Run (or finish) the demo; write ``results.json``, ``.md`` and ``.png``; return the results."""
     from pkd.errors import PkdError
 
     unknown = [m for m in cfg.methods if m not in KNOWN]
@@ -239,9 +239,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows,
                "models": model_sizes(cfg), "region_probes": region_probes(paths),
                "stage_seconds": seconds}
-    (cfg.out / "results.json").write_text(json.dumps(results, indent=2))
-    plot_results(results, cfg.out / "results.png")
+    save_results(results, cfg.out)
     return results
+
+
+def save_results(results: dict, out: Path) -> None:
+    """``results.json``, ``results.md`` (:func:`results_markdown`) and ``results.png`` in ``out``."""
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(results_markdown(results))
+    plot_results(results, out / "results.png")
 
 
 def region_probes(paths: Paths) -> dict:
@@ -286,6 +292,58 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "perAnswerType": {t: float(np.mean([r["perAnswerType"].get(t, 0.0)
                                                         for r in rs])) for t in types}})
     return out
+
+
+def results_table(results: dict) -> tuple[str, list[str], list[list[str]], list[str]]:
+    """The results table of ``pkd demo`` and ``results.md``: title, header, one row of cells per
+    (method, split) and the notes printed under it. Overall accuracy is ``mean ± std`` over seeds
+    (population std), the bare mean where a row has one seed."""
+    summary = summarize(results["rows"])
+    seeds = max((s["n"] for s in summary), default=0)
+    title = f"pkd demo — VQA accuracy (%), {seeds} seed{'' if seeds == 1 else 's'}"
+    types = sorted({t for s in summary for t in s["perAnswerType"]})
+    several = any(s["n"] > 1 for s in summary)
+    header = ["method", "split", "overall (mean ± std)" if several else "overall", *types,
+              "prior %", "params", "µs/question"]
+    params = results.get("models", {})
+    rows = [[s["method"], s["split"],
+             f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}",
+             *(f"{s['perAnswerType'].get(t, 0.0):.2f}" for t in types),
+             f"{s['prior']:.1f}",
+             f"{params[s['method']]:,}" if s["method"] in params else "",
+             f"{1000 * s['ms_per_question']:.0f}"] for s in summary]
+    gold = {s["split"]: s["prior_gold"] for s in summary}
+    notes = []
+    if gold:
+        notes.append("prior %: answers that are the training favourite of their question type "
+                     "(gold " + ", ".join(f"{k} {v:.1f}%" for k, v in gold.items()) + ")")
+    return title, header, rows, notes
+
+
+TEXT_COLUMNS = 2  # method, split: left-aligned; the other columns are numbers (right-aligned)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, its columns padded to a common width so it also reads as plain text."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    cells = [[cell(c) for c in r] for r in [header, *rows]]
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i < TEXT_COLUMNS else c.rjust(w)
+                                 for i, (c, w) in enumerate(zip(r, widths, strict=True))) + " |"
+
+    rule = "| " + " | ".join("-" * w if i < TEXT_COLUMNS else "-" * (w - 1) + ":"
+                             for i, w in enumerate(widths)) + " |"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def results_markdown(results: dict) -> str:
+    """``results.md``: the title, the table of :func:`results_table` and its notes."""
+    title, header, rows, notes = results_table(results)
+    return "\n\n".join([f"## {title}", markdown_table(header, rows), *notes]) + "\n"
 
 
 def plot_results(results: dict, out: Path) -> Path:

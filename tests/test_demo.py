@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from pkd.data.synth import SynthConfig
@@ -14,7 +15,9 @@ from pkd.demo import (
     DemoConfig,
     Paths,
     overrides,
+    results_markdown,
     run_demo,
+    save_results,
     summarize,
 )
 from pkd.train.config import load_config
@@ -36,6 +39,7 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
         assert set(row["perAnswerType"]) <= {"yes/no", "number", "other"}
         assert row["ms_per_question"] > 0 and 0 <= row["prior"] <= 100
     assert (cfg.out / "results.png").stat().st_size > 0
+    assert_markdown_matches(cfg.out, seeds=1)
     assert saved["models"]["baseline"] > 0
     stages = saved["stage_seconds"]
     assert set(stages) == {"prepare (data, pre-training, extraction)", "baseline-seed0", "evaluation"}
@@ -117,3 +121,98 @@ def test_cli_methods_option_and_unknown_method(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path), "--methods", "pkd-typo"]) == 2
     err = capsys.readouterr().err
     assert "unknown method 'pkd-typo'" in err and len(err.strip().splitlines()) == 1
+
+
+LONG = ("distillvlm-queue16384", "pkd-predictors-off", "baseline-foundation")
+
+
+def fake_results(methods=LONG, seeds=1) -> dict:
+    rows = [{"method": m, "seed": s, "split": sp, "overall": 40.0 + 3 * s + i + (sp == "test"),
+             "perAnswerType": {"number": 20.0 + s, "other": 30.0 + i, "yes/no": 60.0 - s},
+             "ms_per_question": 0.02 * (i + 1), "prior": 70.0 - s,
+             "prior_gold": 5.0 if sp == "test" else 60.0}
+            for i, m in enumerate(methods) for s in range(seeds) for sp in ("test", "test_iid")]
+    return {"elapsed_s": 1.0, "rows": rows, "models": {m: 1000 * (i + 1)
+                                                        for i, m in enumerate(methods)}}
+
+
+def markdown_rows(text: str) -> list[dict]:
+    """The body rows of the (single) Markdown table in ``text``, as header -> cell."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
+    header, rule, body = split[0], split[1], split[2:]
+    assert all(set(c) <= {"-", ":"} for c in rule)
+    return [dict(zip(header, r, strict=True)) for r in body]
+
+
+def assert_markdown_matches(out, seeds: int) -> None:
+    """``results.md`` beside ``results.json``: one row per (method, split), same values."""
+    saved = json.loads((out / "results.json").read_text())
+    text = (out / "results.md").read_text()
+    assert text == results_markdown(saved)
+    assert ("±" in text) == (seeds > 1)
+    table = markdown_rows(text)
+    summary = summarize(saved["rows"])
+    assert [(r["method"], r["split"]) for r in table] == [(s["method"], s["split"])
+                                                          for s in summary]
+    for r, s in zip(table, summary, strict=True):
+        overall = r["overall (mean ± std)" if seeds > 1 else "overall"]
+        mean, _, std = overall.partition(" ± ")
+        assert float(mean) == pytest.approx(s["mean"], abs=0.005)
+        assert float(std or 0) == pytest.approx(s["std"], abs=0.005)
+        for t, v in s["perAnswerType"].items():
+            assert float(r[t]) == pytest.approx(v, abs=0.005)
+        assert float(r["prior %"]) == pytest.approx(s["prior"], abs=0.05)
+        assert float(r["µs/question"]) == pytest.approx(1000 * s["ms_per_question"], abs=0.5)
+        size = saved["models"].get(s["method"])
+        assert r["params"] == (f"{size:,}" if size else "")
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_results_md_is_the_table_of_results_json(tmp_path, seeds):
+    save_results(fake_results(seeds=seeds), tmp_path)
+    assert_markdown_matches(tmp_path, seeds)
+    assert f"{seeds} seed{'s' if seeds > 1 else ''}" in (tmp_path / "results.md").read_text()
+
+
+def test_piped_demo_prints_full_names_at_any_width(tmp_path, monkeypatch):
+    """In CI / a pipe (not a terminal) at 40 columns: every name whole, no ``±`` for one seed."""
+    from typer.testing import CliRunner
+
+    import pkd.demo
+    from pkd.cli import app
+
+    for seeds in (1, 2):
+        results = fake_results(seeds=seeds)
+        monkeypatch.setattr(pkd.demo, "run_demo", lambda cfg, r=results: r)
+        got = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--seeds", str(seeds)],
+                                 env={"COLUMNS": "40", "TERM": "dumb"})
+        assert got.exit_code == 0, got.output
+        out = got.output
+        assert "…" not in out and ("±" in out) == (seeds > 1)
+        table = markdown_rows(out)
+        assert {(r["method"], r["split"]) for r in table} == {
+            (m, sp) for m in LONG for sp in ("test", "test_iid")}
+        assert "gold test 5.0%, test_iid 60.0%" in out
+
+
+@pytest.mark.parametrize("width", [200, 40])
+def test_terminal_table_never_cuts_a_name(width):
+    """On a terminal: a rich table when it fits whole, else the plain table — never ``basel…``."""
+    import io
+
+    from rich.console import Console
+
+    from pkd.cli.report import print_table
+    from pkd.demo import results_table
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=width, color_system=None)
+    print_table(*results_table(fake_results(seeds=2)), console=console)
+    out = buf.getvalue()
+    assert "…" not in out and "± " in out
+    assert ("┃" in out) == (width == 200)  # rich's box only when every cell fits
+    for name in (*LONG, "test_iid"):
+        assert name in out
+    if width == 200:
+        assert max(len(ln) for ln in out.splitlines()) <= width

@@ -3,7 +3,7 @@ keep the foundation head frozen, fill the memory, and the trained model runs alo
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -25,6 +25,9 @@ FUSION = ModelConfig(arch="fusion", hidden_size=16, num_layers=1, num_heads=2,
 SMALL = {"predictor_hidden": 16, "predictor_heads": 2, "predictor_layers": 1, "memory_size": 16}
 STAGE1_TERMS = {"loss", "itm_loss", "div_loss"}
 STAGE2_ALL = {"loss", "vqa_loss", "mkd_loss", "logits"}
+# distinct loss weights (none 1 = the fixed weight of L_vqa), so each term's weight is checked
+LAMBDAS = {"lambda_mkd": 0.25, "lambda_itm": 0.5, "lambda_div": 3.0}
+WEIGHTS = {"vqa_loss": 1.0, "mkd_loss": 0.25, "itm_loss": 0.5, "div_loss": 3.0}
 
 
 @pytest.fixture(scope="module", params=["clip", "blip"])
@@ -62,8 +65,20 @@ def make_batch(seed: int = 0) -> dict:
 
 
 def config(name: str, model: ModelConfig = UPDN, **pkd) -> TrainConfig:
-    return TrainConfig(model=model, method=MethodConfig(name=name,
-                                                        pkd=PKDConfig(**{**SMALL, **pkd})))
+    return TrainConfig(model=model, method=MethodConfig(
+        name=name, pkd=PKDConfig(**{**SMALL, **LAMBDAS, **pkd})))
+
+
+def assert_weighted_sum(out: dict, terms: set[str]) -> None:
+    """``loss`` is the sum of exactly ``terms``, each times its own weight (:data:`WEIGHTS`), and
+    the check can tell: dropping any term or swapping any two weights moves the total by more
+    than 10x the tolerance of ``assert_close`` (float32: 1e-5 + 1.3e-6 |loss|)."""
+    torch.testing.assert_close(out["loss"], sum(WEIGHTS[k] * out[k] for k in terms))
+    value = {k: out[k].item() for k in terms}
+    margin = 10 * (1e-5 + 1.3e-6 * abs(out["loss"].item()))
+    assert all(abs(WEIGHTS[k] * value[k]) > margin for k in terms), value
+    for a, b in itertools.combinations(sorted(terms), 2):
+        assert abs((WEIGHTS[a] - WEIGHTS[b]) * (value[a] - value[b])) > margin, (a, b, value)
 
 
 def vqa_model(cfg: TrainConfig) -> torch.nn.Module:
@@ -95,7 +110,7 @@ def test_stage1_forward_backward(head, div):
     assert isinstance(task, PKDPredictorTask)
     out = task(make_batch())
     assert set(out) == STAGE1_TERMS and all(torch.isfinite(v) for v in out.values())
-    torch.testing.assert_close(out["loss"], out["itm_loss"] + out["div_loss"])
+    assert_weighted_sum(out, {"itm_loss", "div_loss"})
     out["loss"].backward()
     grads = [p.grad for p in task.parameters()]
     assert grads and all(g is not None for g in grads)  # every predictor weight learns
@@ -139,6 +154,7 @@ def test_stage2_ablations_forward_backward(head, stage1_dir, arch, ablation):
     assert isinstance(task, PKDTask)
     out = task(make_batch())
     assert set(out) == terms and all(torch.isfinite(v).all() for v in out.values())
+    assert_weighted_sum(out, terms - {"loss", "logits"})
     out["loss"].backward()
     assert all(p.grad is None for p in head.parameters())
     if task.predictors is not None:
@@ -213,8 +229,5 @@ def test_configuration_errors(clip_head, tmp_path):
 def test_finetune_from_scratch_without_checkpoint(clip_head):
     cfg = config("pkd", finetune_predictors=True)
     task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
-    weights = dataclasses.asdict(cfg.method.pkd)
     out = task(make_batch())
-    want = (out["vqa_loss"] + weights["lambda_mkd"] * out["mkd_loss"]
-            + weights["lambda_itm"] * out["itm_loss"] + weights["lambda_div"] * out["div_loss"])
-    torch.testing.assert_close(out["loss"], want)
+    assert_weighted_sum(out, {"vqa_loss", "mkd_loss", "itm_loss", "div_loss"})

@@ -1,8 +1,14 @@
-"""Readable summaries printed by the CLI (plain lines: never truncated in narrow CI logs)."""
+"""Readable summaries printed by the CLI (plain lines or uncut tables: never truncated in narrow
+CI logs)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MAX_LISTED = 20  # failures printed per store; `pkd stores info` lists the rest
 
@@ -29,3 +35,32 @@ def print_extract_report(report) -> None:
             earlier = f"{len(r.earlier_failures)} recorded earlier; " if r.earlier_failures else ""
             print(f"{r.store}: {max(more, 0)} more failed items, {earlier}see "
                   f"`pkd stores info {r.store}`", file=sys.stderr)
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
+                notes: Sequence[str] = (), console: Console | None = None) -> None:
+    """A table whose cells are never cut. On a terminal wide enough for every cell: a rich
+    table; otherwise (CI, a pipe, ``| tee``, a narrow terminal): the padded Markdown table of
+    :func:`pkd.demo.markdown_table`, plain text that a narrow window wraps instead of cutting."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    from pkd.demo import TEXT_COLUMNS, markdown_table
+
+    console = console or Console()
+    if console.is_terminal:
+        table = Table(title=title)
+        for i, col in enumerate(header):
+            table.add_column(col, no_wrap=True, justify="left" if i < TEXT_COLUMNS else "right")
+        for r in rows:
+            table.add_row(*(Text(c) for c in r))
+        needed = Measurement.get(console, console.options.update_width(10**6), table).minimum
+        if needed <= console.width:
+            console.print(table)
+            for note in notes:
+                console.print(note, markup=False, highlight=False)
+            return
+    print("\n".join([title, markdown_table(header, rows), *notes]), file=console.file,
+          flush=True)
