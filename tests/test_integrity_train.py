@@ -181,3 +181,22 @@ def test_flipped_checkpoint_bytes_are_refused_by_evaluate_and_resume(bench, tmp_
     more = train_overrides(data, regions, run, **{"run.max_steps": 8})
     assert main(["train", *more, "--resume"]) == 2
     assert f"{last}: checksum mismatch" in capsys.readouterr().err
+
+
+class _DamagedBatches(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise PkdError("x.zarr: array 'region_features', chunk 3: damaged data")
+
+
+def test_a_worker_process_error_stays_one_line():
+    """run.num_workers > 0: the DataLoader re-raises a worker's PkdError with the worker's
+    traceback in the message; the trainer keeps its one line."""
+    from pkd.train.loop import _one_line_errors
+
+    loader = torch.utils.data.DataLoader(_DamagedBatches(), batch_size=None, num_workers=1)
+    with pytest.raises(PkdError) as err:
+        list(_one_line_errors(loader))
+    assert str(err.value) == "x.zarr: array 'region_features', chunk 3: damaged data"

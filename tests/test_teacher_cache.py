@@ -198,3 +198,15 @@ def test_batches_by_id_maps_question_ids_to_positions():
     assert get(np.array([10, 20, 30]))["question_id"].tolist() == [10, 20, 30]
     with pytest.raises(PkdError, match="question 99 is not in split 'train'"):
         get(np.array([10, 99]))
+
+
+def test_non_finite_teacher_outputs_are_recorded_and_reported(tmp_path, capsys):
+    """A teacher whose outputs overflow float16 (or are NaN) must not write a 'complete' store
+    of inf: the questions are recorded as failed and the count is said once."""
+    teacher, data = make_teacher(), FakeData()
+    with torch.no_grad():
+        teacher.head[-1].bias.fill_(1e6)  # logits beyond float16's ±65504
+    path = write(tmp_path, teacher, data, [2])
+    store = FeatureStore.open(path)
+    assert not store.ok.any()
+    assert f"{len(QIDS)} questions with non-finite teacher outputs" in capsys.readouterr().err

@@ -228,7 +228,7 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             self.train, batch_size=None, sampler=list(self.epoch_batches()), num_workers=n,
             prefetch_factor=2, pin_memory=self.world.device.type == "cuda")
-        return iter(loader)
+        return _one_line_errors(loader)
 
     def epoch_batches(self):
         """The remaining batches of the current epoch (skips those done before a resume)."""
@@ -236,6 +236,19 @@ class Trainer:
         for i, positions in enumerate(self.sampler):
             if i >= self.in_epoch:
                 yield positions
+
+
+def _one_line_errors(loader):
+    """Batches of a DataLoader; a PkdError raised in a worker process comes back as the worker's
+    traceback in its message ("Caught PkdError in DataLoader worker ..."): keep its one line."""
+    try:
+        yield from loader
+    except PkdError as err:
+        text = str(err).rstrip()
+        if "Original Traceback" not in text:
+            raise
+        last = text.splitlines()[-1]
+        raise PkdError(last.split("Error: ", 1)[-1]) from None
 
 
 def _due(step: int, every: int, end_of_epoch: bool) -> bool:

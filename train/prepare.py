@@ -80,8 +80,6 @@ def vocab_source(cfg: TrainConfig) -> Path | None:
                    "earlier run, e.g. RUN or RUN/best)")
 
 
-teacher_run_dir = vocab_source
-
 
 def vocabs(cfg: TrainConfig, run_dir: Path, create: bool) -> Vocabs:
     """Load the run's vocabularies, or build them from the training split (``create``).

@@ -23,6 +23,7 @@ tokens: :func:`trim_teacher` cuts them (and checks that nothing valid is cut).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict
                               items_per_chunk, items_per_shard)
     t = int(spec.dims["num_tokens"])
     teacher = teacher.to(device).eval()
+    failed = 0
     with StoreWriter(out_store_path, spec, question_ids, overwrite=overwrite) as writer:
         pending = writer.pending(part)
         for k in track(pending, total=len(pending), description="teacher cache"):
@@ -109,8 +111,11 @@ def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict
             rows = [_cache_batch(teacher, batch_for_ids, ids[i:i + batch_size], layers, t,
                                  max_question_length, device)
                     for i in range(0, len(ids), batch_size)]
-            writer.write_shard(k, {name: np.concatenate([r[name] for r in rows])
-                                   for name in spec.names})
+            failed += len(writer.write_shard(k, {name: np.concatenate([r[name] for r in rows])
+                                                for name in spec.names}))
+    if failed:  # non-finite teacher outputs: recorded per question (ok = 0), said once here
+        print(f"warning: {out_store_path}: {failed} questions with non-finite teacher outputs "
+              "recorded as failed (pkd stores info)", file=sys.stderr)
     return Path(out_store_path)
 
 

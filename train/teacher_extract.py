@@ -17,7 +17,7 @@ from pkd.stores.schema import config_hash
 from pkd.train.config import TrainConfig, config_to_dict
 from pkd.train.data import Stores
 from pkd.train.losses.attention import teacher_layers_needed
-from pkd.train.prepare import split_batches, teacher_run_dir, vocabs
+from pkd.train.prepare import check_complete, split_batches, vocab_source, vocabs
 from pkd.train.tasks.distillvlm import load_teacher
 from pkd.train.teacher_cache import batches_by_id, cache_teacher
 
@@ -30,8 +30,9 @@ def extract_teacher(cfg: TrainConfig, out: str | None = None, overwrite: bool = 
     if cfg.method.name != "distillvlm" or not path or not cfg.data.teacher_regions:
         raise PkdError("extract teacher: give a distillvlm config with data.teacher (the store "
                        "to write), data.teacher_regions and method.distill.teacher_checkpoint")
-    v = vocabs(cfg, teacher_run_dir(cfg), create=False)
+    v = vocabs(cfg, vocab_source(cfg), create=False)
     regions = FeatureStore.open(cfg.data.teacher_regions, kind="regions")
+    check_complete(regions, cfg.data.allow_incomplete, "extract the teacher from")
     teacher = load_teacher(d, len(v.words), len(v.answers), int(regions.spec.dims["feature_dim"]))
     data, batches = split_batches(cfg, cfg.data.train_split, v, Stores(regions=regions))
     producer = {"teacher_checkpoint": str(Path(d.teacher_checkpoint).resolve()),
