@@ -213,9 +213,7 @@ class DistillConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["baseline", "pkd-predictors", "pkd", "teacher-adapt", "distillvlm"] = (
-        "baseline"
-    )  # which training task runs
+    name: str = "baseline"  # which method runs: a key of pkd.train.tasks.METHODS
     pkd: PKDConfig = field(default_factory=PKDConfig)  # PKD settings (pkd-predictors, pkd)
     distill: DistillConfig = field(default_factory=DistillConfig)  # DistillVLM settings
 
@@ -376,15 +374,18 @@ def _field_problems(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def _cross_field_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
-    """Rules between fields (each field is already within its own range)."""
-    out = []
+    """Rules between fields (each field is already within its own range); the method's own
+    rules come from its :class:`~pkd.train.tasks.method.Method` (``problems``)."""
+    from pkd.train.tasks import METHODS  # the tasks import this module
+
     r, d, m = cfg.run, cfg.data, cfg.method
+    method = METHODS.get(m.name)
+    if method is None:
+        return [("method.name", f"{m.name!r} is not one of {', '.join(METHODS)}")]
+    out = []
     if r.max_steps == 0 and r.epochs == 0:
         out.append(("run.epochs", "0 is not >= 1 (with run.max_steps=0 the run counts epochs)"))
-    models = [] if m.name == "teacher-adapt" else [("model", cfg.model)]
-    if m.name in ("teacher-adapt", "distillvlm"):  # the teacher transformer is built too
-        models.append(("method.distill.teacher_model", m.distill.teacher_model))
-    for key, mc in models:
+    for key, mc in method.built_models(cfg):
         if mc.arch == "fusion" and mc.hidden_size % mc.num_heads:
             out.append((f"{key}.num_heads", f"{mc.num_heads} does not divide "
                                             f"{key}.hidden_size={mc.hidden_size}"))
@@ -396,19 +397,7 @@ def _cross_field_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
             if mc.use_foundation_features and not getattr(d, store):
                 out.append((f"{key}.use_foundation_features",
                              f"true needs data.{store} (a store of pkd extract foundation)"))
-    p = m.pkd
-    if m.name == "pkd-predictors" or (m.name == "pkd" and p.use_predictors):
-        if p.predictor_hidden % p.predictor_heads:
-            out.append(("method.pkd.predictor_heads", f"{p.predictor_heads} does not divide "
-                                                      f"method.pkd.predictor_hidden={p.predictor_hidden}"))
-    if m.name == "pkd" and p.use_memory and p.learnable_slots == 0:
-        if not p.use_predictors:
-            out.append(("method.pkd.learnable_slots", "0 with method.pkd.use_predictors=false "
-                        "leaves the memory empty (set it > 0, or method.pkd.use_memory=false)"))
-        elif p.memory_size == 0:
-            out.append(("method.pkd.memory_size", "0 with method.pkd.learnable_slots=0 leaves "
-                        "the memory empty (set one > 0, or method.pkd.use_memory=false)"))
-    return out
+    return out + method.problems(cfg)
 
 
 def _origin_of(key: str, origin: dict[str, str], default: str) -> str:

@@ -33,6 +33,12 @@ MAX_ANSWERS = 10  # distinct answers per question at most (10 annotators)
 
 
 @dataclass
+class Vocabs:
+    answers: AnswerVocab  # answer strings <-> classifier rows (answers.json)
+    words: QuestionTokenizer  # question words <-> ids (words.json)
+
+
+@dataclass
 class SplitData:
     name: str  # split name
     question_ids: np.ndarray  # (Q,) int64, ordered by (image_id, question_id)

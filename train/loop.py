@@ -14,7 +14,6 @@ per epoch, the same on every rank.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pkd.cores import usable_cores
 from pkd.errors import PkdError
 from pkd.prefetch import prefetch
 from pkd.stores import ChunkShuffleSampler
@@ -31,16 +31,15 @@ from pkd.train.distributed import World, all_reduce_sum, barrier, close_world, i
 from pkd.train.metrics_log import MetricsLog, plot_curves
 from pkd.train.prepare import (
     build_run_model,
-    build_run_task,
     check_provenance,
     open_stores,
     require_questions,
     split_batches,
-    uses_foundation_tokens,
     val_split_name,
     vocabs,
 )
 from pkd.train.schedule import make_scheduler
+from pkd.train.tasks import method_of
 
 
 @dataclass
@@ -58,7 +57,7 @@ def set_threads(threads: int, world_size: int) -> int:
     data reader): measured here, a tiny model's step got 3-10x slower with 2 threads on 2 busy
     cores than with 1.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     n = threads or max(1, ((cores or 1) - 1) // max(1, world_size))
     torch.set_num_threads(n)
     return n
@@ -111,6 +110,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool):
         validate_config(cfg)  # a config built in code, too: refused before anything is written
         self.cfg, self.world = cfg, init_world(cfg.run.device)
+        self.method = method_of(cfg)
         set_threads(cfg.run.threads, self.world.size)
         self.run_dir = Path(cfg.run.out_dir)
         seed_everything(cfg.run.seed)
@@ -131,17 +131,18 @@ class Trainer:
             check_provenance(self.run_dir, stores)
         self.train_data, self.train = split_batches(
             cfg, cfg.data.train_split, self.vocabs, stores,
-            foundation_tokens=uses_foundation_tokens(cfg), teacher=True)
+            foundation_tokens=self.method.foundation_tokens, teacher=True)
         val_data, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores)
         if self.validates:  # best/ is chosen on val: refuse an empty split before training
             require_questions(val_data, "validation")
         self.model = build_run_model(cfg, self.vocabs, stores)
-        self.task = build_run_task(cfg, self.model, self.vocabs, stores).to(self.world.device)
+        self.task = self.method.build_task(cfg, self.model, self.vocabs, stores)  # model + losses
+        self.task = self.task.to(self.world.device)
         self.ddp = self.task
         if self.world.size > 1:
-            # PKD's memory fusion is unused until the memory's first write
+            # some methods leave parameters without gradient in a step (PKD's memory fusion)
             self.ddp = torch.nn.parallel.DistributedDataParallel(
-                self.task, find_unused_parameters=cfg.method.name == "pkd")
+                self.task, find_unused_parameters=self.method.ddp_unused_parameters)
         o = cfg.optim
         self.opt = torch.optim.AdamW(self.task.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                      weight_decay=o.weight_decay)
@@ -205,8 +206,8 @@ class Trainer:
 
     @property
     def validates(self) -> bool:
-        """PKD stage 1 trains predictors only: there is no VQA model to validate."""
-        return self.cfg.method.name != "pkd-predictors"
+        """Whether the method trains a VQA model to validate (PKD stage 1 trains predictors)."""
+        return self.method.validates
 
     def validate(self) -> float:
         if not self.validates:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,44 +33,34 @@ from pkd.errors import PkdError, StoreMismatch
 from pkd.stores import FeatureStore
 from pkd.stores.records import n_shards, shard_range
 from pkd.train.config import TrainConfig
-from pkd.train.data import SplitData, Stores, VQABatches, attach, keep_rows, load_split_data
+from pkd.train.data import (
+    SplitData,
+    Stores,
+    Vocabs,
+    VQABatches,
+    attach,
+    keep_rows,
+    load_split_data,
+)
 from pkd.train.models import build_model
-from pkd.train.tasks import build_task
-from pkd.train.tasks.distillvlm import load_teacher
-from pkd.train.tasks.pkd import PKDSetup, attach_pkd_fusion, load_foundation_head
-from pkd.train.teacher_cache import cached_layers
+from pkd.train.tasks import method_of
 from pkd.train.text import QuestionTokenizer
 
-
-@dataclass
-class Vocabs:
-    answers: AnswerVocab
-    words: QuestionTokenizer
+CARVED_VAL = "val_from_train"  # the validation share carved from the training images
 
 
-def effective_config(cfg: TrainConfig) -> TrainConfig:
-    """The config the model and data are built from.
-
-    ``teacher-adapt`` trains the teacher (``method.distill.teacher_model``) on the aligned teacher
-    regions (``data.teacher_regions``); every other method trains ``model`` on ``data.regions``.
-    """
-    if cfg.method.name != "teacher-adapt":
-        return cfg
-    if not cfg.data.teacher_regions:
-        raise PkdError("method.name=teacher-adapt: set data.teacher_regions (the teacher's "
-                       "features on the student's boxes: pkd extract regions --boxes-from)")
-    data = replace(cfg.data, regions=cfg.data.teacher_regions, teacher_regions="")
-    return replace(cfg, model=cfg.method.distill.teacher_model, data=data)
+def run_config(cfg: TrainConfig) -> TrainConfig:
+    """The config the model and data are built from (the method's ``run_config``: teacher-adapt
+    trains the teacher on the aligned teacher regions; every other method ``model`` on
+    ``data.regions``)."""
+    return method_of(cfg).run_config(cfg)
 
 
 def vocab_source(cfg: TrainConfig) -> Path | None:
-    """The earlier run whose vocabularies this run must share, if any.
-
-    DistillVLM students share the adapted teacher's (``method.distill.teacher_checkpoint``), PKD
-    stage 2 the stage-1 predictors' (``method.pkd.predictors``), so word and answer ids line up.
-    """
-    path = {"distillvlm": cfg.method.distill.teacher_checkpoint,
-            "pkd": cfg.method.pkd.predictors}.get(cfg.method.name)
+    """The earlier run whose vocabularies this run must share, if any (the method's
+    ``vocab_source``: DistillVLM students the adapted teacher's, PKD stage 2 the stage-1
+    predictors'), so word and answer ids line up."""
+    path = method_of(cfg).vocab_source(cfg)
     if not path:
         return None
     for folder in (Path(path), *Path(path).parents):
@@ -78,7 +68,6 @@ def vocab_source(cfg: TrainConfig) -> Path | None:
             return folder
     raise PkdError(f"{path}: no answers.json / words.json above it (give a checkpoint of the "
                    "earlier run, e.g. RUN or RUN/best)")
-
 
 
 def vocabs(cfg: TrainConfig, run_dir: Path, create: bool) -> Vocabs:
@@ -116,15 +105,10 @@ def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
     """
     if not cfg.data.regions:
         raise PkdError("data.regions: no regions store configured (pkd extract regions ...)")
-    cfg = effective_config(cfg)
+    cfg = run_config(cfg)
     d = cfg.data
-    distill = cfg.method.name == "distillvlm"
-    online = distill and cfg.method.distill.online_teacher
-    if distill and not online and not d.teacher and not evaluation:
-        raise PkdError("method.name=distillvlm: set data.teacher (pkd extract teacher) or "
-                       "method.distill.online_teacher=true with data.teacher_regions")
+    teachers = () if evaluation else method_of(cfg).teacher_stores(cfg)
     foundation = not evaluation or cfg.model.use_foundation_features
-    teachers = not evaluation
 
     cache = d.chunk_cache_mib << 20
     purpose = "evaluate" if evaluation else "train"
@@ -140,8 +124,8 @@ def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
         regions=opened(d.regions, "regions"),
         foundation_image=opened(d.foundation_image, "foundation_image", foundation),
         foundation_text=opened(d.foundation_text, "foundation_text", foundation),
-        teacher_regions=opened(d.teacher_regions, "regions", online and teachers),
-        teacher=opened(d.teacher, "teacher", distill and not online and teachers),
+        teacher_regions=opened(d.teacher_regions, "regions", "teacher_regions" in teachers),
+        teacher=opened(d.teacher, "teacher", "teacher" in teachers),
     )
 
 
@@ -180,7 +164,7 @@ def forward_stores(cfg: TrainConfig, stores: Stores) -> Stores:
     the foundation stores only with ``model.use_foundation_features`` (its ``image_embeds`` /
     ``text_embeds`` input). PKD's memory is part of the model; its predictors, foundation head
     and the foundation tokens serve the training losses only."""
-    keep = effective_config(cfg).model.use_foundation_features
+    keep = run_config(cfg).model.use_foundation_features
     return Stores(regions=stores.regions,
                   foundation_image=stores.foundation_image if keep else None,
                   foundation_text=stores.foundation_text if keep else None)
@@ -294,56 +278,16 @@ def recorded_foundation_dim(run_dir: Path) -> int | None:
 
 
 
-PKD_METHODS = ("pkd-predictors", "pkd")
-CARVED_VAL = "val_from_train"
-
-
-def uses_foundation_tokens(cfg: TrainConfig) -> bool:
-    """PKD trains on cached foundation tokens (the training split only)."""
-    return cfg.method.name in PKD_METHODS
-
-
 def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores,
                     foundation_dim: int | None = None) -> nn.Module:
     """The VQA model a run trains (the teacher for ``teacher-adapt``), sized from the stores
     (``foundation_dim``: the embedding size when no foundation store is open, evaluation).
 
-    PKD stage-2 models carry their memory fusion hook (part of their saved state).
+    The method attaches what is part of the model's own state (PKD stage 2: its memory fusion).
     """
-    model_cfg = effective_config(cfg).model
+    model_cfg = run_config(cfg).model
     region_dim, fdim = model_dims(stores, foundation_dim)
     model = build_model(model_cfg, len(v.words), len(v.answers), region_dim,
                         fdim if model_cfg.use_foundation_features else None)
-    if cfg.method.name == "pkd":
-        attach_pkd_fusion(model, cfg.method.pkd, fdim)
+    method_of(cfg).attach(model, cfg, fdim)
     return model
-
-
-def pkd_setup(cfg: TrainConfig, v: Vocabs, stores: Stores) -> PKDSetup:
-    """The frozen foundation matching head and the sizes PKD's predictors need."""
-    p, fi, ft = cfg.method.pkd, stores.foundation_image, stores.foundation_text
-    needs_head = cfg.method.name == "pkd-predictors" or p.use_predictors
-    head = None
-    if needs_head:
-        if fi is None or ft is None:
-            raise PkdError(f"method.name={cfg.method.name}: set data.foundation_image and "
-                           "data.foundation_text (pkd extract foundation)")
-        head = load_foundation_head(p, fi.spec.producer, cfg.data.foundation_image)
-        head.check_producer(ft.spec.producer, cfg.data.foundation_text)
-    return PKDSetup(head, len(v.words), cfg.data.max_question_length, model_dims(stores)[0],
-                    vision_tokens=int(fi.spec.dims["vision_tokens"]) if fi else 0,
-                    text_tokens=int(ft.spec.dims["max_text_len"]) if ft else 0)
-
-
-def build_run_task(cfg: TrainConfig, model: nn.Module, v: Vocabs, stores: Stores) -> nn.Module:
-    """The method's task around ``model``, with what the method needs loaded (teacher, ...)."""
-    if cfg.method.name in PKD_METHODS:
-        return build_task(cfg, model, pkd=pkd_setup(cfg, v, stores))
-    teacher, layers = None, None
-    if cfg.method.name == "distillvlm":
-        if cfg.method.distill.online_teacher:
-            dim = int(stores.teacher_regions.spec.dims["feature_dim"])
-            teacher = load_teacher(cfg.method.distill, len(v.words), len(v.answers), dim)
-        else:
-            layers = cached_layers(stores.teacher)
-    return build_task(cfg, model, teacher=teacher, cached_layers=layers)

@@ -18,7 +18,8 @@ from pkd.train.config import TrainConfig, config_to_dict
 from pkd.train.data import Stores
 from pkd.train.losses.attention import teacher_layers_needed
 from pkd.train.prepare import check_complete, split_batches, vocab_source, vocabs
-from pkd.train.tasks.distillvlm import load_teacher
+from pkd.train.tasks import method_of
+from pkd.train.tasks.distillvlm import DistillVLM, load_teacher
 from pkd.train.teacher_cache import batches_by_id, cache_teacher
 
 
@@ -27,7 +28,7 @@ def extract_teacher(cfg: TrainConfig, out: str | None = None, overwrite: bool = 
     """Cache teacher logits, attention maps and hidden states for the training split."""
     d = cfg.method.distill
     path = out or cfg.data.teacher
-    if cfg.method.name != "distillvlm" or not path or not cfg.data.teacher_regions:
+    if not isinstance(method_of(cfg), DistillVLM) or not path or not cfg.data.teacher_regions:
         raise PkdError("extract teacher: give a distillvlm config with data.teacher (the store "
                        "to write), data.teacher_regions and method.distill.teacher_checkpoint")
     v = vocabs(cfg, vocab_source(cfg), create=False)

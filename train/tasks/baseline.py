@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pkd.train.losses.vqa import VQALoss
+from pkd.train.tasks.method import Method
 
 
 class BaselineTask(nn.Module):
@@ -20,3 +21,12 @@ class BaselineTask(nn.Module):
         out = self.model(batch)
         vqa_loss = self.vqa(out["logits"], batch["targets"])
         return {"loss": vqa_loss, "vqa_loss": vqa_loss, "logits": out["logits"]}
+
+
+class Baseline(Method):
+    """``method.name = "baseline"``: the VQA model alone (UpDn or fusion), ``L = L_vqa``."""
+
+    name = "baseline"
+
+    def task(self, cfg, model: nn.Module) -> BaselineTask:
+        return BaselineTask(model)

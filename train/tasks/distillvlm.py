@@ -36,6 +36,7 @@ mode; ``.to(device)`` / ``.half()`` still move it (``_apply`` is forwarded).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -50,6 +51,7 @@ from pkd.train.losses.queue import TokenQueue
 from pkd.train.losses.vqa import VQALoss
 from pkd.train.models import build_model
 from pkd.train.tasks.baseline import BaselineTask
+from pkd.train.tasks.method import FrozenOutside, Method
 
 TEACHER_INPUTS = {  # batch key of the teacher's input -> the model input it replaces
     "teacher_region_features": "region_features",
@@ -110,7 +112,7 @@ def check_aligned(student_mask: torch.Tensor, teacher_mask: torch.Tensor) -> Non
             "(same number of regions) and the questions tokenized alike")
 
 
-class DistillVLMTask(nn.Module):
+class DistillVLMTask(FrozenOutside):
     """Student + projection heads + token queue; optional frozen online teacher (docstring)."""
 
     def __init__(self, student: nn.Module, nce: TokenNCE, queue: TokenQueue, cfg: DistillConfig,
@@ -122,7 +124,7 @@ class DistillVLMTask(nn.Module):
         depth_s, depth_t = student.num_layers, cfg.teacher_model.num_layers
         self.pairs = layer_pairs(depth_s, depth_t, cfg.attention_layers)
         needed = teacher_layers_needed(depth_s, depth_t, cfg.attention_layers)
-        object.__setattr__(self, "teacher", teacher)  # not a submodule (module docstring)
+        self.hold("teacher", teacher)  # not a submodule (module docstring)
         if teacher is not None:
             teacher.requires_grad_(False).eval()
             if teacher.num_layers != depth_t:
@@ -135,13 +137,6 @@ class DistillVLMTask(nn.Module):
             raise PkdError(f"data.teacher: the teacher store holds attention layers "
                            f"{self.cached_layers}, method.distill.attention_layers="
                            f"{cfg.attention_layers!r} needs {needed}")
-
-    def _apply(self, fn, recurse=True):
-        """``.to()`` / ``.cuda()`` / ``.half()`` also reach the (unregistered) teacher."""
-        super()._apply(fn, recurse)
-        if self.teacher is not None:
-            self.teacher._apply(fn, recurse)
-        return self
 
     def teacher_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Teacher signals of ``batch``: online forward, or the cached ``teacher_*`` keys."""
@@ -195,3 +190,75 @@ def load_teacher(cfg: DistillConfig, num_words: int, num_answers: int,
     load_weights(teacher, weights, f"{path}: weights do not fit method.distill.teacher_model "
                                    "and the run's vocabularies")
     return teacher.requires_grad_(False).eval()
+
+
+class TeacherAdapt(Method):
+    """``method.name = "teacher-adapt"``: trains ``method.distill.teacher_model`` on the aligned
+    teacher regions ``data.teacher_regions`` with the VQA loss (module docstring)."""
+
+    name = "teacher-adapt"
+
+    def built_models(self, cfg):
+        return [("method.distill.teacher_model", cfg.method.distill.teacher_model)]
+
+    def run_config(self, cfg):
+        if not cfg.data.teacher_regions:
+            raise PkdError("method.name=teacher-adapt: set data.teacher_regions (the teacher's "
+                           "features on the student's boxes: pkd extract regions --boxes-from)")
+        data = replace(cfg.data, regions=cfg.data.teacher_regions, teacher_regions="")
+        return replace(cfg, model=cfg.method.distill.teacher_model, data=data)
+
+    def task(self, cfg, model: nn.Module) -> TeacherAdaptTask:
+        return TeacherAdaptTask(model)
+
+
+class DistillVLM(Method):
+    """``method.name = "distillvlm"``: the student distilled from the adapted teacher, whose
+    signals come from a teacher store (``data.teacher``, :mod:`pkd.train.teacher_cache`) or an
+    online forward over ``data.teacher_regions``; vocabularies shared with the teacher run."""
+
+    name = "distillvlm"
+
+    def built_models(self, cfg):  # the teacher transformer is built too
+        return [("model", cfg.model),
+                ("method.distill.teacher_model", cfg.method.distill.teacher_model)]
+
+    def vocab_source(self, cfg) -> str:
+        return cfg.method.distill.teacher_checkpoint
+
+    def teacher_stores(self, cfg) -> tuple[str, ...]:
+        if cfg.method.distill.online_teacher:
+            return ("teacher_regions",)
+        if not cfg.data.teacher:
+            raise PkdError("method.name=distillvlm: set data.teacher (pkd extract teacher) or "
+                           "method.distill.online_teacher=true with data.teacher_regions")
+        return ("teacher",)
+
+    def task(self, cfg, model: nn.Module, teacher: nn.Module | None = None,
+             cached_layers: Sequence[int] | None = None) -> DistillVLMTask:
+        d = cfg.method.distill
+        if cfg.model.arch != "fusion" or d.teacher_model.arch != "fusion":
+            raise PkdError("method.name=distillvlm: student (model.arch) and teacher "
+                           "(method.distill.teacher_model.arch) must both be 'fusion'")
+        if cfg.model.use_foundation_features or d.teacher_model.use_foundation_features:
+            raise PkdError("method.name=distillvlm: use_foundation_features adds tokens the "
+                           "other model lacks; turn it off for student and teacher")
+        if d.online_teacher and teacher is None:
+            raise PkdError("method.distill.online_teacher=true: no teacher model was loaded "
+                           "(set method.distill.teacher_checkpoint)")
+        if not d.online_teacher and teacher is not None:
+            raise ValueError("a teacher module was given but method.distill.online_teacher is "
+                             "false")
+        width = d.teacher_model.hidden_size
+        nce = TokenNCE(cfg.model.hidden_size, width, d.nce_dim, d.tau)
+        return DistillVLMTask(model, nce, TokenQueue(d.queue_size, width), d, teacher=teacher,
+                              cached_layers=cached_layers)
+
+    def build_task(self, cfg, model, vocabs, stores) -> DistillVLMTask:
+        if cfg.method.distill.online_teacher:
+            dim = int(stores.teacher_regions.spec.dims["feature_dim"])
+            teacher = load_teacher(cfg.method.distill, len(vocabs.words), len(vocabs.answers), dim)
+            return self.task(cfg, model, teacher=teacher)
+        from pkd.train.teacher_cache import cached_layers  # it imports this module
+
+        return self.task(cfg, model, cached_layers=cached_layers(stores.teacher))

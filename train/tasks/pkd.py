@@ -60,6 +60,7 @@ from pkd.train.losses.vqa import VQALoss
 from pkd.train.models.itm_head import ITMHead, PairProjector
 from pkd.train.models.memory import FeatureMemory, PKDFeatureFusion
 from pkd.train.models.predictors import PREDICTED_TEXT, PREDICTED_VISION, CrossModalPredictors
+from pkd.train.tasks.method import FrozenOutside, Method
 
 NEEDS_TOKENS = "PKD reads foundation tokens: data.foundation_image / foundation_text stores " \
                "read with foundation_tokens=True"
@@ -155,18 +156,12 @@ class PredictorObjective(nn.Module):
         return self.div(pred.vision, v) + self.div(pred.text, t, mask)
 
 
-class _FrozenHeadTask(nn.Module):
-    """Holds the frozen head outside the module tree; ``_apply`` still moves it."""
+class _FrozenHeadTask(FrozenOutside):
+    """Holds the frozen head outside the module tree (:class:`FrozenOutside`)."""
 
     def __init__(self, head: FoundationHead | None):
         super().__init__()
-        object.__setattr__(self, "head", head)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        if self.head is not None:
-            self.head._apply(fn, recurse)
-        return self
+        self.hold("head", head)
 
 
 class PKDPredictorTask(_FrozenHeadTask):
@@ -337,13 +332,16 @@ def attach_pkd_fusion(model: nn.Module, cfg: PKDConfig, embed_dim: int | None
     return hook
 
 
-def build_pkd_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup) -> nn.Module:
-    """``PKDPredictorTask`` (``pkd-predictors``) or ``PKDTask`` (``pkd``) from ``setup``."""
+def pkd_stage1_task(cfg: TrainConfig, setup: PKDSetup) -> PKDPredictorTask:
+    """Stage 1: the predictors (built from ``setup``) through the frozen matching head."""
+    if setup.head is None:
+        raise ValueError("stage 1 needs the foundation matching head")
+    return PKDPredictorTask(build_predictors(cfg.method.pkd, setup), setup.head, cfg.method.pkd)
+
+
+def pkd_stage2_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup) -> PKDTask:
+    """Stage 2 around ``model`` (its memory hook attached here unless it already has one)."""
     p = cfg.method.pkd
-    if cfg.method.name == "pkd-predictors":
-        if setup.head is None:
-            raise ValueError("stage 1 needs the foundation matching head")
-        return PKDPredictorTask(build_predictors(p, setup), setup.head, p)
     predictors = head = projector = itm_head = None
     if p.use_predictors:
         head = setup.head
@@ -360,5 +358,94 @@ def build_pkd_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup) -> nn.Mo
             projector = PairProjector(head.vision_dim, head.text_dim, model.region_feature_dim,
                                       model.word_feature_dim)
             itm_head = ITMHead(model.joint_dim)
-    attach_pkd_fusion(model, p, head.embed_dim if head is not None else None)
+    if not isinstance(model.feature_fusion, PKDFeatureFusion):
+        attach_pkd_fusion(model, p, head.embed_dim if head is not None else None)
     return PKDTask(model, p, head, predictors, projector, itm_head)
+
+
+def pkd_setup(cfg: TrainConfig, stores, num_words: int, needs_head: bool) -> PKDSetup:
+    """The frozen foundation matching head (when ``needs_head``) and the sizes PKD's predictors
+    need, from the run's stores (``pkd.train.data.Stores``) and config."""
+    p, fi, ft = cfg.method.pkd, stores.foundation_image, stores.foundation_text
+    head = None
+    if needs_head:
+        if fi is None or ft is None:
+            raise PkdError(f"method.name={cfg.method.name}: set data.foundation_image and "
+                           "data.foundation_text (pkd extract foundation)")
+        head = load_foundation_head(p, fi.spec.producer, cfg.data.foundation_image)
+        head.check_producer(ft.spec.producer, cfg.data.foundation_text)
+    return PKDSetup(head, num_words, cfg.data.max_question_length,
+                    int(stores.regions.spec.dims["feature_dim"]),
+                    vision_tokens=int(fi.spec.dims["vision_tokens"]) if fi else 0,
+                    text_tokens=int(ft.spec.dims["max_text_len"]) if ft else 0)
+
+
+def predictor_problems(p: PKDConfig) -> list[tuple[str, str]]:
+    """Config rules of the predictors (stage 1, and stage 2 with ``use_predictors``)."""
+    if p.predictor_hidden % p.predictor_heads:
+        return [("method.pkd.predictor_heads", f"{p.predictor_heads} does not divide "
+                                               f"method.pkd.predictor_hidden={p.predictor_hidden}")]
+    return []
+
+
+def memory_problems(p: PKDConfig) -> list[tuple[str, str]]:
+    """Config rules of the memory (stage 2): it must not be left empty."""
+    if not p.use_memory or p.learnable_slots:
+        return []
+    if not p.use_predictors:
+        return [("method.pkd.learnable_slots", "0 with method.pkd.use_predictors=false leaves "
+                 "the memory empty (set it > 0, or method.pkd.use_memory=false)")]
+    if p.memory_size == 0:
+        return [("method.pkd.memory_size", "0 with method.pkd.learnable_slots=0 leaves the "
+                 "memory empty (set one > 0, or method.pkd.use_memory=false)")]
+    return []
+
+
+def _need_setup(cfg: TrainConfig, pkd: PKDSetup | None) -> PKDSetup:
+    if pkd is None:
+        raise ValueError(f"method.name={cfg.method.name}: build_task needs a PKDSetup")
+    return pkd
+
+
+class PKDPredictors(Method):
+    """``method.name = "pkd-predictors"``: stage 1, the predictors only (no VQA model to
+    validate; stage 2 loads them from ``method.pkd.predictors``)."""
+
+    name = "pkd-predictors"
+    foundation_tokens = True
+    validates = False
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        return predictor_problems(cfg.method.pkd)
+
+    def task(self, cfg, model: nn.Module, pkd: PKDSetup | None = None) -> PKDPredictorTask:
+        return pkd_stage1_task(cfg, _need_setup(cfg, pkd))
+
+    def build_task(self, cfg, model, vocabs, stores) -> PKDPredictorTask:
+        return self.task(cfg, model, pkd=pkd_setup(cfg, stores, len(vocabs.words), True))
+
+
+class PKD(Method):
+    """``method.name = "pkd"``: stage 2, the VQA model with its memory fusion hook (part of its
+    saved state) and L_mkd; vocabularies shared with the stage-1 run."""
+
+    name = "pkd"
+    foundation_tokens = True
+    ddp_unused_parameters = True  # the memory fusion is unused until the memory's first write
+
+    def vocab_source(self, cfg) -> str:
+        return cfg.method.pkd.predictors
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        p = cfg.method.pkd
+        return (predictor_problems(p) if p.use_predictors else []) + memory_problems(p)
+
+    def attach(self, model: nn.Module, cfg, foundation_dim: int | None) -> None:
+        attach_pkd_fusion(model, cfg.method.pkd, foundation_dim)
+
+    def task(self, cfg, model: nn.Module, pkd: PKDSetup | None = None) -> PKDTask:
+        return pkd_stage2_task(cfg, model, _need_setup(cfg, pkd))
+
+    def build_task(self, cfg, model, vocabs, stores) -> PKDTask:
+        setup = pkd_setup(cfg, stores, len(vocabs.words), cfg.method.pkd.use_predictors)
+        return self.task(cfg, model, pkd=setup)
