@@ -30,3 +30,15 @@ def test_library_floors_do_not_import_typer():
         for py in (ROOT / folder).rglob("*.py"):
             text = py.read_text()
             assert "import typer" not in text, f"{py} imports typer (library floors stay CLI-free)"
+
+
+def test_cli_registers_every_command():
+    """Each command module is imported explicitly in pkd.cli, so none can silently go missing."""
+    import typer.main
+
+    from pkd.cli import app
+
+    root = typer.main.get_command(app)
+    assert set(root.commands) == {"data", "stores", "evaluate", "extract", "pretrain", "train",
+                                  "demo"}
+    assert set(root.commands["extract"].commands) == {"foundation", "regions", "teacher"}

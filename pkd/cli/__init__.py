@@ -1,6 +1,7 @@
 """The ``pkd`` command line: a thin Typer layer over the library.
 
-Each command module parses options into one typed config and calls one library function.
+Each command module parses options into one typed config and calls one library function;
+the modules' heavy imports stay inside their command bodies.
 User errors (:class:`pkd.errors.PkdError`) become one ``error:`` line and exit status 2.
 """
 
@@ -10,6 +11,7 @@ import sys
 
 import typer
 
+from pkd.cli import data, demo, evaluate, extract, extract_teacher, pretrain, stores, train
 from pkd.errors import PkdError
 
 app = typer.Typer(
@@ -21,28 +23,16 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    """Attach every command group; imports stay inside the modules' command bodies."""
-    from pkd.cli import data, evaluate, stores
-
-    app.add_typer(data.app, name="data")
-    app.add_typer(stores.app, name="stores")
-    app.command("evaluate")(evaluate.evaluate)
-    for optional in ("extract", "pretrain", "train", "demo"):
-        try:
-            module = __import__(f"pkd.cli.{optional}", fromlist=["register"])
-        except ModuleNotFoundError as err:  # command group not built yet
-            if err.name != f"pkd.cli.{optional}":
-                raise
-            continue
-        module.register(app)
-        if optional == "extract":
-            from pkd.cli.extract_teacher import teacher
-
-            module.app.command("teacher")(teacher)
-
-
-_register()
+# Every command of `pkd --help`. A missing or broken command module fails here, at import, instead
+# of its command silently vanishing from the CLI.
+app.add_typer(data.app, name="data")  # pkd data synth
+app.add_typer(stores.app, name="stores")  # pkd stores info | probe | import-h5
+app.command("evaluate")(evaluate.evaluate)  # pkd evaluate
+extract.register(app)  # pkd extract foundation | regions
+extract.app.command("teacher")(extract_teacher.teacher)  # pkd extract teacher
+pretrain.register(app)  # pkd pretrain
+train.register(app)  # pkd train
+demo.register(app)  # pkd demo
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ Token sequence (T = 1 + L + 1 + N [+ 2]):
 ``S`` are token-type embeddings. The encoder is BERT's post-LN layer written in plain torch with
 *eager* attention, ``A = softmax(QK^T / sqrt(d_head))`` over the valid keys (key padding mask),
 so each layer can return its attention probabilities (B, heads, T, T) (before attention
-dropout) for DistillVLM's attention loss. ``hidden_states`` is (embeddings, layer 1, ..., layer
+dropout) for DistillVLM's attention loss (:mod:`pkd.train.models.attention`). ``hidden_states`` is (embeddings, layer 1, ..., layer
 K) as in transformers. The VQA head is VinVL's MLP over the final [CLS] state:
 ``Linear(D, 2D) -> GELU -> LayerNorm -> Dropout -> Linear(2D, A)``.
 
@@ -30,43 +30,16 @@ Hooks:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from pkd.train.config import ModelConfig
+from pkd.train.models.attention import MultiHeadAttention
 from pkd.train.models.hf_encoder import HFEncoder, hf_source
-from pkd.train.models.layers import FeatureFusion, masked_softmax, question_lengths, require
+from pkd.train.models.layers import FeatureFusion, question_lengths, require
 
 TEXT, REGION, FOUNDATION = 0, 1, 2  # token types
 CLS, SEP = 0, 1  # rows of the special-token embedding
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with an explicit (eager) softmax and a key padding mask."""
-
-    def __init__(self, hidden: int, heads: int, dropout: float):
-        super().__init__()
-        if hidden % heads:
-            raise ValueError(f"hidden_size {hidden} is not divisible by num_heads {heads}")
-        self.heads, self.head_dim = heads, hidden // heads
-        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
-        self.output = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, T, dh)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(output (B, T, D), attention probabilities (B, heads, T, T)) for x (B, T, D)."""
-        q, k, v = self._split(self.query(x)), self._split(self.key(x)), self._split(self.value(x))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, heads, T, T)
-        probs = masked_softmax(scores, mask[:, None, None, :], dim=-1)  # (B, heads, T, T)
-        context = self.dropout(probs) @ v  # (B, heads, T, dh)
-        context = context.transpose(1, 2).reshape(x.shape)  # (B, T, D)
-        return self.output(context), probs
 
 
 class EncoderLayer(nn.Module):
@@ -74,7 +47,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, hidden: int, heads: int, intermediate: int, dropout: float):
         super().__init__()
-        self.attention = SelfAttention(hidden, heads, dropout)
+        self.attention = MultiHeadAttention(hidden, heads, dropout)  # W_o named 'output'
         self.attention_norm = nn.LayerNorm(hidden, eps=1e-12)
         self.mlp = nn.Sequential(nn.Linear(hidden, intermediate), nn.GELU(),
                                  nn.Linear(intermediate, hidden))
@@ -82,7 +55,7 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attended, probs = self.attention(x, mask)
+        attended, probs = self.attention(x, x, mask)  # (B, T, D), (B, heads, T, T)
         x = self.attention_norm(x + self.dropout(attended))
         x = self.mlp_norm(x + self.dropout(self.mlp(x)))
         return x, probs

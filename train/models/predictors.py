@@ -20,42 +20,18 @@ A :class:`TokenPredictor` of ``layers`` pre-LN blocks runs on ``x = [Q; primary 
 - ``P_t``: primary = regions, context = question words, ``T' = L'``, ``d_out = d_t``: image-
   conditioned queries attend to the words and predict the foundation *text* tokens.
 
-Attention uses :func:`~pkd.train.models.layers.masked_softmax`, so padding never changes the output
-and a row without any valid key gives zeros (not NaN).
+Attention is :class:`~pkd.train.models.attention.MultiHeadAttention` (a masked softmax), so
+padding never changes the output and a row without any valid key gives zeros (not NaN).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from pkd.train.models.layers import masked_softmax
+from pkd.train.models.attention import MultiHeadAttention
 
 PREDICTED_VISION, PREDICTED_TEXT = "predicted_vision_tokens", "predicted_text_tokens"
-
-
-class Attention(nn.Module):
-    """Multi-head attention ``softmax(QK^T/√d_h) V`` over the keys where ``key_mask`` is True."""
-
-    def __init__(self, hidden: int, heads: int):
-        super().__init__()
-        if hidden % heads:
-            raise ValueError(f"predictor_hidden {hidden} is not divisible by {heads} heads")
-        self.heads, self.head_dim = heads, hidden // heads
-        self.query, self.key, self.value, self.out = (nn.Linear(hidden, hidden) for _ in range(4))
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.heads, self.head_dim).transpose(1, 2)  # (B, heads, T, dh)
-
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, T, H) attends to ``keys`` (B, S, H) with ``key_mask`` (B, S) -> (B, T, H)."""
-        q, k, v = self._split(self.query(x)), self._split(self.key(keys)), self._split(self.value(keys))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, heads, T, S)
-        probs = masked_softmax(scores, key_mask[:, None, None, :], dim=-1)
-        return self.out((probs @ v).transpose(1, 2).reshape(x.shape))  # (B, T, H)
 
 
 class PredictorBlock(nn.Module):
@@ -64,15 +40,16 @@ class PredictorBlock(nn.Module):
     def __init__(self, hidden: int, heads: int):
         super().__init__()
         self.self_norm, self.cross_norm, self.mlp_norm = (nn.LayerNorm(hidden) for _ in range(3))
-        self.self_attn, self.cross_attn = Attention(hidden, heads), Attention(hidden, heads)
+        self.self_attn, self.cross_attn = (MultiHeadAttention(hidden, heads, out_name="out")
+                                           for _ in range(2))  # W_o named 'out'
         self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(),
                                  nn.Linear(4 * hidden, hidden))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor) -> torch.Tensor:
         h = self.self_norm(x)
-        x = x + self.self_attn(h, h, mask)
-        x = x + self.cross_attn(self.cross_norm(x), context, context_mask)
+        x = x + self.self_attn(h, h, mask)[0]  # (B, T' + S, H)
+        x = x + self.cross_attn(self.cross_norm(x), context, context_mask)[0]
         return x + self.mlp(self.mlp_norm(x))
 
 
