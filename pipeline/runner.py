@@ -25,17 +25,17 @@ the workers of a ``--scheduler`` cluster keep their own setting (dask's nanny st
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pkd.cores import torch_threads, usable_cores
 from pkd.progress import track
 from pkd.stores import Failure, StoreWriter
 from pkd.stores.records import failures_of, read_records
@@ -91,29 +91,10 @@ def cached(key: Hashable, build: Callable[[Hashable], object]):
         return stages[key]
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def auto_threads(workers: int = 0) -> int:
     """Torch threads per process: cores - 1 (one left for image decoding and the store writes),
     split evenly between ``workers`` processes (each has its own decode thread too)."""
     return max(1, (usable_cores() - 1) // max(1, workers))
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (n <= 0: unchanged), then restore."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _spec_of(stage, opts: RunOptions):

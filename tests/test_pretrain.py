@@ -1,5 +1,5 @@
 """``pkd pretrain``: tiny runs on a tiny synthetic benchmark, save/load through the foundation
-loader, determinism, and hand-computed retrieval / loss values."""
+loader, determinism, and hand-computed retrieval values (the losses: test_loss_pretrain.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pkd.errors import PkdError
 from pkd.train import pretrain as P
@@ -76,25 +75,6 @@ def test_retrieval_recall_counts_duplicate_captions_as_hits():
     assert got["i2t_r1"] == pytest.approx(100.0) and got["t2i_r1"] == pytest.approx(100.0)
 
 
-def test_itc_loss_matches_clip_cross_entropy_and_soft_targets():
-    g = torch.Generator().manual_seed(0)
-    u = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
-    w = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
-    scale = torch.tensor(10.0)
-    logits = scale * u @ w.T
-    labels = torch.arange(5)
-    reference = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-    assert P.itc_loss(u, w, scale, torch.eye(5, dtype=torch.bool)) == pytest.approx(
-        reference.item(), abs=1e-6)
-    # 2 pairs, every text positive for every image: target 1/2 each way.
-    u2, w2 = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    # logits [[1, 1], [0, 0]]: rows uniform -> i2t = log 2; columns: softmax(1, 0) -> t2i =
-    # -(log σ(1) + log σ(-1)) / 2 for each column.
-    t2i = -(math.log(1 / (1 + math.exp(-1))) + math.log(1 / (1 + math.exp(1)))) / 2
-    got = P.itc_loss(u2, w2, torch.tensor(1.0), torch.ones(2, 2, dtype=torch.bool))
-    assert got.item() == pytest.approx((math.log(2) + t2i) / 2, abs=1e-6)
-
-
 def test_probe_variants_replace_one_occurrence_at_a_time():
     caption = "two objects: a small red circle and a large blue square."
     groups = P.probe_variants(caption, ("red", "blue", "green"))
@@ -103,17 +83,6 @@ def test_probe_variants_replace_one_occurrence_at_a_time():
     assert texts[true] == caption
     assert texts[2] == "two objects: a small red circle and a large green square."
     assert P.probe_variants("no colour here.", ("red",)) == []
-
-
-def test_hard_negatives_avoid_positives():
-    positives = torch.eye(4, dtype=torch.bool)
-    positives[0, 1] = True
-    positives[3] = True  # row 3: everything is a positive -> uniform over the others
-    picks = torch.stack([P.sample_hard_negatives(torch.randn(4, 4), positives,
-                                                 torch.Generator().manual_seed(s))
-                         for s in range(30)])  # (30, 4)
-    assert not positives[:3].gather(1, picks[:, :3].T).any()
-    assert (picks[:, 3] != 3).all()
 
 
 # --------------------------------------------------------------------------- data
@@ -225,3 +194,39 @@ def test_bad_output_folder_and_config_are_user_errors(synth_dir, tmp_path):
         {"images": [{"id": 1}], "annotations": [{"image_id": 1, "caption": "a red circle."}]}))
     with pytest.raises(PkdError, match="captions.json: malformed image or caption record"):
         P.load_corpus(bad)
+
+
+# --------------------------------------------------------------------------- package
+
+
+def test_package_exports_what_callers_import():
+    import pkd.train.pretrain as package
+    from pkd.train.pretrain import ModelSize, PretrainConfig, pretrain  # pkd.demo, pkd.cli
+
+    assert (ModelSize, PretrainConfig, pretrain) == (P.ModelSize, P.PretrainConfig, P.pretrain)
+    assert all(hasattr(package, name) for name in package.__all__)
+
+
+def test_blip_itm_batch_labels_positives_and_hard_negatives():
+    """The 3B ITM rows: B positives (match), then (image, hard text), (hard image, text)."""
+    from types import SimpleNamespace
+
+    class Encoder:  # CLS state = (image id, text id); ITM logit says match iff they agree
+        def __call__(self, input_ids, attention_mask, encoder_hidden_states,
+                     encoder_attention_mask):
+            cls = torch.stack([encoder_hidden_states[:, 0, 0], input_ids[:, 0].float()], 1)
+            return SimpleNamespace(last_hidden_state=cls[:, None, :])
+
+    def head(cls):  # (no match, match) = (0, log 3) on agreement, (log 3, 0) otherwise
+        same = (cls[:, 0] == cls[:, 1]).float()[:, None]
+        return math.log(3.0) * torch.cat([1 - same, same], 1)
+
+    model = SimpleNamespace(text_encoder=Encoder(), itm_head=head)
+    ids = torch.arange(4)[:, None]  # (B, 1): text j has token j
+    vision = ids.float()[:, :, None].expand(4, 2, 3)  # (B, P, d): image i is all i
+    got = P.blip_itm_loss(model, vision, ids, torch.ones(4, 1, dtype=torch.long),
+                          torch.randn(4, 4), torch.eye(4, dtype=torch.bool),
+                          torch.Generator().manual_seed(0))
+    # every row is scored right with probability 3/4 only if positives are labelled "match"
+    # and the 2B hard negatives (never a positive) "no match"
+    assert got.item() == pytest.approx(math.log(4 / 3), rel=1e-6)

@@ -1,0 +1,76 @@
+"""Image-text pre-training losses of the demo foundation model (:mod:`pkd.train.pretrain`).
+
+A batch holds B images with one caption each; ``P`` (B, B) bool marks the positives: ``P_ij``
+when caption j is one of image i's captions (identical captions of different images are
+positives too; the diagonal is always true).
+
+**ITC**: the symmetric InfoNCE of CLIP (Radford et al., ICML 2021, "Learning Transferable Visual
+Models From Natural Language Supervision"), with soft targets where a row or column has several
+positives. Unit image / text features ``u_i``, ``w_j`` and the scale ``1/τ``::
+
+    s_ij  = u_i · w_j / τ                                               (B, B) image x text
+    L_itc = ½ [ mean_i CE(s_i·, P_i· / |P_i·|) + mean_j CE(s_·j, P_·j / |P_·j|) ]
+    CE(s, q) = -Σ_k q_k log softmax(s)_k
+
+With ``P = I`` this is CLIP's ``(CE(S, arange(B)) + CE(Sᵀ, arange(B))) / 2``. BLIP's ITC
+(Li et al., ICML 2022, "BLIP: Bootstrapping Language-Image Pre-training for Unified
+Vision-Language Understanding and Generation") is the same loss on its own projections.
+
+**ITM with hard negatives** (BLIP, mining as in ALBEF, Li et al., NeurIPS 2021): for every image
+one hard negative caption and for every caption one hard negative image, drawn with weights
+``softmax(s_i·) + 1e-4`` over the non-positives of the row (:func:`sample_hard_negatives`);
+the matching head scores the B positive and 2B negative pairs (:func:`hard_negatives`)::
+
+    L_itm = -(1/3B) Σ_n log softmax(z_n)[y_n]      z_n (no match, match) logits, y_n = 1 / 0
+
+Choices *(ours)*: BLIP's τ is fixed (BLIP learns it) and neither family uses BLIP's momentum
+distillation; a row whose columns are all positives (every caption of the batch is one of the
+image's) draws its negative uniformly from the other columns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def itc_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor,
+             positives: torch.Tensor) -> torch.Tensor:
+    """``L_itc`` (scalar). ``image_feats``, ``text_feats`` (B, d) unit norm, ``scale`` the
+    ``1/τ`` (scalar tensor), ``positives`` (B, B) bool with a true diagonal."""
+    logits = scale * image_feats @ text_feats.T  # (B, B) image x text
+    target = positives.float()
+    i2t = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1)  # (B,)
+    t2i = -(target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0)  # (B,)
+    return (i2t.mean() + t2i.mean()) / 2
+
+
+def sample_hard_negatives(similarity: torch.Tensor, positives: torch.Tensor,
+                          generator: torch.Generator) -> torch.Tensor:
+    """One column per row (B,), drawn ∝ ``softmax(similarity) + 1e-4`` over the non-positives
+    (BLIP); a row that is all positives draws uniformly from the other columns."""
+    weights = (similarity.softmax(1) + 1e-4).masked_fill(positives, 0.0)  # (B, B)
+    empty = weights.sum(1) == 0
+    if bool(empty.any()):
+        others = 1.0 - torch.eye(len(weights))
+        weights[empty] = others[empty]
+    return torch.multinomial(weights, 1, generator=generator)[:, 0]
+
+
+def hard_negatives(similarity: torch.Tensor, positives: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hard negative text of each image (B,), hard negative image of each text (B,)).
+
+    ``similarity`` (B, B) image x text ITC logits (detached), ``positives`` (B, B) bool; the
+    texts are drawn first, then the images (one ``generator``). BLIP's ITM batch is then the B
+    positive pairs ``(i, i)``, the B pairs ``(i, text[i])`` and the B pairs ``(image[j], j)``.
+    """
+    neg_text = sample_hard_negatives(similarity, positives, generator)  # (B,) per image
+    neg_image = sample_hard_negatives(similarity.T, positives.T, generator)  # (B,) per text
+    return neg_text, neg_image
+
+
+def itm_loss(logits: torch.Tensor, matched: torch.Tensor) -> torch.Tensor:
+    """``L_itm`` (scalar): cross-entropy of the (no match, match) ``logits`` (N, 2) against
+    ``matched`` (N,) bool."""
+    return F.cross_entropy(logits, matched.long())
