@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"pkd.stores": "stores", "pkd.pipeline": "pipeline", "pkd.train": "train", "pkd": "pkd"}
+# import name -> folder, as pyproject's package-dir maps them (the app's folders before core's)
+FOLDERS = {"pkd.cli": "app/cli", "pkd.demo": "app/demo", "pkd.stores": "stores",
+           "pkd.pipeline": "pipeline", "pkd.train": "train", "pkd": "core"}
 
 APP = ("pkd.cli", "pkd.demo")
 ENTRY = ("pkd.__main__",)  # `python -m pkd`: runs the CLI
@@ -29,7 +31,7 @@ PIPELINE, TRAIN = ("pkd.pipeline",), ("pkd.train",)
 BOTTOM = ("pkd.stores", "pkd.data", "pkd.hf", "pkd.errors", "pkd.progress", "pkd.prefetch",
           "pkd.cores")
 # floor (module prefixes) -> module prefixes it must not import; on top of these, no module
-# outside APP and ENTRY (pkd.probe and any new one included) imports APP
+# outside APP and ENTRY (the pkd package itself and any new one included) imports APP
 RULES = {
     BOTTOM: PIPELINE + TRAIN,
     PIPELINE: TRAIN,
@@ -43,7 +45,7 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def module_name(path: Path) -> str:
-    """``stores/reader.py`` -> ``pkd.stores.reader``; ``pkd/cli/__init__.py`` -> ``pkd.cli``."""
+    """``stores/reader.py`` -> ``pkd.stores.reader``; ``app/cli/__init__.py`` -> ``pkd.cli``."""
     for top, folder in FOLDERS.items():
         if path.is_relative_to(ROOT / folder):
             parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
@@ -119,8 +121,10 @@ def test_every_named_module_has_files_to_check(prefix):
 def test_module_names_follow_the_package_dirs():
     assert module_name(ROOT / "stores" / "reader.py") == "pkd.stores.reader"
     assert module_name(ROOT / "train" / "models" / "__init__.py") == "pkd.train.models"
-    assert module_name(ROOT / "pkd" / "data" / "vqa.py") == "pkd.data.vqa"
-    assert module_name(ROOT / "pkd" / "errors.py") == "pkd.errors"
+    assert module_name(ROOT / "core" / "data" / "vqa.py") == "pkd.data.vqa"
+    assert module_name(ROOT / "core" / "errors.py") == "pkd.errors"
+    assert module_name(ROOT / "app" / "cli" / "train.py") == "pkd.cli.train"
+    assert module_name(ROOT / "app" / "demo" / "probe.py") == "pkd.demo.probe"
 
 
 def test_the_scanner_sees_lazy_relative_and_dynamic_imports():
@@ -152,12 +156,12 @@ def test_a_bad_import_is_reported(tmp_path, monkeypatch):
         "pipeline/stages.py": "def f():\n    from pkd.train.config import ModelConfig\n",
         "train/loop.py": "from pkd.pipeline import runner\n",
         "stores/reader.py": "from ..train import data\n",
-        "pkd/data/vqa.py": "def f():\n    import pkd.pipeline.extract\n",
-        "pkd/errors.py": "from pkd.cli import app\n",
+        "core/data/vqa.py": "def f():\n    import pkd.pipeline.extract\n",
+        "core/errors.py": "from pkd.cli import app\n",
         "train/models/fusion.py": "def g():\n    from pkd import demo\n",
-        "pkd/probe.py": "import pkd.cli.report\n",
-        "pkd/cli/train.py": "from pkd.train.loop import fit\n",  # the app may import anything
-        "pkd/__main__.py": "from pkd.cli import main\n",
+        "core/progress.py": "import pkd.cli.report\n",
+        "app/cli/train.py": "from pkd.train.loop import fit\n",  # the app may import anything
+        "core/__main__.py": "from pkd.cli import main\n",
     }
     for rel, text in bad.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -165,4 +169,4 @@ def test_a_bad_import_is_reported(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     found = violations()
     assert len(found) == 7, found
-    assert not any("pkd/cli" in line or "__main__" in line for line in found)
+    assert not any("app/cli" in line or "__main__" in line for line in found)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from train_fixtures import make_benchmark, make_regions_store
 
+from pkd.demo.probe import object_labels, probe_store, split_image_ids
 from pkd.errors import PkdError
-from pkd.probe import object_labels, probe_store, split_image_ids
 from pkd.stores import FeatureStore, StoreWriter
 
 

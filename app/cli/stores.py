@@ -37,7 +37,7 @@ def probe(
     eval_split: Annotated[str, typer.Option(help="Split whose images score it.")] = "test",
 ) -> None:
     """Linear probes: how well an object's shape and colour can be read from its region feature."""
-    from pkd.probe import probe_benchmark_store
+    from pkd.demo.probe import probe_benchmark_store
 
     result = probe_benchmark_store(store, data, train_split, eval_split)
     for attr, r in result.items():

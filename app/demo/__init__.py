@@ -11,7 +11,7 @@ foundation features, student regions and aligned teacher regions into stores -> 
 forward time per question while evaluating; share of answers that are the training favourite of
 their question type, and the share of gold answers that are — :mod:`pkd.data.prior`) plus
 ``"models"`` (parameter counts), ``"region_probes"`` (linear-probe accuracy of shape and colour
-from each regions store, :mod:`pkd.probe`) and ``"stage_seconds"`` (wall time of each stage in
+from each regions store, :mod:`pkd.demo.probe`) and ``"stage_seconds"`` (wall time of each stage in
 this invocation; a resumed stage costs ~0).
 
 The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
@@ -252,8 +252,8 @@ def save_results(results: dict, out: Path) -> None:
 
 def region_probes(paths: Paths) -> dict:
     """Linear-probe accuracy of shape and colour from each regions store (train -> test images):
-    what the VQA models can see at all (:mod:`pkd.probe`)."""
-    from pkd.probe import probe_benchmark_store
+    what the VQA models can see at all (:mod:`pkd.demo.probe`)."""
+    from pkd.demo.probe import probe_benchmark_store
 
     return {name: probe_benchmark_store(paths.store(f"{name}.zarr"), paths.data)
             for name in ("regions", "teacher_regions")}

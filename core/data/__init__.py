@@ -1,0 +1,1 @@
+"""pkd.data (core/data/): VQA formats, answers, metric, images, the synthetic benchmark."""
