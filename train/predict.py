@@ -110,13 +110,14 @@ def write_results(results: list[dict], path: Path) -> Path:
 
 
 def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
-                        out: Path | None = None) -> tuple[dict, Path]:
+                        out: Path | None = None, bootstrap: int = 0) -> tuple[dict, Path]:
     """Predict ``split`` with the run, write ``RUN/results_<split>.json``, score it officially.
 
     Returns (metrics, results path); metrics (with ``inference``: the model's parameter count and
     forward time per question, batches of ``run.batch_size``; ``prior``: how often it answers
-    with the training split's favourite answer, :mod:`pkd.data.prior`) are also written to
-    ``out`` (default ``RUN/metrics_<split>.json``).
+    with the training split's favourite answer, :mod:`pkd.data.prior`; with ``bootstrap > 0``,
+    ``bootstrap``: CIs over questions, :func:`pkd.data.metric.bootstrap_metrics`) are also
+    written to ``out`` (default ``RUN/metrics_<split>.json``).
     """
     from pkd.data.metric import evaluate_files, write_metrics
     from pkd.data.vqa import dataset_files
@@ -129,7 +130,7 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
     if apath is None:
         raise PkdError(f"{qpath}: split {split!r} has no annotations; results written to "
                        f"{results_path} (submit them to the evaluation server)")
-    metrics = evaluate_files(qpath, apath, results_path)
+    metrics = evaluate_files(qpath, apath, results_path, bootstrap=bootstrap)
     metrics["inference"] = predictions.inference()
     metrics["prior"] = training_prior(cfg, predictions.results, apath)
     write_metrics(metrics, out or run_dir / f"metrics_{split}.json")

@@ -5,6 +5,10 @@ Mode 2: ``--checkpoint RUN --split test [--which best|last]`` predicts with a tr
 (``RUN/results_<split>.json``), then scores it (``RUN/metrics_<split>.json`` or ``--out``); it
 opens only the stores the run's model reads (regions; foundation stores only for a model fed their
 embeddings), so a PKD run evaluates on a split no foundation features were extracted for.
+``--bootstrap N`` (both modes) adds the 95% percentile-bootstrap CI over questions of the
+overall and each answer type's accuracy (``N`` resamples, seed 0; :mod:`pkd.stats`) to the table
+and to the metrics JSON (``"bootstrap"``). It is the test-set noise of one model; the spread over
+training seeds is the larger one (``pkd demo --seeds``).
 Every option is optional for Typer; the combinations are checked here.
 """
 
@@ -24,14 +28,17 @@ Out = Annotated[Path | None, typer.Option(help="write the metrics JSON here")]
 Checkpoint = Annotated[Path | None, typer.Option(help="trained run folder (pkd train run.out_dir)")]
 Which = Annotated[str, typer.Option(help="best (on val) or last checkpoint of the run")]
 Split = Annotated[str | None, typer.Option(help="split to predict with --checkpoint (default: the run's data.test_split)")]
+Bootstrap = Annotated[int, typer.Option(help="bootstrap resamples for a 95% CI over questions (0: off; 1000 is usual)")]
 
 
 def evaluate(questions: Questions = None, annotations: Answers = None, results: Results = None,
              out: Out = None, checkpoint: Checkpoint = None, split: Split = None,
-             which: Which = "best") -> None:
+             which: Which = "best", bootstrap: Bootstrap = 0) -> None:
     """Score VQA results with the official metric (same numbers as vqaEval.py)."""
     from pkd.data.metric import evaluate_files, write_metrics
 
+    if bootstrap < 0:
+        raise PkdError(f"--bootstrap {bootstrap}: expected 0 (off) or a number of resamples")
     if checkpoint is not None:
         from pkd.train.predict import evaluate_checkpoint
 
@@ -41,7 +48,7 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
             from pkd.train.predict import load_run_config
 
             split = load_run_config(checkpoint).data.test_split
-        metrics, _ = evaluate_checkpoint(checkpoint, split, which, out)
+        metrics, _ = evaluate_checkpoint(checkpoint, split, which, out, bootstrap)
         _print_metrics(metrics, out or checkpoint / f"metrics_{split}.json")
         return
     if split is not None:
@@ -51,28 +58,44 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
     if lacking:
         raise PkdError(f"pkd evaluate: missing {', '.join(lacking)} "
                        "(give --questions, --annotations and --results)")
-    metrics = evaluate_files(questions, annotations, results)
+    metrics = evaluate_files(questions, annotations, results, bootstrap=bootstrap)
     if out is not None:
         write_metrics(metrics, out)
     _print_metrics(metrics, out)
 
 
 def _print_metrics(metrics: dict, out: Path | None) -> None:
-    """One table: overall, then each answer type, then each question type."""
+    """One table: overall, then each answer type, then each question type (with a 95% CI
+    column for the first two when ``metrics`` has ``bootstrap``)."""
     from rich.console import Console
     from rich.table import Table
 
+    boot = metrics.get("bootstrap")
     table = Table(title=f"VQA accuracy ({metrics['answered']}/{metrics['questions']} answered)")
     table.add_column("group")
     table.add_column("type")
     table.add_column("accuracy %", justify="right")
-    table.add_row("overall", "", f"{metrics['overall']:.2f}", end_section=True)
+    if boot:
+        table.add_column("95% CI", justify="right", no_wrap=True)
+
+    def ci(interval: list[float] | None) -> list[str]:
+        if not boot:
+            return []
+        return [f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""]
+
+    table.add_row("overall", "", f"{metrics['overall']:.2f}", *ci(boot and boot["overall"]),
+                  end_section=True)
     for group, key in (("answer type", "perAnswerType"), ("question type", "perQuestionType")):
         for i, (name, value) in enumerate(metrics[key].items()):
-            table.add_row(group if i == 0 else "", name, f"{value:.2f}",
+            interval = boot["perAnswerType"].get(name) if boot and key == "perAnswerType" else None
+            table.add_row(group if i == 0 else "", name, f"{value:.2f}", *ci(interval),
                           end_section=i == len(metrics[key]) - 1)
     console = Console()
     console.print(table)
+    if boot:
+        console.print(f"95% CI: percentile bootstrap over questions, {boot['resamples']} "
+                      f"resamples (seed {boot['seed']}); test-set noise only, not seed noise",
+                      markup=False, highlight=False)
     if metrics["missing"]:
         console.print(f"{metrics['missing']} questions had no prediction (scored 0)")
     if "prior" in metrics:

@@ -17,6 +17,8 @@ Differences, all about bad input: the official code asserts that results cover e
 annotated questions; here a missing prediction scores 0 and is counted (``missing``), an unknown
 or duplicate question id is a :class:`PkdError`.
 
+GQA (:func:`evaluate_gqa`): exact match of the normalized answer (:func:`gqa_accuracy`).
+
 Results file: ``[{"question_id": int, "answer": str}, ...]`` (extra keys are ignored).
 Metrics: ``{"overall", "perAnswerType": {type: %}, "perQuestionType": {type: %}, "questions",
 "answered", "missing"}`` (percent, 2 decimals).
@@ -28,8 +30,16 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pkd.data.normalize import clean_whitespace, normalize_answer
-from pkd.data.vqa import Annotation, Question, load_split, read_json
+from pkd.data.normalize import clean_whitespace, normalize_answer, preprocess_answer
+from pkd.data.vqa import (
+    Annotation,
+    Question,
+    is_gqa,
+    join_split,
+    load_questions,
+    parse_annotations,
+    read_json,
+)
 from pkd.errors import PkdError
 
 DECIMALS = 2  # official VQAEval(n=2)
@@ -114,12 +124,116 @@ def load_results(path: str | Path) -> dict[int, str]:
     return out
 
 
+def gqa_accuracy(gold: str, answer: str) -> float:
+    """GQA accuracy of one answer: 1.0 for an exact match after normalizing both sides, else 0.
+
+    GQA's ``eval.py`` scores ``predicted == gold`` (``accuracy`` = mean over questions). pkd's
+    answer vocabulary holds :func:`pkd.data.normalize.preprocess_answer` keys, so both sides get
+    the same ``preprocess_answer(clean_whitespace(.))`` first; GQA's gold answers are lower-case
+    words, which it leaves unchanged except articles/number words (``"a"`` dropped, ``"two"`` ->
+    ``"2"`` on both sides alike).
+    """
+    return float(preprocess_answer(clean_whitespace(gold)) == preprocess_answer(clean_whitespace(answer)))
+
+
+def evaluate_gqa(annotations: Sequence[Annotation], results: Mapping[int, str],
+                 results_name: str = "results") -> dict:
+    """GQA accuracy of ``results`` over ``annotations`` (:func:`pkd.data.vqa.gqa_annotations`):
+    the same keys as :func:`evaluate`, ``perAnswerType`` = GQA's structural types (query, verify,
+    logical, choose, compare), ``perQuestionType`` = its detailed types; ``metric`` = "gqa"."""
+    if not annotations:
+        raise PkdError(f"{results_name}: no annotated questions to score")
+    _check_known(annotations, results, results_name)
+    overall: list[float] = []
+    per_answer: dict[str, list[float]] = {}
+    per_question: dict[str, list[float]] = {}
+    for a in annotations:
+        answer = results.get(a.question_id)
+        acc = 0.0 if answer is None else gqa_accuracy(a.multiple_choice_answer, answer)
+        overall.append(acc)
+        per_answer.setdefault(a.answer_type, []).append(acc)
+        per_question.setdefault(a.question_type, []).append(acc)
+    missing = sum(a.question_id not in results for a in annotations)
+    return {"metric": "gqa", "overall": _percent(overall),
+            "perAnswerType": {t: _percent(v) for t, v in sorted(per_answer.items())},
+            "perQuestionType": {t: _percent(v) for t, v in sorted(per_question.items())},
+            "questions": len(annotations), "answered": len(annotations) - missing,
+            "missing": missing}
+
+
+def _check_known(annotations: Sequence[Annotation], results: Mapping[int, str], name: str) -> None:
+    annotated = {a.question_id for a in annotations}
+    unknown = [qid for qid in results if qid not in annotated]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise PkdError(f"{name}: question_id {unknown[0]}{more} is not in the annotations")
+
+
+def read_scored(questions_path: str | Path, annotations_path: str | Path,
+                results_path: str | Path) -> tuple[list[Annotation], dict[int, str], bool]:
+    """(annotations, ``{question_id: answer}``, is GQA) of the three files, checked to fit
+    together (a GQA questions file holds the answers itself)."""
+    data = read_json(annotations_path)
+    if is_gqa(data):
+        return parse_annotations(annotations_path, data), load_results(results_path), True
+    questions = load_questions(questions_path)
+    pairs = join_split(questions_path, questions, annotations_path,
+                       parse_annotations(annotations_path, data))
+    return [a for _, a in pairs], load_results(results_path), False
+
+
 def evaluate_files(questions_path: str | Path, annotations_path: str | Path,
-                   results_path: str | Path) -> dict:
-    """Read the three files, check they fit together, and return :func:`evaluate`'s metrics."""
-    pairs = load_split(questions_path, annotations_path)
-    annotations = [a for _, a in pairs if a is not None]
-    return evaluate(None, annotations, load_results(results_path), results_name=str(results_path))
+                   results_path: str | Path, bootstrap: int = 0, seed: int = 0) -> dict:
+    """Read the three files (:func:`read_scored`) and return :func:`evaluate`'s metrics
+    (:func:`evaluate_gqa`'s for GQA); ``bootstrap > 0`` adds ``"bootstrap"``: the CIs of
+    :func:`bootstrap_metrics` with that many resamples."""
+    annotations, results, gqa = read_scored(questions_path, annotations_path, results_path)
+    name = str(results_path)
+    metrics = (evaluate_gqa(annotations, results, results_name=name) if gqa
+               else evaluate(None, annotations, results, results_name=name))
+    if bootstrap:
+        metrics["bootstrap"] = bootstrap_metrics(annotations, results, bootstrap, seed, gqa=gqa)
+    return metrics
+
+
+def question_scores(annotations: Sequence[Annotation], results: Mapping[int, str],
+                    gqa: bool = False) -> list[float]:
+    """Each annotated question's accuracy in [0, 1] (:func:`question_accuracy`, or
+    :func:`gqa_accuracy`; 0 without a prediction), in annotation order: what ``overall`` is
+    ``100 *`` the mean of."""
+    out = []
+    for a in annotations:
+        answer = results.get(a.question_id)
+        if answer is None:
+            out.append(0.0)
+        elif gqa:
+            out.append(gqa_accuracy(a.multiple_choice_answer, answer))
+        else:
+            out.append(question_accuracy(a.answers, answer))
+    return out
+
+
+def bootstrap_metrics(annotations: Sequence[Annotation], results: Mapping[int, str], n: int,
+                      seed: int = 0, level: float = 0.95, gqa: bool = False) -> dict:
+    """Percentile-bootstrap CIs over questions (:func:`pkd.stats.bootstrap_ci`) of the overall
+    accuracy and of each answer type's (resampled within that type), in percent:
+    ``{"method", "resamples", "seed", "level", "overall": [low, high],
+    "perAnswerType": {type: [low, high]}}``. Test-set sampling noise of one model only; the
+    training noise is measured over seeds (:func:`pkd.stats.mean_ci`)."""
+    import numpy as np
+
+    from pkd.stats import bootstrap_ci
+
+    scores = 100.0 * np.asarray(question_scores(annotations, results, gqa))  # (m,) percent
+    types = np.array([a.answer_type for a in annotations])  # (m,)
+
+    def ci(x: np.ndarray) -> list[float]:
+        e = bootstrap_ci(x, n=n, seed=seed, level=level)
+        return [round(e.low, DECIMALS), round(e.high, DECIMALS)]
+
+    return {"method": "percentile bootstrap over questions", "resamples": n, "seed": seed,
+            "level": level, "overall": ci(scores),
+            "perAnswerType": {t: ci(scores[types == t]) for t in sorted(set(types.tolist()))}}
 
 
 def write_metrics(metrics: dict, path: str | Path) -> Path:
