@@ -118,3 +118,15 @@ def select_boxes(boxes: ArrayLike, scores: ArrayLike, labels: ArrayLike, conf: f
     passing = int((alive & (s >= conf)).sum())
     count = min(max(passing, min_boxes), max_boxes, len(s))
     return ranked[:count]
+
+
+def grid_boxes(width: float, height: float, k: int) -> Tensor:
+    """``(k*k, 4)`` cells of a ``k x k`` grid over the whole image, row-major (top row first):
+    cell ``(r, c)`` = ``(c W/k, r H/k, (c+1) W/k, (r+1) H/k)``. They tile the image exactly
+    (grid features, Jiang et al., "In Defense of Grid Features for VQA", CVPR 2020)."""
+    xs = torch.arange(k + 1, dtype=torch.float64) * (width / k)  # (k+1,) cell edges
+    ys = torch.arange(k + 1, dtype=torch.float64) * (height / k)
+    xs[-1], ys[-1] = width, height  # exact right / bottom edge despite rounding
+    y1, x1 = torch.meshgrid(ys[:-1], xs[:-1], indexing="ij")  # (k, k)
+    y2, x2 = torch.meshgrid(ys[1:], xs[1:], indexing="ij")
+    return torch.stack([x1, y1, x2, y2], dim=-1).reshape(-1, 4).float()

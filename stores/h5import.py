@@ -199,17 +199,9 @@ class H5Regions:
                  where: str) -> list[Failure]:
         """Failures of the images whose float16 ``features`` (B, K, d) of HDF5 ``rows`` are not
         finite, saying whether the file holds inf / nan or finite values beyond float16."""
-        out = []
-        for p in np.flatnonzero(~finite_rows(features)):
-            source = self._source_features(int(rows[p]))
-            if np.isfinite(source).all():
-                reason = (f"overflows float16: image_features up to {np.abs(source).max():.6g}, "
-                          f"float16 holds ±{FLOAT16_MAX:.0f}")
-            else:
-                what = "nan" if np.isnan(source).any() else "inf"
-                reason = f"non-finite features: image_features holds {what} in the HDF5 file"
-            out.append(Failure(int(image_ids[p]), where, reason))
-        return out
+        return [Failure(int(image_ids[p]), where,
+                        float16_reason(self._source_features(int(rows[p])), "image_features", "HDF5"))
+                for p in np.flatnonzero(~finite_rows(features))]
 
     def _source_features(self, row: int) -> np.ndarray:
         """The valid ``image_features`` of HDF5 row ``row`` as stored in the file."""
@@ -226,11 +218,25 @@ class H5Regions:
                   "layout": "flat" if self.flat else "fixed"}
         producer = {"model": f"import-h5:{source.name}", **origin, "dtype": "float16",
                     "source_dtype": str(self.f["image_features"].dtype), "config_hash": config_hash(origin)}
-        arrays = (ArraySpec("boxes", (k, 4), "float32"), ArraySpec("region_features", (k, d), "float16"),
-                  ArraySpec("region_geometry", (k, 6), "float32"), ArraySpec("num_regions", (), "int32"),
-                  ArraySpec("image_size", (2,), "int32"))
-        return StoreSpec("regions", "image_id", arrays, producer, {"feature_dim": d, "max_regions": k},
-                         items_per_chunk, items_per_shard)
+        return StoreSpec("regions", "image_id", region_arrays(k, d), producer,
+                         {"feature_dim": d, "max_regions": k}, items_per_chunk, items_per_shard)
+
+
+def region_arrays(k: int, d: int, extra: tuple[ArraySpec, ...] = ()) -> tuple[ArraySpec, ...]:
+    """The arrays of an imported ``regions`` store: K boxes of d-dim float16 features (+ ``extra``)."""
+    return (ArraySpec("boxes", (k, 4), "float32"), ArraySpec("region_features", (k, d), "float16"),
+            ArraySpec("region_geometry", (k, 6), "float32"), ArraySpec("num_regions", (), "int32"),
+            ArraySpec("image_size", (2,), "int32"), *extra)
+
+
+def float16_reason(source: np.ndarray, name: str, where: str) -> str:
+    """Why features ``source`` (as in the file) fail in float16: values beyond ±65504, or nan /
+    inf already in the ``where`` file ("HDF5", "TSV")."""
+    if np.isfinite(source).all():
+        return (f"overflows float16: {name} up to {np.abs(source).max():.6g}, "
+                f"float16 holds ±{FLOAT16_MAX:.0f}")
+    what = "nan" if np.isnan(source).any() else "inf"
+    return f"non-finite features: {name} holds {what} in the {where} file"
 
 
 def import_h5(h5_path: str | Path, out: str | Path, *, ids: str | Path | Sequence[int] | None = None,

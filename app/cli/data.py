@@ -7,33 +7,68 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Data sets: generate the synthetic VQA-CP-like benchmark.", no_args_is_help=True)
+app = typer.Typer(help="Data sets: generate the synthetic VQA-CP-like benchmark; re-split VQA data.",
+                 no_args_is_help=True)
 
-Count = Annotated[int, typer.Option(min=0, help="number of images")]
+Count = Annotated[int | None, typer.Option(min=0, help="number of images (default: the preset's)")]
 
 
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="output folder (created; empty or an earlier synth run)")],
+    preset: Annotated[str, typer.Option(help="quick (the demo's sizes) | full (>= 30k train, "
+                                             ">= 10k per test split)")] = "quick",
     seed: Annotated[int, typer.Option(help="random seed; same seed, identical files")] = 0,
-    train_images: Count = 1500,
-    val_images: Count = 300,
-    test_images: Annotated[int, typer.Option(min=0, help="images of test and of test_iid")] = 600,
-    caption_images: Count = 2000,
-    image_size: Annotated[int, typer.Option(help="image side in pixels")] = 64,
-    questions_per_image: Annotated[int, typer.Option(help="at most this many per image")] = 3,
-    bias: Annotated[float, typer.Option(help="share of each question type's dominant answer")] = 0.6,
+    train_images: Count = None,
+    val_images: Count = None,
+    test_images: Annotated[int | None, typer.Option(
+        min=0, help="images of each of test, test_comp and test_iid")] = None,
+    caption_images: Count = None,
+    image_size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
+    questions_per_image: Annotated[int | None, typer.Option(help="at most this many per image")] = None,
+    bias: Annotated[float | None, typer.Option(help="share of each type's favourite answer")] = None,
 ) -> None:
-    """Write the synthetic benchmark (VQA v2 files, PNGs, boxes, captions) into OUT."""
+    """Write the synthetic benchmark (VQA v2 files, PNGs, boxes, captions, detection corpus)."""
     from pkd.data.synth import SynthConfig, generate
 
-    cfg = SynthConfig(seed=seed, image_size=image_size, train_images=train_images,
-                      val_images=val_images, test_images=test_images, test_iid_images=test_images,
-                      caption_images=caption_images, questions_per_image=questions_per_image,
-                      bias=bias)
+    given = {"train_images": train_images, "val_images": val_images, "test_images": test_images,
+             "test_comp_images": test_images, "test_iid_images": test_images,
+             "caption_images": caption_images, "image_size": image_size,
+             "questions_per_image": questions_per_image, "bias": bias}
+    cfg = SynthConfig.preset(preset, seed=seed, **{k: v for k, v in given.items() if v is not None})
     meta = generate(cfg, out)
     for split, info in meta["splits"].items():
         typer.echo(f"{split:9s} {info['images']:6d} images {info['questions']:6d} questions "
                    f"({info['prior']} prior)")
     typer.echo(f"captions  {meta['captions']['images']:6d} images {meta['captions']['captions']:6d}"
-               f" captions -> {out}")
+               f" captions; detection {meta['detection']['train']['images']} + "
+               f"{meta['detection']['val']['images']} images -> {out}")
+
+
+@app.command()
+def resplit(
+    out: Annotated[Path, typer.Argument(help="output folder (vqacp_v2_{train,test}_*.json)")],
+    questions: Annotated[list[Path], typer.Option(help="VQA v2-format questions file (repeatable)")],
+    annotations: Annotated[list[Path], typer.Option(help="its annotations file (same order)")],
+    seed: Annotated[int, typer.Option(help="random seed; same seed, identical files")] = 0,
+    test_share: Annotated[float, typer.Option(help="target test share of each question type")] = 0.3,
+    min_per_type: Annotated[int, typer.Option(help="questions a type needs to be split")] = 10,
+    seen_share: Annotated[float, typer.Option(help="share of a test group kept in train when no other "
+                                              "type's train questions hold its answer")] = 0.1,
+) -> None:
+    """Re-split VQA v2-format data VQA-CP-style (Agrawal et al., CVPR 2018) into OUT."""
+    from pkd.data.resplit import ResplitConfig
+    from pkd.data.resplit import resplit as run
+
+    s = run(ResplitConfig(tuple(questions), tuple(annotations), out, seed, test_share, min_per_type,
+                          seen_share))
+    typer.echo(f"{'question type':24s} {'train':>7s} {'test':>7s} {'favourite':>12s} "
+               f"{'test_fav':>8s} {'kl':>8s}")
+    for qtype, r in s["shift"].items():
+        typer.echo(f"{qtype[:24]:24s} {r['train']:7d} {r['test']:7d} {str(r['train_favourite'])[:12]:>12s} "
+                   f"{r['test_favourite']:8.4f} {r['kl']:8.4f}")
+    z = s["sizes"]
+    typer.echo(f"train {z['train']['questions']} questions / {z['train']['images']} images, test "
+               f"{z['test']['questions']} / {z['test']['images']}; dropped {z['dropped_image']} "
+               f"(image in both) + {z['dropped_unseen']} (answer unseen in train) of "
+               f"{z['input_questions']} -> {out}")

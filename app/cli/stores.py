@@ -1,4 +1,4 @@
-"""``pkd stores``: inspect feature stores and import existing HDF5 features."""
+"""``pkd stores``: inspect feature stores and import existing HDF5 / TSV features."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 from pkd.errors import PkdError
 
-app = typer.Typer(help="Feature stores: info, probe, import-h5.", no_args_is_help=True)
+app = typer.Typer(help="Feature stores: info, probe, import-h5, import-tsv.", no_args_is_help=True)
 MAX_LISTED = 20  # failed images printed by import-h5 (`pkd stores info` lists them all)
 
 
@@ -73,6 +73,37 @@ def import_h5(
     if len(failures) > MAX_LISTED:
         typer.echo(f"{len(failures) - MAX_LISTED} more failed, see `pkd stores info {path}`", err=True)
     if strict and failures:
+        raise typer.Exit(1)
+
+
+@app.command("import-tsv")
+def import_tsv(
+    tsv: Annotated[Path, typer.Argument(help="LXMERT *_obj36.tsv / py-bottom-up-attention / bottom-up TSV, "
+                                       "or VinVL features.tsv.")],
+    out: Annotated[Path, typer.Argument(help="The regions store to write (NAME.zarr).")],
+    predictions: Annotated[Path | None, typer.Option(help="VinVL predictions.tsv (boxes, sizes) of features.tsv.")] = None,
+    labelmap: Annotated[Path | None, typer.Option(
+        help="VinVL VG-SGG-dicts-*.json (label_to_idx): also store region_labels.")] = None,
+    items_per_shard: Annotated[int, typer.Option(help="Images per shard (work unit).")] = 512,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing store at OUT first.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when any line failed or was skipped.")] = False,
+) -> None:
+    """Convert TSV region features into a `regions` store, streaming and resumable. Lines that do
+    not decode are recorded with their line number (failed images, or skipped lines)."""
+    from pkd.stores import FeatureStore
+    from pkd.stores.tsvimport import import_tsv as run_import
+
+    path, skipped = run_import(tsv, out, predictions=predictions, labelmap=labelmap,
+                               items_per_shard=items_per_shard, overwrite=overwrite)
+    failures = FeatureStore.open(path).failures
+    typer.echo(f"wrote {path}: {len(failures)} failed, {len(skipped)} lines skipped")
+    for f in failures[:MAX_LISTED]:
+        typer.echo(f"failed image {f.id}: {f.reason}", err=True)
+    for s in skipped[:MAX_LISTED]:
+        typer.echo(f"skipped line {s['line']}: {s['reason']}", err=True)
+    if len(failures) + len(skipped) > 2 * MAX_LISTED:
+        typer.echo(f"more in `pkd stores info {path}` and {path}/_pkd/tsv_skipped.json", err=True)
+    if strict and (failures or skipped):
         raise typer.Exit(1)
 
 

@@ -11,6 +11,12 @@ Formats (auto-detected: a dict with a record list is VQA v2, a plain list is VQA
 - VQA-CP v2 ``vqacp_v2_{train,test}_{questions,annotations}.json``: plain lists of the same
   records, each with an extra ``coco_split`` ("train2014" / "val2014": where the image lives).
 - synthetic benchmark ``synth_{split}_{questions,annotations}.json``: the VQA v2 layout.
+- GQA ``{train,val,testdev,test,challenge}_balanced_questions.json`` and GQA-OOD's
+  ``ood_{val,testdev}_{all,head,tail}.json``: one dict ``{question_id: {question, imageId,
+  answer, fullAnswer, types: {structural, semantic, detailed}, ...}}`` holding questions and
+  answers. Ids are digit strings (``"n161313"`` image ids keep their digits); an annotation gets
+  ``answer`` as its 10 answers, ``types.detailed`` as question type, ``types.structural`` as
+  answer type. Answers are scored by :func:`pkd.data.metric.gqa_accuracy`.
 
 Every problem is one :class:`PkdError` line naming the file and the record, e.g.
 ``"x.json: annotations[12].answers: expected a list of 10 answers, got 9"``.
@@ -27,11 +33,12 @@ from typing import Any
 from pkd.errors import PkdError
 
 NUM_ANSWERS = 10  # human answers per question in VQA v2 / VQA-CP v2
-DATASETS = ("vqa2", "vqacp2", "synth")
+DATASETS = ("vqa2", "vqacp2", "synth", "gqa")
 VQA2_SPLITS = {"train": "train2014", "val": "val2014", "test": "test2015",
                "test-dev": "test-dev2015"}  # short name -> COCO subtype in the file names
 VQA2_ANNOTATED = ("train2014", "val2014")  # test splits have no public annotations
 VQACP2_SPLITS = ("train", "test")
+GQA_UNANNOTATED = ("test", "challenge", "submission")  # GQA files without public answers
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,15 @@ def _check_unique(path: str | Path, where: str, ids: list[int]) -> None:
 
 
 def load_questions(path: str | Path) -> list[Question]:
-    """Questions of a VQA v2 / VQA-CP v2 / synthetic questions file, in file order."""
-    records, where = _records(path, read_json(path), "questions")
+    """Questions of a VQA v2 / VQA-CP v2 / synthetic / GQA questions file, in file order."""
+    return parse_questions(path, read_json(path))
+
+
+def parse_questions(path: str | Path, data: Any) -> list[Question]:
+    """:func:`load_questions` of already parsed JSON ``data`` (``path`` names it in errors)."""
+    if is_gqa(data):
+        return gqa_questions(path, data)
+    records, where = _records(path, data, "questions")
     out = []
     for i, rec in enumerate(records):
         loc = f"{path}: {where}[{i}]"
@@ -127,8 +141,15 @@ def _answers(rec: dict, loc: str) -> tuple[str, ...]:
 
 
 def load_annotations(path: str | Path) -> list[Annotation]:
-    """Annotations of a VQA v2 / VQA-CP v2 / synthetic annotations file, in file order."""
-    records, where = _records(path, read_json(path), "annotations")
+    """Annotations of a VQA v2 / VQA-CP v2 / synthetic / GQA annotations file, in file order."""
+    return parse_annotations(path, read_json(path))
+
+
+def parse_annotations(path: str | Path, data: Any) -> list[Annotation]:
+    """:func:`load_annotations` of already parsed JSON ``data`` (``path`` names it in errors)."""
+    if is_gqa(data):
+        return gqa_annotations(path, data)
+    records, where = _records(path, data, "annotations")
     out = []
     for i, rec in enumerate(records):
         loc = f"{path}: {where}[{i}]"
@@ -151,10 +172,20 @@ def load_split(questions_path: str | Path, annotations_path: str | Path | None =
     Without annotations (test splits) every annotation is None. With them, both files must cover
     the same question ids and agree on every image id.
     """
-    questions = load_questions(questions_path)
+    data = read_json(questions_path)
+    questions = parse_questions(questions_path, data)
     if annotations_path is None:
         return [(q, None) for q in questions]
-    by_id = {a.question_id: a for a in load_annotations(annotations_path)}
+    same = Path(annotations_path).resolve() == Path(questions_path).resolve()  # GQA: one file
+    annotations = parse_annotations(annotations_path, data if same else read_json(annotations_path))
+    return join_split(questions_path, questions, annotations_path, annotations)
+
+
+def join_split(questions_path: str | Path, questions: list[Question],
+               annotations_path: str | Path, annotations: list[Annotation],
+               ) -> list[tuple[Question, Annotation]]:
+    """:func:`load_split`'s join of parsed questions and annotations (paths name the files)."""
+    by_id = {a.question_id: a for a in annotations}
     qname = Path(questions_path).name
     known = {q.question_id for q in questions}
     for qid in by_id:
@@ -173,11 +204,88 @@ def load_split(questions_path: str | Path, annotations_path: str | Path | None =
     return pairs
 
 
+def is_gqa(data: Any) -> bool:
+    """True for a GQA questions file: a non-empty dict of question records keyed by id."""
+    if not isinstance(data, dict) or not data or "questions" in data or "annotations" in data:
+        return False
+    first = next(iter(data.values()))
+    return isinstance(first, dict) and "imageId" in first
+
+
+def gqa_int_id(value: Any, loc: str) -> int:
+    """A GQA id string as an int: ``"2354786"`` -> 2354786, ``"n161313"`` -> 161313 (the trailing
+    digits, as :class:`pkd.data.images.ImageIndex` reads image file names)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = value if isinstance(value, str) else ""
+    m = re.fullmatch(r"n?(\d+)", text)
+    if m is None:
+        raise PkdError(f"{loc}: expected a numeric id (or n<digits>), got {json.dumps(value)[:40]}")
+    return int(m.group(1))
+
+
+def _gqa_items(path: str | Path, data: dict):
+    """``(loc, question_id, record)`` of a GQA dict, checked: object records, unique int ids."""
+    first: dict[int, str] = {}
+    for key, rec in data.items():
+        loc = f"{path}: [{json.dumps(key)}]"
+        if not isinstance(rec, dict):
+            raise PkdError(f"{loc}: expected an object, got {type(rec).__name__}")
+        qid = gqa_int_id(key, f"{loc} (question id)")
+        if qid in first:
+            raise PkdError(f"{loc}: question id {key!r} is the same number as {first[qid]!r}")
+        first[qid] = key
+        yield loc, qid, rec
+
+
+def gqa_questions(path: str | Path, data: dict) -> list[Question]:
+    """Questions of a GQA ``*_questions.json`` (``{qid: {question, imageId, ...}}``), file order."""
+    return [Question(question_id=qid,
+                     image_id=gqa_int_id(_field(rec, "imageId", str, loc), f"{loc}.imageId"),
+                     question=_field(rec, "question", str, loc))
+            for loc, qid, rec in _gqa_items(path, data)]
+
+
+def gqa_annotations(path: str | Path, data: dict) -> list[Annotation]:
+    """Annotations of a GQA questions file: ``answer`` repeated as the 10 answers,
+    ``types.detailed`` as question type and ``types.structural`` as answer type."""
+    out = []
+    for loc, qid, rec in _gqa_items(path, data):
+        if "answer" not in rec:
+            raise PkdError(f"{loc}.answer: missing field (test / challenge files have no answers)")
+        answer = _field(rec, "answer", str, loc)
+        types = rec.get("types")
+        if not isinstance(types, dict) or not all(
+                isinstance(types.get(k), str) for k in ("detailed", "structural")):
+            raise PkdError(f"{loc}.types: expected an object with 'detailed' and 'structural'")
+        out.append(Annotation(
+            question_id=qid,
+            image_id=gqa_int_id(_field(rec, "imageId", str, loc), f"{loc}.imageId"),
+            question_type=types["detailed"], answer_type=types["structural"],
+            multiple_choice_answer=answer, answers=(answer,) * NUM_ANSWERS))
+    return out
+
+
+def _gqa_files(root: Path, split: str) -> tuple[Path, Path | None]:
+    """GQA: ``train``/``val``/``testdev``/... -> ``{split}_balanced_questions.json``; a GQA-OOD
+    name (``ood_testdev_tail``) or any other ``*.json`` stem under root (GQA-OOD's
+    ``val_bal_tail_0.2``) -> ``{split}.json``."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", split) or split.startswith("."):
+        raise PkdError(f"{root}: bad split name {split!r} (letters, digits, _ . and - only)")
+    path = root / f"{split}_balanced_questions.json"
+    if split.startswith("ood_") or (not path.exists() and (root / f"{split}.json").exists()):
+        path = root / f"{split}.json"
+    return path, (None if split in GQA_UNANNOTATED else path)
+
+
 def dataset_files(root: str | Path, dataset: str, split: str) -> tuple[Path, Path | None]:
     """Conventional ``(questions, annotations)`` paths of a split under ``root``.
 
     vqa2: split "train" | "val" | "test" | "test-dev" (or "train2014", ...); test splits have no
     annotations (None). vqacp2: "train" | "test". synth: any split name the generator wrote.
+    gqa: ``{split}_balanced_questions.json`` (questions and answers in one file: both paths are
+    the same; test / challenge / submission have no answers), or ``{split}.json`` for GQA-OOD's
+    ``ood_{val,testdev}_{all,head,tail}``.
     """
     root = Path(root)
     if dataset == "vqa2":
@@ -196,4 +304,6 @@ def dataset_files(root: str | Path, dataset: str, split: str) -> tuple[Path, Pat
         if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
             raise PkdError(f"{root}: bad split name {split!r} (letters, digits, _ and - only)")
         return root / f"synth_{split}_questions.json", root / f"synth_{split}_annotations.json"
+    if dataset == "gqa":
+        return _gqa_files(root, split)
     raise PkdError(f"{root}: unknown dataset {dataset!r} (expected {', '.join(DATASETS)})")
