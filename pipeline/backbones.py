@@ -46,7 +46,7 @@ from pkd.hf.fingerprint import (
 )
 from pkd.hf.hashing import config_sha256
 from pkd.hf.loading import first_line, load_errors, model_identity, quiet_loading, resolve_model
-from pkd.pipeline.roi_align import roi_align_op
+from pkd.roi import pool_regions, resized_size
 
 
 def load_image_processor(model: str):
@@ -79,23 +79,6 @@ def forward_error(err: Exception, model: str, processor_file: str, shape) -> Pkd
         return None
     return PkdError(f"{model}: the model refuses the {tuple(shape)} pixels its image processor "
                     f"({processor_file}) makes: {first_line(err)}")
-
-
-def resized_size(processor, width: int, height: int) -> tuple[int, int]:
-    """``(w, h)`` the processor's size rule gives an image of ``width x height``, without crop."""
-    size = getattr(processor, "size", None)
-    if not getattr(processor, "do_resize", True) or size is None:
-        return width, height
-    if getattr(size, "height", None) and getattr(size, "width", None):
-        return int(size.width), int(size.height)
-    short = getattr(size, "shortest_edge", None)
-    if not short:
-        return width, height
-    scale = short / min(width, height)
-    long_cap = getattr(size, "longest_edge", None)
-    if long_cap and max(width, height) * scale > long_cap:
-        scale = long_cap / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 class RegionBackbone:
@@ -179,17 +162,9 @@ class RegionBackbone:
         out = []
         for img, fmap, boxes in zip(images, self.feature_maps(images), boxes_per_image,
                                     strict=True):
-            width, height = img.size
-            _, map_h, map_w = fmap.shape
             b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
-            scale = torch.tensor([map_w / width, map_h / height] * 2)
-            b = (b * scale).to(fmap.device)  # (N, 4) map coordinates, float32
-            pooled = roi_align_op(fmap[None], [b], self.output_size, 1.0, self.sampling_ratio,
-                                  aligned=True)  # (N, C, o, o)
-            if self.grid:
-                feats = torch.nn.functional.adaptive_avg_pool2d(pooled, self.grid).flatten(1)
-            else:
-                feats = pooled.mean(dim=(2, 3))
+            feats = pool_regions(fmap[None], [b], [img.size], self.output_size,
+                                 self.sampling_ratio, self.grid)  # (N, dim), as pre-training
             out.append(feats.float().cpu())  # (N, dim)
         return out
 

@@ -4,6 +4,11 @@
 - ``hf:MODEL`` — :class:`HFDetector`: any transformers object detector (DETR, YOLOS, RT-DETR, ...).
 - ``detectron2:CONFIG`` — :class:`Detectron2Detector`: a Faster R-CNN style detectron2 model
   (e.g. the bottom-up-attention Visual Genome detector); detectron2 is an optional install.
+- ``grid:K`` / ``whole`` — :class:`GridBoxes`: no detector, ``K x K`` cells over the whole image
+  (grid features) or one whole-image box; features pooled by ``--backbone``.
+- ``simulated:student:PATH`` / ``simulated:teacher:PATH`` — :class:`pkd.pipeline.simulated.
+  SimulatedDetector`: seeded proposal models (jitter, drop, add boxes) around given boxes, two
+  that differ (for DistillVLM's alignment); labelled ``simulated`` in the provenance.
 
 Every detector has ``detect(images, image_ids) -> list[Detections]``, ``provenance() -> dict``
 and ``feature_dim`` (``None`` when it gives no per-box features: pool them with a backbone).
@@ -32,12 +37,14 @@ from pkd.hf.fingerprint import (
 from pkd.hf.hashing import config_sha256
 from pkd.hf.loading import first_line, model_identity, quiet_loading
 from pkd.pipeline.backbones import forward_error, load_image_processor, load_pretrained
-from pkd.pipeline.boxes import clip_boxes, cxcywh_to_xyxy, select_boxes, xywh_to_xyxy
+from pkd.pipeline.boxes import clip_boxes, cxcywh_to_xyxy, grid_boxes, select_boxes, xywh_to_xyxy
 
 DETECTRON2_MISSING = ("detectron2 is not installed: pip install "
                       "'git+https://github.com/facebookresearch/detectron2.git' "
                       "(see README, Optional backends)")
-SPEC_FORMS = "given:PATH | hf:MODEL | detectron2:CONFIG"
+SPEC_FORMS = ("given:PATH | hf:MODEL | detectron2:CONFIG | grid:K | whole | "
+              "simulated:student|teacher:PATH")
+MAX_GRID = 32  # grid:K with K up to this (1024 cells)
 
 
 @dataclass
@@ -52,18 +59,24 @@ class Detections:
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    kind: Literal["given", "hf", "detectron2"]  # which box source
-    target: str  # a JSON path, a transformers model id/path, or a detectron2 config path
+    kind: Literal["given", "hf", "detectron2", "grid", "simulated"]  # which box source
+    target: str  # a JSON path, a model id/path, a detectron2 config path, or K of grid:K
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.target}"
 
 
 def parse_detector(spec: str) -> DetectorSpec:
-    """``"given:PATH" | "hf:MODEL" | "detectron2:CONFIG"`` -> :class:`DetectorSpec`."""
+    """``"given:PATH" | "hf:MODEL" | "detectron2:CONFIG" | "grid:K" | "whole"`` -> :class:`DetectorSpec`
+    (``whole`` = ``grid:1``)."""
+    if spec.strip() == "whole":
+        return DetectorSpec("grid", "1")  # one cell = the whole image
     kind, sep, target = spec.partition(":")
-    if not sep or kind not in ("given", "hf", "detectron2") or not target.strip():
+    if not sep or kind not in ("given", "hf", "detectron2", "grid", "simulated") \
+            or not target.strip():
         raise PkdError(f"--detector {spec!r}: expected {SPEC_FORMS}")
+    if kind == "grid" and not (target.strip().isdigit() and 1 <= int(target) <= MAX_GRID):
+        raise PkdError(f"--detector {spec!r}: grid:K needs an integer K in 1..{MAX_GRID}")
     return DetectorSpec(kind, target.strip())  # type: ignore[arg-type]
 
 
@@ -73,6 +86,12 @@ def build_detector(spec: str, conf: float = 0.2, iou: float = 0.5, min_boxes: in
     parsed = parse_detector(spec)
     if parsed.kind == "given":
         return GivenBoxes(parsed.target, max_boxes=max_boxes)
+    if parsed.kind == "grid":
+        return GridBoxes(int(parsed.target))
+    if parsed.kind == "simulated":
+        from pkd.pipeline.simulated import SimulatedDetector  # it builds on GivenBoxes' reader
+
+        return SimulatedDetector(parsed.target, max_boxes=max_boxes)
     if parsed.kind == "hf":
         return HFDetector(parsed.target, conf, iou, min_boxes, max_boxes, device)
     return Detectron2Detector(parsed.target, conf, iou, min_boxes, max_boxes, device)
@@ -82,6 +101,29 @@ def whole_image(width: int, height: int) -> Detections:
     """One box covering the image (score 1, label -1, no features)."""
     return Detections(np.array([[0, 0, width, height]], dtype=np.float32),
                       np.ones(1, dtype=np.float32), np.full(1, -1, dtype=np.int64), None)
+
+
+# --- grid:K / whole: boxes without a detector -------------------------------------------------
+
+class GridBoxes:
+    """``k x k`` cells over each whole image (:func:`pkd.pipeline.boxes.grid_boxes`), score 1,
+    label -1, no features; ``k = 1`` (``whole``) is one whole-image box. ``max_regions = k*k``,
+    so the store is padded to exactly the grid."""
+
+    feature_dim = None
+
+    def __init__(self, k: int):
+        self.k = k
+        self.max_regions = k * k
+
+    def provenance(self) -> dict:
+        return {"detector": "whole" if self.k == 1 else f"grid:{self.k}", "grid": self.k,
+                "cells": self.max_regions, "cell_order": "row-major"}
+
+    def detect(self, images: Sequence[Image.Image], image_ids: Sequence[int]) -> list[Detections]:
+        n = self.max_regions
+        return [Detections(grid_boxes(*img.size, self.k).numpy(), np.ones(n, dtype=np.float32),
+                           np.full(n, -1, dtype=np.int64), None) for img in images]
 
 
 # --- given: COCO-detection JSON ---------------------------------------------------------------

@@ -136,7 +136,7 @@ def make_region_stage(recipe, source: Source) -> RegionStage:
         boxes = build_detector(recipe.detector, conf=recipe.conf, iou=recipe.iou,
                                min_boxes=recipe.min_boxes, max_boxes=recipe.max_boxes,
                                device=recipe.device)
-        max_regions = recipe.max_boxes
+        max_regions = getattr(boxes, "max_regions", None) or recipe.max_boxes  # grid:K: K*K
     backbone = (RegionBackbone(recipe.backbone, device=recipe.device, pooling=recipe.pooling)
                 if recipe.backbone else None)
     if backbone is None and getattr(boxes, "feature_dim", None) is None:

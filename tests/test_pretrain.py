@@ -166,7 +166,7 @@ def test_pretrain_run_metrics_loss_and_determinism(synth_dir, tmp_path):
             "--batch-size", "16", "--lr", "0.002", "--hidden", "32", "--layers", "1",
             "--heads", "2", "--proj-dim", "16", "--threads", "1"]
     # the CLI has no --eval-fraction / --vocab-size: compare with a run on those defaults
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, ["pretrain", *args])  # `pkd pretrain` is a group
     assert result.exit_code == 0, result.output
     assert "image->text R@1" in result.output and "color probe" in result.output
     cli_cfg = replace(cfg, out_dir=tmp_path / "c", eval_fraction=0.1,

@@ -1,7 +1,14 @@
-"""``pkd pretrain --data DIR --out MODEL_DIR``: pre-train the demo foundation model on captions.
+"""``pkd pretrain``: pre-train the demo's models.
 
-Parses the options into :class:`pkd.train.pretrain.PretrainConfig`, calls ``pretrain(cfg)`` and
-prints the retrieval / probe table (the same numbers are in ``MODEL_DIR/pretrain_metrics.json``).
+- ``pkd pretrain --data DIR --out MODEL_DIR``: the foundation model on captions. Parses the
+  options into :class:`pkd.train.pretrain.PretrainConfig`, calls ``pretrain(cfg)`` and prints the
+  retrieval / probe table (the same numbers are in ``MODEL_DIR/pretrain_metrics.json``).
+- ``pkd pretrain regions --data DIR --out BACKBONE_DIR [--size student|teacher]``: a region
+  backbone on the detection corpus with bottom-up's object + attribute heads
+  (:func:`pkd.train.pretrain.regions.pretrain_regions`), for ``pkd extract regions --backbone``.
+
+``pretrain`` is a command group whose callback is the foundation command, so ``pkd pretrain
+--data ... --out ...`` works as before.
 """
 
 from __future__ import annotations
@@ -16,6 +23,34 @@ Out = Annotated[Path, typer.Option(help="model folder to write (save_pretrained 
 Family = Annotated[str, typer.Option(help="clip (CLIPModel) | blip (BlipForImageTextRetrieval)")]
 Int = Annotated[int | None, typer.Option()]
 Float = Annotated[float | None, typer.Option()]
+
+
+app = typer.Typer(help="Pre-train the foundation model (options below) or a region backbone "
+                        "(`pkd pretrain regions`).", add_completion=False)
+OptData = Annotated[Path | None, typer.Option(help="synthetic benchmark folder (captions.json, "
+                                                   "images/)")]
+OptOut = Annotated[Path | None, typer.Option(help="model folder to write (save_pretrained "
+                                                  "layout)")]
+
+
+@app.callback(invoke_without_command=True)
+def foundation(ctx: typer.Context, data: OptData = None, out: OptOut = None,
+               family: Family = "clip",
+               epochs: Annotated[int | None, typer.Option(help="passes over the images")] = None,
+               seed: Annotated[int, typer.Option(help="seed of everything random")] = 0,
+               batch_size: Int = None, lr: Float = None, hidden: Int = None, layers: Int = None,
+               heads: Int = None, patch_size: Int = None, proj_dim: Int = None,
+               threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+               ) -> None:
+    """Pre-train a tiny CLIP/BLIP on the caption corpus (ITC, + ITM for BLIP) and save it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    for value, name in ((data, "--data"), (out, "--out")):
+        if value is None:
+            raise typer.BadParameter("missing (needed by the foundation pre-training)",
+                                     param_hint=name)
+    pretrain(data, out, family, epochs, seed, batch_size, lr, hidden, layers, heads, patch_size,
+             proj_dim, threads)
 
 
 def pretrain(data: Data, out: Out, family: Family = "clip",
@@ -65,5 +100,29 @@ def print_metrics(metrics: dict) -> None:
     Console().print(table)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("pretrain")(pretrain)
+@app.command("regions")
+def regions(data: Annotated[Path, typer.Option(help="folder with detection/instances_*.json")],
+            out: Annotated[Path, typer.Option(help="backbone folder to write")],
+            size: Annotated[str, typer.Option(help="student | teacher (presets)")] = "student",
+            epochs: Annotated[int | None, typer.Option(
+                help="passes over the images (default: the size's, student 2, teacher 4)")] = None,
+            seed: Annotated[int, typer.Option(help="seed of everything random")] = 0,
+            batch_size: Int = None, lr: Float = None,
+            threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+            ) -> None:
+    """Pre-train a region backbone with bottom-up's object + attribute heads and save it."""
+    from pkd.train.pretrain.regions import RegionPretrainConfig, pretrain_regions
+
+    given = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr,
+                                    threads=threads).items() if v is not None}
+    metrics = pretrain_regions(RegionPretrainConfig(data, out, size=size, seed=seed, **given))
+    val = metrics["val"]
+    scores = ", ".join(f"{k.removesuffix('_accuracy')} {v:.1f}%" for k, v in val.items()
+                       if k.endswith("_accuracy"))
+    typer.echo(f"val heads on {val['objects']} objects: {scores}")
+    typer.echo(f"backbone written to {out} ({metrics['seconds']:.0f} s, "
+               f"{metrics['cpu_seconds']:.0f} CPU s)")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="pretrain")
