@@ -1,4 +1,8 @@
-"""Synthetic OOD benchmark: file contract, determinism, geometry, answers, prior shift, captions."""
+"""Synthetic OOD benchmark v2: file contract, determinism, geometry, answers, prior shift, captions.
+
+Held-out combinations, the detection corpus, the blind control and the presets:
+``tests/test_synth_v2.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,20 @@ import pytest
 from PIL import Image
 
 from pkd.cli import main
+from pkd.data import synth as synth_module
 from pkd.data.normalize import normalize_answer
 from pkd.data.synth import SPLITS, SynthConfig, generate
-from pkd.data.synth_questions import ANSWER_TYPE, TEST_DOMINANT, TRAIN_DOMINANT
+from pkd.data.synth_questions import ANSWER_TYPE, QUESTION_TYPES, shifted_favourite, train_favourite
 from pkd.data.synth_scene import COLORS, SHAPES
 from pkd.errors import PkdError
 
 SIZE = 64
 CFG = SynthConfig(seed=3, image_size=SIZE, train_images=240, val_images=120, test_images=240,
-                  test_iid_images=240, caption_images=300)
-TINY = dict(image_size=SIZE, train_images=12, val_images=3, test_images=6, test_iid_images=6,
-            caption_images=5, pilot_scenes=300)
+                  test_comp_images=120, test_iid_images=240, caption_images=300,
+                  detection_train_images=40, detection_val_images=10)
+TINY = dict(image_size=SIZE, train_images=12, val_images=3, test_images=6, test_comp_images=4,
+            test_iid_images=6, caption_images=5, detection_train_images=3,
+            detection_val_images=2, pilot_scenes=300)
 
 QUESTION_KEYS = {"info", "task_type", "data_type", "data_subtype", "license", "questions"}
 ANNOTATION_KEYS = {"info", "license", "data_type", "data_subtype", "annotations"}
@@ -74,7 +81,7 @@ def test_vqa_files_have_the_exact_v2_layout(bench):
         assert meta["splits"][split]["questions"] == len(qs["questions"])
         assert meta["splits"][split]["images"] == len({q["image_id"] for q in qs["questions"]})
     assert load(out / "synth_meta.json") == json.loads(json.dumps(meta))
-    assert meta["seed"] == 3 and meta["config"]["train_images"] == 240 and meta["version"]
+    assert meta["seed"] == 3 and meta["config"]["train_images"] == 240 and meta["version"] == "2"
 
 
 def test_images_boxes_and_ids(bench):
@@ -179,19 +186,21 @@ def shares(anns: dict, question_type: str) -> tuple[Counter, int]:
     return Counter(answers), len(answers)
 
 
-@pytest.mark.parametrize("question_type", list(TRAIN_DOMINANT))
+@pytest.mark.parametrize("question_type", QUESTION_TYPES)
 def test_answer_prior_is_shifted_in_test_only(bench, question_type):
     _, _, data, _, _ = bench
-    top, test_top = TRAIN_DOMINANT[question_type], TEST_DOMINANT[question_type]
+    top = train_favourite(question_type, CFG.max_objects)
     freq = {}
-    for split in SPLITS:
+    for split in ("train", "val", "test", "test_iid"):
         counts, n = shares(data[split][1], question_type)
         assert n >= (50 if split == "val" else 80), (split, n)
         freq[split] = counts[top] / n
-        if split == "test":
-            assert counts.most_common(1)[0][0] == test_top
-    assert freq["train"] > 0.5 and freq["test"] < 0.3
-    assert freq["train"] - freq["test"] > 0.45  # targets 0.6 -> 0.03 and yes 0.8 -> 0.2
+        if split == "test" and question_type != "is there a":
+            assert counts.most_common(1)[0][0] == shifted_favourite(question_type, CFG.max_objects)
+    if question_type == "is there a":  # yes 0.75 in train, balanced in test
+        assert freq["train"] > 0.65 and abs(freq["test"] - 0.5) < 0.1
+    else:  # targets 0.6 -> 0.03
+        assert freq["train"] > 0.5 and freq["test"] < 0.1
     assert abs(freq["test_iid"] - freq["train"]) < 0.12
     assert abs(freq["val"] - freq["train"]) < 0.2
 
@@ -227,7 +236,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
         generate(SynthConfig(seed=seed, **TINY), tmp_path / name)
     a, b, c = (file_bytes(tmp_path / n) for n in "abc")
-    assert len(a) == 3 + 2 * len(SPLITS) + 12 + 3 + 6 + 6 + 5  # JSON files + PNGs
+    assert len(a) == 5 + 2 * len(SPLITS) + 12 + 3 + 6 + 4 + 6 + 5 + 3 + 2  # JSON files + PNGs
     assert a == b
     assert a.keys() == c.keys()
     assert a["synth_train_questions.json"] != c["synth_train_questions.json"]
@@ -242,14 +251,18 @@ def test_bad_config_and_foreign_folder_are_user_errors(tmp_path):
         generate(SynthConfig(**TINY), tmp_path)
 
 
-def test_cli_writes_the_benchmark(tmp_path, capsys):
+def test_cli_writes_the_benchmark(tmp_path, capsys, monkeypatch):
+    small = {"detection_train_images": 2, "detection_val_images": 2, "pilot_scenes": 300}
+    monkeypatch.setitem(synth_module.PRESETS, "quick", small)  # keep the CLI run small
     out = tmp_path / "bench"
     args = ["data", "synth", str(out), "--seed", "5", "--train-images", "10", "--val-images", "3",
             "--test-images", "4", "--caption-images", "4", "--image-size", "48"]
     assert main(args) == 0
-    assert "train" in capsys.readouterr().out
+    assert "test_comp" in capsys.readouterr().out
     meta = load(out / "synth_meta.json")
     assert meta["seed"] == 5 and meta["splits"]["test_iid"]["images"] == 4
+    assert meta["splits"]["test_comp"]["images"] == 4 and meta["detection"]["val"]["images"] == 2
     assert meta["config"]["image_size"] == 48
     assert main(args) == 0  # an earlier synth output may be regenerated in place
     assert main(["data", "synth", str(out), "--bias", "1.5"]) == 2
+    assert main(["data", "synth", str(out), "--preset", "huge"]) == 2

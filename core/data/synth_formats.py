@@ -11,18 +11,22 @@
   [{id, image_id, bbox: [x, y, w, h], category_id, area, iscrowd: 0, attributes: {color, size}}],
   categories: [{id, name}]}`` with the shapes as categories.
 - ``captions.json`` (COCO captions): ``{images: [...], annotations: [{id, image_id, caption}]}``.
+- ``detection/instances_{train,val}.json`` (COCO detection + attributes, the region-backbone
+  corpus): ``{images: [{id, file_name, width, height}], annotations: [{id, image_id, bbox:
+  [x, y, w, h], area, iscrowd: 0, category_id, attributes: {color, size}}], categories: [{id,
+  name}] (one per shape), attribute_names: {color: [...], size: [...]}}``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pkd.data.synth_scene import SHAPES, Scene, SceneObject
+from pkd.data.synth_scene import COLORS, SHAPES, SIZES, Scene, SceneObject
 
 INFO = {
     "description": "pkd synthetic VQA-CP-like benchmark (VQA v2 layout)",
     "url": "",  # generated locally, nothing to download
-    "version": "1.0",
+    "version": "2.0",
     "year": 2024,
     "contributor": "pkd data synth",
     "date_created": "1970-01-01 00:00:00",  # fixed: output bytes depend on the seed only
@@ -64,6 +68,13 @@ def boxes_file(images: list[dict], annotations: list[dict]) -> dict:
     categories = [{"id": i, "name": name, "supercategory": "shape"}
                   for name, i in CATEGORY_ID.items()]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def detection_file(images: list[dict], annotations: list[dict]) -> dict:
+    """A COCO detection file with colour and size attributes (the layout above)."""
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": name} for name, i in CATEGORY_ID.items()],
+            "attribute_names": {"color": list(COLORS), "size": list(SIZES)}}
 
 
 def captions_file(images: list[dict], annotations: list[dict]) -> dict:

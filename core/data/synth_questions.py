@@ -9,39 +9,54 @@ Families (``question_type`` = the VQA-style leading words, ``answer_type`` as in
 | "how many"          | How many (red) objects are there?          | number      | "1".."4"        |
 | "is there a"        | Is there a blue square?                    | yes/no      | "yes", "no"     |
 
-The object asked about is named by its shape (colour) alone when that is unique in the scene,
-else by size and shape (size and colour) when that is unique; otherwise it is not asked about.
+Every family needs the image: the text names an object or a pair, never its answer. The object
+asked about is named by its shape (colour) alone when that is unique in the scene, else by size
+and shape (size and colour) when that is unique; otherwise it is not asked about.
+
+Compositional split (CoGenT style). Some (shape, colour) combinations are *held out*: they never
+occur in the scenes of train / val / test / test_iid, and "is there a" never asks about them
+there. ``test_comp`` scenes hold at least one such object and every question is about one: its
+colour, its shape, the count of its colour, or whether a held-out pair is present.
 
 Prior shift (VQA-CP style). Every scene proposes up to ``per_type`` candidate questions per
-family (counting always includes "How many objects are there?"); a candidate of type ``t`` with
-answer ``a`` is kept with probability
+family; a candidate of type ``t`` with answer ``a`` is kept with probability
 
     r(t, a) = C * target(t, a) / m(t, a),   C = min over (t, a) of m(t, a) / target(t, a)
 
 where ``m(t, a)`` is the mean number of candidates of type ``t`` with answer ``a`` per scene
-(estimated on pilot scenes) and ``target`` the split's prior. Kept questions of type ``t`` per
-scene then number ``sum_a m(t, a) r(t, a) = C`` on average, the same for every type and answer
-shares ``target(t, .)``: each split has balanced question types and its own answer prior.
-Train prior: the train-dominant answer has share ``bias``, the others share the rest equally.
-Test prior: the test-dominant answer has share ``bias``, the train-dominant one only ``rare``.
-Yes/no: the dominant answer has share ``yes_no_bias`` ("yes" in train, "no" in test).
+(estimated on pilot scenes of the split's kind) and ``target`` the split's prior. Kept questions
+of type ``t`` then number ``C`` per scene on average and have answer shares ``target(t, .)``
+(test_comp: one ``C_t`` per type, see :func:`acceptance`, as its scenes rarely allow some
+answers: few "how many" questions there).
+With ``ORDER[t] = (a_1, ..., a_k)`` (a_1 the train favourite, a_k the train's least frequent):
+
+    train:    p(a_1) = bias,  p(a_j) = (1 - bias) * (k - j + 1) / sum_{i=2..k} (k - i + 1), j >= 2
+    test:     p(a_1) = p(a_k) = rare,  p(a_{m}) = bias (m = k // 2 + 1),  the others equal
+    uniform:  p(a_j) = 1 / k  (test_comp, over the answers its scenes can have)
+    yes/no:   train p(yes) = yes_no_bias; test and test_comp p(yes) = p(no) = 1/2
+
+so neither the train favourite (a_1) nor the train's *least* frequent answer (a_k: the "answer
+the training minority" control of Teney et al., NeurIPS 2020) is frequent in test.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from pkd.data.synth_scene import COLORS, SHAPES, Scene, SceneObject, sample_scene
+from pkd.data.synth_scene import COLORS, SHAPES, Combo, Scene, SceneObject
 
 COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q = "what color is the", "what shape is the", "how many", "is there a"
 QUESTION_TYPES = (COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q)
 ANSWER_TYPE = {COLOR_Q: "other", SHAPE_Q: "other", COUNT_Q: "number", EXIST_Q: "yes/no"}
-TRAIN_DOMINANT = {COLOR_Q: "red", SHAPE_Q: "circle", COUNT_Q: "1", EXIST_Q: "yes"}
-TEST_DOMINANT = {COLOR_Q: "green", SHAPE_Q: "triangle", COUNT_Q: "3", EXIST_Q: "no"}
+COLOR_ORDER = ("red", "green", "blue", "yellow", "purple", "orange")  # train rank of each colour
+SHAPE_ORDER = ("circle", "square", "triangle", "diamond")  # train rank of each shape
 NUMBER_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six"}
+PRIORS = ("train", "test", "uniform")
+RARE_CANDIDATE = 0.02  # an answer offered this much less often than its type's commonest is dropped
 
 
 @dataclass(frozen=True)
@@ -52,14 +67,23 @@ class Question:
 
 
 def answers_of(question_type: str, max_objects: int) -> tuple[str, ...]:
-    """Every answer a question type can have."""
+    """Every answer of a question type, in train rank order (train favourite first)."""
     if question_type == COLOR_Q:
-        return tuple(COLORS)
+        return COLOR_ORDER
     if question_type == SHAPE_Q:
-        return SHAPES
+        return SHAPE_ORDER
     if question_type == COUNT_Q:
         return tuple(str(n) for n in range(1, max_objects + 1))
     return ("yes", "no")
+
+
+def train_favourite(question_type: str, max_objects: int) -> str:
+    return answers_of(question_type, max_objects)[0]
+
+
+def shifted_favourite(question_type: str, max_objects: int) -> str:
+    answers = answers_of(question_type, max_objects)
+    return answers[len(answers) // 2] if len(answers) > 2 else "yes"  # yes/no: balanced
 
 
 def _nameable(scene: Scene, obj: SceneObject, **attr: str) -> bool:
@@ -73,85 +97,112 @@ def _size(scene: Scene, obj: SceneObject, **attr: str) -> str:
     return "" if scene.count(**attr) == 1 else f"{obj.size} "
 
 
-def _family(scene: Scene, question_type: str) -> list[Question]:
-    """All questions of a colour, shape or counting family about the scene."""
-    objs, t = scene.objects, question_type
+def _family(scene: Scene, question_type: str, focus: frozenset | None) -> list[Question]:
+    """All questions of a colour, shape or counting family; with ``focus`` (held-out combos)
+    only those about an object whose (shape, colour) is in it (no "how many objects")."""
+    t = question_type
+    objs = [o for o in scene.objects if focus is None or (o.shape, o.color) in focus]
     if t == COLOR_Q:  # the shape names one object, else the size and the shape do
         return [Question(f"What color is the {_size(scene, o, shape=o.shape)}{o.shape}?", t,
                          o.color) for o in objs if _nameable(scene, o, shape=o.shape)]
     if t == SHAPE_Q:
         return [Question(f"What shape is the {_size(scene, o, color=o.color)}{o.color} object?",
                          t, o.shape) for o in objs if _nameable(scene, o, color=o.color)]
-    colors = sorted({o.color for o in objs})
-    return [Question("How many objects are there?", t, str(len(objs)))] + [
-        Question(f"How many {c} objects are there?", t, str(scene.count(color=c)))
-        for c in colors]
+    total = [] if focus is not None else [
+        Question("How many objects are there?", t, str(len(scene.objects)))]
+    return total + [Question(f"How many {c} objects are there?", t, str(scene.count(color=c)))
+                    for c in sorted({o.color for o in objs})]
 
 
-def _existence(scene: Scene, rng: np.random.Generator, per_type: int) -> list[Question]:
+def _existence(scene: Scene, rng: np.random.Generator, per_type: int, heldout: frozenset,
+               comp: bool) -> list[Question]:
     """Up to ``per_type`` "is there a" questions, each "yes" or "no" with probability 1/2.
 
     "no" asks for an absent pair that shares the colour or the shape of a present object, so the
-    answer needs colour-shape binding, not just spotting a colour.
+    answer needs colour-shape binding, not just spotting a colour. Outside ``comp`` a held-out
+    pair is never asked; in ``comp`` only held-out pairs are.
     """
-    present = sorted({(o.color, o.shape) for o in scene.objects})
-    near = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in present
+    def allowed(pair: Combo) -> bool:
+        return (pair in heldout) == comp
+
+    present = sorted({(o.shape, o.color) for o in scene.objects if allowed((o.shape, o.color))})
+    near = [(s, c) for s in SHAPES for c in COLORS if allowed((s, c)) and (s, c) not in present
             and (scene.count(color=c) or scene.count(shape=s))]
     out: list[Question] = []
     for _ in range(per_type):
         pairs, answer = (present, "yes") if rng.random() < 0.5 else (near, "no")
-        c, s = pairs[int(rng.integers(len(pairs)))]
+        if not pairs:
+            continue
+        s, c = pairs[int(rng.integers(len(pairs)))]
         q = Question(f"Is there a {c} {s}?", EXIST_Q, answer)
         if q not in out:
             out.append(q)
     return out
 
 
-def candidates(scene: Scene, rng: np.random.Generator, per_type: int) -> list[Question]:
-    """Up to ``per_type`` distinct random questions of each family about the scene."""
+def candidates(scene: Scene, rng: np.random.Generator, per_type: int,
+               heldout: frozenset = frozenset(), comp: bool = False) -> list[Question]:
+    """Up to ``per_type`` distinct random questions of each family about the scene; ``comp``:
+    only questions about its held-out objects (see the module docstring)."""
     out: list[Question] = []
     for t in (COLOR_Q, SHAPE_Q, COUNT_Q):
-        options = _family(scene, t)
-        first = 1 if t == COUNT_Q else 0  # "how many objects" always, colour counts are mostly 1
+        options = _family(scene, t, heldout if comp else None)
+        first = 1 if (t == COUNT_Q and not comp) else 0  # "how many objects" always
         pick = first + rng.permutation(len(options) - first)[: per_type - first]
         out.extend(options[:first] + [options[i] for i in sorted(pick)])
-    return out + _existence(scene, rng, per_type)
+    return out + _existence(scene, rng, per_type, heldout, comp)
 
 
 def target_prior(question_type: str, prior: str, max_objects: int, bias: float,
                  yes_no_bias: float, rare: float) -> dict[str, float]:
-    """Answer shares of one question type under the "train" or "test" prior."""
+    """Answer shares of one question type under the "train", "test" or "uniform" prior (the
+    formulas of the module docstring)."""
     answers = answers_of(question_type, max_objects)
-    train_top, test_top = TRAIN_DOMINANT[question_type], TEST_DOMINANT[question_type]
-    if len(answers) == 2:
-        top, low = (train_top, test_top) if prior == "train" else (test_top, train_top)
-        return {top: yes_no_bias, low: 1.0 - yes_no_bias}
+    k = len(answers)
+    if prior == "uniform" or (k == 2 and prior == "test"):
+        return {a: 1.0 / k for a in answers}
+    if k == 2:
+        return {"yes": yes_no_bias, "no": 1.0 - yes_no_bias}
     if prior == "train":
-        fixed = {train_top: bias}
-    else:
-        fixed = {test_top: bias, train_top: rare}
-    rest = [a for a in answers if a not in fixed]
-    share = (1.0 - sum(fixed.values())) / len(rest)
+        weights = [k - j for j in range(1, k)]  # k-1, ..., 1 for a_2 .. a_k
+        rest = {a: (1.0 - bias) * w / sum(weights) for a, w in zip(answers[1:], weights, strict=True)}
+        return {answers[0]: bias, **rest}
+    fixed = {answers[0]: rare, answers[-1]: rare, answers[k // 2]: bias}
+    share = (1.0 - sum(fixed.values())) / max(1, k - len(fixed))
     return {a: fixed.get(a, share) for a in answers}
 
 
-def estimate_base(rng: np.random.Generator, n_scenes: int, image_size: int, max_objects: int,
-                  per_type: int) -> dict[str, dict[str, float]]:
+def estimate_base(rng: np.random.Generator, n_scenes: int, scene_of: Callable[[], Scene],
+                  per_type: int, heldout: frozenset, comp: bool) -> dict[str, dict[str, float]]:
     """m(t, a): mean number of candidates per scene by type and answer, over pilot scenes."""
     counts: dict[str, Counter] = {t: Counter() for t in QUESTION_TYPES}
     for _ in range(n_scenes):
-        for q in candidates(sample_scene(rng, image_size, max_objects), rng, per_type):
+        for q in candidates(scene_of(), rng, per_type, heldout, comp):
             counts[q.question_type][q.answer] += 1
     return {t: {a: n / n_scenes for a, n in sorted(c.items())} for t, c in counts.items()}
 
 
-def acceptance(base: dict[str, dict[str, float]],
-               target: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Keep probabilities r(t, a) = C * target(t, a) / m(t, a) (see the module docstring)."""
-    ratios = {t: {a: target[t][a] / m for a, m in base[t].items() if target[t].get(a, 0) > 0}
-              for t in base}
-    c = 1.0 / max(r for per_type in ratios.values() for r in per_type.values())
-    return {t: {a: c * r for a, r in per_type.items()} for t, per_type in ratios.items()}
+def acceptance(base: dict[str, dict[str, float]], target: dict[str, dict[str, float]],
+               per_type: bool = False) -> dict[str, dict[str, float]]:
+    """Keep probabilities r(t, a) = C * target(t, a) / m(t, a) (see the module docstring);
+    the target is first renormalized over the answers the scenes can offer (m(t, a) at least
+    ``RARE_CANDIDATE`` times the type's largest m; rarer answers are never asked). ``per_type``
+    (test_comp, whose scenes rarely allow some answers): C_t = min(c_t, c_(2)) per type, with
+    c_t = min_a m(t, a) / target(t, a) and c_(2) the second smallest c_t, so every type but the
+    scarcest has the same number of questions."""
+    ratios = {}
+    for t, all_answers in base.items():
+        floor = RARE_CANDIDATE * max(all_answers.values(), default=0.0)
+        per_answer = {a: m for a, m in all_answers.items() if m >= floor}
+        mass = sum(p for a, p in target[t].items() if a in per_answer)
+        ratios[t] = {a: target[t][a] / mass / m for a, m in per_answer.items()
+                     if target[t].get(a, 0) > 0}
+    if per_type:  # C_t = min(own constant, second smallest constant): at most 1 type short
+        own = {t: 1.0 / max(rs.values()) for t, rs in ratios.items() if rs}
+        cap = sorted(own.values())[min(1, len(own) - 1)]
+        return {t: {a: min(own[t], cap) * r for a, r in rs.items()} for t, rs in ratios.items()}
+    c = 1.0 / max(r for rs in ratios.values() for r in rs.values())
+    return {t: {a: c * r for a, r in rs.items()} for t, rs in ratios.items()}
 
 
 def _variant(answer: str, answer_type: str, rng: np.random.Generator) -> str:

@@ -24,7 +24,7 @@ COLORS = {  # name -> RGB before jitter; saturated, so none is confused with the
     "purple": (150, 60, 190),
     "orange": (240, 140, 30),
 }
-SIZES = {"small": 0.18, "large": 0.30}  # side of an object's box as a fraction of the image side
+SIZES = {"small": 0.25, "large": 0.375}  # box side / image side (64 px: 16 and 24 px objects)
 GAP = 2  # minimum free pixels between two boxes
 
 
@@ -70,38 +70,60 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
 
 
 def _place(rng: np.random.Generator, side: int, image_size: int, taken: list) -> tuple | None:
-    """A free (x, y, side, side) box inside the image, or None after 50 tries."""
-    for _ in range(50):
-        x, y = (int(v) for v in rng.integers(1, image_size - side, size=2))
+    """The first free (x, y, side, side) box of 50 random positions inside the image, or None."""
+    for x, y in rng.integers(1, image_size - side, size=(50, 2)).tolist():
         box = (x, y, side, side)
         if not any(_overlaps(box, other) for other in taken):
             return box
     return None
 
 
-def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int) -> Scene:
-    """Uniform attributes, random non-overlapping positions, n objects with P(n) ∝ n.
+Combo = tuple[str, str]  # (shape, colour)
+ALL_COMBOS: tuple[Combo, ...] = tuple((s, c) for s in SHAPES for c in COLORS)
 
+
+def sample_scene(rng: np.random.Generator, image_size: int, max_objects: int,
+                 combos: tuple[Combo, ...] = ALL_COMBOS,
+                 first: tuple[Combo, ...] | None = None) -> Scene:
+    """Random non-overlapping objects, n of them with P(n) ∝ n, sizes uniform.
+
+    Each object's (shape, colour) is uniform over ``combos``; the first object's over ``first``
+    when given (a compositional test scene: at least one object with a held-out combination).
     Favouring fuller scenes (P(n) ∝ n for n = 1..max_objects) gives more questions per scene and
     more counts above 1, which the shifted test prior of "how many" needs.
     """
-    names = list(COLORS)
     sizes = list(SIZES)
-    counts = np.arange(1, max_objects + 1)
-    while True:  # a crowded draw that cannot be placed is redrawn from scratch
-        n = int(rng.choice(counts, p=counts / counts.sum()))
-        objects: list[SceneObject] = []
-        for _ in range(n):
-            shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            color = names[int(rng.integers(len(names)))]
-            size = sizes[int(rng.integers(len(sizes)))]
-            side = max(4, round(SIZES[size] * image_size * rng.uniform(0.9, 1.1)))
-            box = _place(rng, side, image_size, [o.box for o in objects])
+    cumulative = np.cumsum(np.arange(1, max_objects + 1)) / (max_objects * (max_objects + 1) / 2)
+    while True:  # attributes whose boxes cannot be laid out are redrawn (rare: see _layout)
+        n = min(max_objects, 1 + int(np.searchsorted(cumulative, rng.random(), side="right")))
+        drawn = []
+        for k, (u_combo, u_size, u_side) in enumerate(rng.random((n, 3)).tolist()):
+            pool = first if (k == 0 and first) else combos
+            shape, color = pool[int(u_combo * len(pool))]
+            size = sizes[int(u_size * len(sizes))]
+            drawn.append((shape, color, size, max(4, round(SIZES[size] * image_size
+                                                           * (0.9 + 0.2 * u_side)))))
+        boxes = _layout(rng, [side for *_, side in drawn], image_size)
+        if boxes is not None:
+            return Scene(tuple(SceneObject(shape, color, size, box)
+                               for (shape, color, size, _), box in zip(drawn, boxes, strict=True)))
+
+
+def _layout(rng: np.random.Generator, sides: list[int], image_size: int,
+            tries: int = 20) -> list[tuple] | None:
+    """Non-overlapping boxes of the given sides (largest placed first), or None after ``tries``
+    full attempts; retrying positions, not attributes, keeps sizes and counts unbiased."""
+    order = sorted(range(len(sides)), key=lambda i: -sides[i])
+    for _ in range(tries):
+        boxes: dict[int, tuple] = {}
+        for i in order:
+            box = _place(rng, sides[i], image_size, list(boxes.values()))
             if box is None:
                 break
-            objects.append(SceneObject(shape, color, size, box))
-        if len(objects) == n:
-            return Scene(tuple(objects))
+            boxes[i] = box
+        if len(boxes) == len(sides):
+            return [boxes[i] for i in range(len(sides))]
+    return None
 
 
 def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject, fill: tuple[int, int, int]) -> None:
