@@ -37,6 +37,7 @@ class FoundationRecipe:
     dtype: str = "float32"  # autocast dtype: "float32" | "float16" | "bfloat16"
     max_text_len: int = 32  # text tokens kept per question / caption
     batch_size: int = 32  # items per forward pass
+    attn: str = "eager"  # attention kernel of the foundation model: "eager" | "sdpa"
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def build_foundation_stage(recipe: FoundationRecipe):
     from pkd.pipeline.stages import FoundationImageStage, FoundationTextStage
 
     spec = FoundationSpec(recipe.model, device=recipe.device, dtype=recipe.dtype,
-                          max_text_len=recipe.max_text_len)
+                          max_text_len=recipe.max_text_len, attn=recipe.attn)
     model = cached(spec, load_foundation)  # one model for the image and the text targets
     producer = {**model.provenance(), "stage": f"foundation/{recipe.target}"}
     source = load_source(recipe.source, with_images=recipe.target == "images")

@@ -65,6 +65,7 @@ from pkd.hf.loading import (  # noqa: F401 (re-exported)
     resolve_model,
 )
 
+ATTENTION = ("eager", "sdpa")  # extraction never needs attention maps: sdpa is safe here
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 UNKNOWN_LIMIT = 0.05  # most unknown-token pieces the first text batch may have (a share)
 
@@ -76,6 +77,7 @@ class FoundationSpec:
     dtype: str = "float32"  # autocast compute dtype: "float32" | "float16" | "bfloat16"
     max_text_len: int = 32  # texts are truncated / padded to this many tokens
     token_dtype: str = "float16"  # numpy dtype of returned vision/text tokens (stores hold f16)
+    attn: str = "eager"  # attention kernel: "eager" (attention maps) | "sdpa" (fused, faster on GPU)
 
 
 class FoundationModel:
@@ -110,7 +112,7 @@ class FoundationModel:
                 "weights_sha256": self.fingerprints.get("weights_sha256", ""),
                 "tokenizer_sha256": self.fingerprints.get("tokenizer_sha256", ""),
                 "image_processor_sha256": self.fingerprints.get("image_processor_sha256", ""),
-                "dtype": self.spec.dtype, "info": library_info()}
+                "dtype": self.spec.dtype, "attn": self.spec.attn, "info": library_info()}
 
     def _empty(self, target: str) -> dict[str, np.ndarray]:
         """Zero-row arrays of the ``encode_images`` / ``encode_texts`` outputs (empty batch)."""
@@ -215,7 +217,7 @@ def match_scores(model: FoundationModel, vision_tokens: torch.Tensor, input_ids:
 
 
 def load_foundation(spec: FoundationSpec) -> FoundationModel:
-    """Load ``spec.model`` frozen (eval, no grad, eager attention) with its own preprocessing.
+    """Load ``spec.model`` frozen (eval, no grad, ``spec.attn`` attention) with its own preprocessing.
 
     A local directory loads with ``local_files_only``; a hub id does too when ``HF_HUB_OFFLINE``
     is set. Raises :class:`PkdError` (one line, naming the folder or file) for an unknown model,
@@ -232,13 +234,16 @@ def load_foundation(spec: FoundationSpec) -> FoundationModel:
     except load_errors() as err:
         raise PkdError(f"{spec.model}: cannot load a model config ({first_line(err)})") from err
     family = detect_family(config, spec.model)
+    if family == "blip" and spec.attn != "eager":  # transformers has no fused BLIP attention
+        raise PkdError(f"{spec.model}: attn={spec.attn!r} is not available for BLIP models "
+                       "(transformers implements only eager attention for BLIP); use attn=eager")
     model_dims(config, family, spec.max_text_len, where=spec.model)  # validates max_text_len
     folder = model_folder(source, local)
     check_weight_files(folder)  # a truncated download: one line, not the loader's traceback
     cls = CLIPModel if family == "clip" else BlipForImageTextRetrieval
     try:
         model, info = cls.from_pretrained(source, local_files_only=local, dtype=torch.float32,
-                                          attn_implementation="eager", output_loading_info=True)
+                                          attn_implementation=spec.attn, output_loading_info=True)
     except load_errors() as err:
         reason = first_line(err)
         raise PkdError(f"{spec.model}: cannot load the {family} weights ({reason})") from err
@@ -345,6 +350,8 @@ def _check_spec(spec: FoundationSpec) -> None:
         raise PkdError(f"{spec.model}: token_dtype {spec.token_dtype!r} is not float16 or float32")
     if spec.max_text_len < 2:
         raise PkdError(f"{spec.model}: max_text_len must be at least 2, got {spec.max_text_len}")
+    if spec.attn not in ATTENTION:
+        raise PkdError(f"{spec.model}: attn {spec.attn!r} is not one of {', '.join(ATTENTION)}")
 
 
 def _device(spec: FoundationSpec) -> torch.device:

@@ -10,12 +10,16 @@ import torch
 from pkd.data.synth import SynthConfig
 from pkd.demo import (
     ABLATIONS,
+    CONTROLS,
     KNOWN,
     MAIN_METHODS,
     DemoConfig,
     Paths,
+    delta_cell,
     overrides,
+    reference_of,
     results_markdown,
+    results_table,
     run_demo,
     save_results,
     summarize,
@@ -67,9 +71,11 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     def resolved(name):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
-    configs = {n: resolved(n) for n in (*KNOWN, "predictors")}
+    configs = {n: resolved(n) for n in (*KNOWN, "predictors") if n not in CONTROLS}  # no run
     assert set(MAIN_METHODS) | set(ABLATIONS) <= set(KNOWN)
     assert configs["pkd-mkd3"].method.pkd.lambda_mkd == 3.0
+    assert {n: configs[n].method.name for n in ("question-only", "rubi", "lmh")} == {
+        "question-only": "question-only", "rubi": "rubi", "lmh": "lmh"}
     assert configs["baseline-foundation"].model.use_foundation_features is True
     assert configs["baseline"].model.use_foundation_features is False
     assert configs["pkd-memory"].method.pkd.use_memory is False
@@ -104,7 +110,9 @@ def test_cli_prints_the_table_of_a_finished_demo(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path), "--seeds", "2", "--ablations"]) == 0
     out = capsys.readouterr().out
     assert seen["cfg"].seeds == 2 and "pkd-memory" in seen["cfg"].methods
-    assert "50.50 ± 0.50" in out and "69.5" in out and "5,678" in out
+    # 50 and 51: hw = t_{0.975, 1} * 0.7071 / sqrt(2) = 6.35; pkd - baseline = 0 on both seeds
+    assert "50.50 ± 6.35" in out and "69.5" in out and "5,678" in out
+    assert "vs baseline +0.00 [+0.00, +0.00]" in out
     assert "gold test 5.0%, test_iid 60.0%" in out
 
 
@@ -156,10 +164,15 @@ def assert_markdown_matches(out, seeds: int) -> None:
     assert [(r["method"], r["split"]) for r in table] == [(s["method"], s["split"])
                                                           for s in summary]
     for r, s in zip(table, summary, strict=True):
-        overall = r["overall (mean ± std)" if seeds > 1 else "overall"]
-        mean, _, std = overall.partition(" ± ")
+        overall = r["overall (mean ± 95% CI)" if seeds > 1 else "overall"]
+        mean, _, hw = overall.partition(" ± ")
         assert float(mean) == pytest.approx(s["mean"], abs=0.005)
-        assert float(std or 0) == pytest.approx(s["std"], abs=0.005)
+        if seeds > 1:
+            assert float(hw) == pytest.approx((s["ci_high"] - s["ci_low"]) / 2, abs=0.005)
+        else:
+            assert hw == "" and s["ci_low"] is None
+        assert int(r["seeds"]) == s["n"] == seeds
+        assert r["paired Δ"] == delta_cell(s)
         for t, v in s["perAnswerType"].items():
             assert float(r[t]) == pytest.approx(v, abs=0.005)
         assert float(r["prior %"]) == pytest.approx(s["prior"], abs=0.05)
@@ -216,3 +229,72 @@ def test_terminal_table_never_cuts_a_name(width):
         assert name in out
     if width == 200:
         assert max(len(ln) for ln in out.splitlines()) <= width
+
+
+def paired_rows(seeds: int) -> list[dict]:
+    """baseline 24, 25.5, 24 and pkd 26, 27, 25 on seeds 0-2 (pkd - baseline = 2, 1.5, 1);
+    student 30 + s, distillvlm 31 + s (a constant +1 to its reference, the student)."""
+    overall = {"baseline": [24.0, 25.5, 24.0], "pkd": [26.0, 27.0, 25.0],
+               "student": [30.0, 31.0, 32.0], "distillvlm": [31.0, 32.0, 33.0]}
+    return [{"method": m, "seed": s, "split": "test", "overall": v[s],
+             "perAnswerType": {"other": v[s]}, "ms_per_question": 0.01, "prior": 50.0,
+             "prior_gold": 5.0} for m, v in overall.items() for s in range(seeds)]
+
+
+def test_summary_intervals_and_paired_differences_by_hand(tmp_path):
+    """pkd: mean 26, s = 1, hw = 4.302653 / sqrt(3) = 2.48; pkd - baseline: mean 1.5, s = 0.5,
+    hw = 4.302653 * 0.5 / sqrt(3) = 1.24 -> [+0.26, +2.74]; distillvlm - student = +1 exactly."""
+    results = {"elapsed_s": 1.0, "rows": paired_rows(3), "models": {}}
+    save_results(results, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    by = {s["method"]: s for s in saved["summary"]}
+    assert saved["summary"] == summarize(results["rows"])
+    pkd, base, dvlm = by["pkd"], by["baseline"], by["distillvlm"]
+    assert (pkd["mean"], pkd["n"], pkd["seeds"], pkd["reference"]) == (26.0, 3, [0, 1, 2], "baseline")
+    assert (pkd["ci_low"], pkd["ci_high"]) == pytest.approx((26 - 2.484138, 26 + 2.484138), abs=1e-6)
+    assert pkd["diff_mean"] == pytest.approx(1.5)
+    assert (pkd["diff_ci_low"], pkd["diff_ci_high"]) == pytest.approx((0.257931, 2.742069), abs=1e-6)
+    assert base["reference"] is None and base["diff_mean"] is None
+    assert by["student"]["reference"] is None
+    assert (dvlm["reference"], dvlm["diff_mean"]) == ("student", pytest.approx(1.0))
+    assert (dvlm["diff_ci_low"], dvlm["diff_ci_high"]) == pytest.approx((1.0, 1.0))
+    _, header, rows, notes = results_table(saved)
+    cells = {r[0]: dict(zip(header, r, strict=True)) for r in rows}
+    assert cells["pkd"]["overall (mean ± 95% CI)"] == "26.00 ± 2.48"
+    assert cells["pkd"]["paired Δ"] == "vs baseline +1.50 [+0.26, +2.74]"
+    assert cells["distillvlm"]["paired Δ"] == "vs student +1.00 [+1.00, +1.00]"
+    assert cells["baseline"]["paired Δ"] == cells["student"]["paired Δ"] == ""
+    assert cells["pkd"]["seeds"] == "3"
+    assert "95% Student-t interval over seeds" in notes[0]
+
+
+def test_one_seed_has_a_difference_but_no_interval(tmp_path):
+    save_results({"elapsed_s": 1.0, "rows": paired_rows(1), "models": {}}, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "±" not in text and "[" not in text
+    table = {r["method"]: r for r in markdown_rows(text)}
+    assert table["pkd"]["overall"] == "26.00" and table["pkd"]["paired Δ"] == "vs baseline +2.00"
+    saved = json.loads((tmp_path / "results.json").read_text())["summary"]
+    pkd = next(s for s in saved if s["method"] == "pkd")
+    assert (pkd["ci_low"], pkd["diff_mean"], pkd["diff_ci_low"]) == (None, 2.0, None)
+
+
+def test_reference_mapping_and_missing_reference():
+    assert [reference_of(m) for m in ("baseline", "student", "pkd", "pkd-mkd3", "teacher",
+                                      "distillvlm", "distillvlm-queue256", "baseline-foundation")
+            ] == [None, None, "baseline", "baseline", "baseline", "student", "student", "baseline"]
+    rows = [r for r in paired_rows(3) if r["method"] == "pkd"]
+    (s,) = summarize(rows)
+    assert s["reference"] == "baseline" and s["diff_mean"] is None and delta_cell(s) == ""
+    _, _, _, notes = results_table({"rows": rows})
+    assert "paired Δ blank: reference row not run (baseline)" in notes
+
+
+def test_unpaired_seeds_are_refused_in_one_line():
+    from pkd.errors import PkdError
+
+    rows = [r for r in paired_rows(3) if not (r["method"] == "baseline" and r["seed"] == 2)]
+    with pytest.raises(PkdError) as err:
+        summarize(rows)
+    assert str(err.value) == ("paired difference pkd (test) - baseline: seeds differ "
+                              "(pkd (test): [0, 1, 2], baseline: [0, 1])")

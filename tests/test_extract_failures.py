@@ -176,7 +176,7 @@ def test_retry_failed_reruns_only_the_failed_items(synth_data, damaged_images, c
                               "1", "--retry-failed") == 0
     lines = capsys.readouterr().out.splitlines()
     assert " 2 shards run, 1 skipped (done); 4 items " in lines[0]  # the 4 failed images only
-    assert " 0 shards run, 7 skipped " in lines[1]  # questions: nothing had failed
+    assert " 0 shards run, " in lines[1] and " 0 items " in lines[1]  # questions: none had failed
     store, after = FeatureStore.open(path), store_arrays(path)
     assert store.complete
     assert {f.id for f in store.failures} == {by_reason["empty file"], by_reason["too large"]}

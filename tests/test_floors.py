@@ -29,7 +29,7 @@ APP = ("pkd.cli", "pkd.demo")
 ENTRY = ("pkd.__main__",)  # `python -m pkd`: runs the CLI
 PIPELINE, TRAIN = ("pkd.pipeline",), ("pkd.train",)
 BOTTOM = ("pkd.stores", "pkd.data", "pkd.hf", "pkd.errors", "pkd.progress", "pkd.prefetch",
-          "pkd.cores")
+          "pkd.cores", "pkd.stats", "pkd.roi")
 # floor (module prefixes) -> module prefixes it must not import; on top of these, no module
 # outside APP and ENTRY (the pkd package itself and any new one included) imports APP
 RULES = {

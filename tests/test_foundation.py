@@ -181,6 +181,25 @@ def test_bfloat16_autocast_is_close(model_dir, foundation32):
     assert (got * want).sum(-1).min() > 0.95  # cosine of unit vectors
 
 
+def test_sdpa_attention_gives_the_eager_features(model_dir, foundation32, family):
+    """``attn="sdpa"`` (fused kernels; extraction needs no attention maps) computes the same
+    features as eager attention, and is recorded in the provenance (so a resume cannot mix).
+    transformers has no fused BLIP attention: refused in one line."""
+    if family == "blip":
+        with pytest.raises(PkdError, match=r"attn='sdpa' is not available for BLIP models"):
+            load_foundation(FoundationSpec(str(model_dir), attn="sdpa"))
+        return
+    fm = load_foundation(FoundationSpec(str(model_dir), max_text_len=L, token_dtype="float32",
+                                        attn="sdpa"))
+    assert fm.provenance()["attn"] == "sdpa" and foundation32.provenance()["attn"] == "eager"
+    for got, want in ((fm.encode_images(images(3)), foundation32.encode_images(images(3))),
+                      (fm.encode_texts(TEXTS), foundation32.encode_texts(TEXTS))):
+        for name in got:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+    with pytest.raises(PkdError, match=r"attn 'flash' is not one of eager, sdpa"):
+        load_foundation(FoundationSpec(str(model_dir), attn="flash"))
+
+
 def test_config_hash_ignores_location_not_content(model_dir, foundation, tmp_path, family):
     copy = shutil.copytree(model_dir, tmp_path / "moved")
     moved = load_foundation(FoundationSpec(str(copy), max_text_len=L))

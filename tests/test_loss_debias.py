@@ -291,3 +291,28 @@ def test_answer_prior_rejects_bad_ids():
         answer_prior(torch.tensor([0, -1]), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="eps"):
         answer_prior(torch.tensor([0]), torch.zeros(1, 3), eps=-1.0)
+
+
+def test_soft_cross_entropy_by_hand():
+    from pkd.train.losses.debias import soft_cross_entropy
+
+    logits = torch.tensor([[0.0, LN3, 0.0], [1.0, 2.0, 3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # row 2: no scored answer
+    # softmax row 1 = (1, 3, 1) / 5: -log(1/5); row 2 adds 0; mean over both questions
+    assert soft_cross_entropy(logits, targets).item() == pytest.approx(math.log(5) / 2, rel=1e-6)
+    soft = torch.tensor([[0.3, 0.9, 0.0]])  # normalised to (1/4, 3/4, 0)
+    want = -(0.25 * math.log(1 / 5) + 0.75 * math.log(3 / 5))
+    assert soft_cross_entropy(logits[:1], soft).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_rubi_softmax_criterion_golden_values():
+    from pkd.train.losses.debias import soft_cross_entropy
+
+    rubi = RUBiLoss(3, question_loss_weight=0.5, end_classifier=False, criterion="softmax")
+    out = rubi(X, Q, TARGETS)
+    vqa = soft_cross_entropy(torch.tensor(X_RUBI), TARGETS).item()
+    q = soft_cross_entropy(Q, TARGETS).item()
+    assert out["vqa_loss"].item() == pytest.approx(vqa, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(vqa + 0.5 * q, rel=1e-6)
+    with pytest.raises(ValueError, match="criterion"):
+        RUBiLoss(3, criterion="mse")

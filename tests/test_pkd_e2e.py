@@ -100,7 +100,7 @@ def test_evaluation_reads_neither_foundation_store(pkd_data, tmp_path):
     _, batches = split_batches(cfg, "test", v, stores)
     assert set(batches[[0, 1]]) == {"question_id", "question_tokens", "question_mask",
                                     "targets", "region_features", "region_geometry",
-                                    "region_mask"}
+                                    "region_mask", "question_type"}
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["data"]["foundation_image"] = str(tmp_path / "gone" / "images.zarr")

@@ -111,7 +111,7 @@ ENCODER = r"native|hf:.+"  # model.encoder: the native encoder or a transformers
 @dataclass
 class DataConfig:
     root: str = allowed("data", nonempty=True)  # data root (questions / annotations / synthetic benchmark)
-    dataset: Literal["synth", "vqa2", "vqacp2"] = "synth"  # which benchmark format to read
+    dataset: Literal["synth", "vqa2", "vqacp2", "gqa"] = "synth"  # which benchmark format to read
     train_split: str = allowed("train", nonempty=True)  # split name used for training
     val_split: str = allowed("val", nonempty=True)  # split name used for validation (ignored when val_fraction > 0)
     val_fraction: float = allowed(0.0, ge=0, lt=1)  # > 0: validate on this share of the TRAIN images, held out of training (VQA-CP has no val split)
@@ -212,10 +212,29 @@ class DistillConfig:
 
 
 @dataclass
+class RUBiConfig:
+    q_weight: float = allowed(1.0, ge=0)  # λ_q, weight of the question-only loss L_bce(c_q(q_logits)) (paper: 1)
+    branch_dims: tuple[int, ...] = allowed((1024, 1024), ge=1)  # hidden widths of the question-only MLP c_1 (ours: RUBi's c_1 is an MLP; widths not taken from its code)
+    end_classifier: bool = True  # the Linear(A, A) c_q on the branch's logits for its own loss (paper: yes)
+    criterion: Literal["bce", "softmax"] = "bce"  # both RUBi terms: soft-score BCE (as UpDn) or soft-target cross-entropy (RUBi's code)
+
+
+@dataclass
+class LMHConfig:
+    entropy_weight: float = allowed(0.36, ge=0)  # w_H of the bias entropy penalty (0.36 reported for VQA-CP; 0 = learned-mixin)
+    smooth: bool = True  # learned smoothing t = t_0 + σ(a) of the prior (reference: on)
+    smooth_init: float = allowed(-1.0, ge=-20, le=20)  # initial a of the learned smoothing (reference: -1)
+    constant_smooth: float = allowed(0.0, ge=0, le=1)  # t_0, constant smoothing added to p and 1 - p (reference: 0)
+    prior_eps: float = allowed(0.0, ge=0)  # ε pseudo-counts per answer in p(a | type) (reference: 0)
+
+
+@dataclass
 class MethodConfig:
     name: str = "baseline"  # which method runs: a key of pkd.train.tasks.METHODS
     pkd: PKDConfig = field(default_factory=PKDConfig)  # PKD settings (pkd-predictors, pkd)
     distill: DistillConfig = field(default_factory=DistillConfig)  # DistillVLM settings
+    rubi: RUBiConfig = field(default_factory=RUBiConfig)  # RUBi settings (rubi)
+    lmh: LMHConfig = field(default_factory=LMHConfig)  # learned-mixin +H settings (lmh)
 
 
 @dataclass

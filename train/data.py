@@ -9,8 +9,9 @@ dropped and counted per store (:attr:`SplitData.missing`): their features would 
 
 Batch keys (names flow unchanged from the stores): ``question_tokens`` (B,L) int64,
 ``question_mask`` (B,L) bool, ``targets`` (B,A) f32, ``region_features`` (B,N,d) f32,
-``region_geometry`` (B,N,6), ``region_mask`` (B,N) bool, ``question_id`` (B,) int64, and with
-foundation stores ``image_embeds`` / ``text_embeds`` (B,De), ``vision_tokens`` (B,P,dv),
+``region_geometry`` (B,N,6), ``region_mask`` (B,N) bool, ``question_id`` (B,) int64,
+``question_type`` (B,) int64 (id in the training types' vocabulary, :func:`question_type_ids`),
+and with foundation stores ``image_embeds`` / ``text_embeds`` (B,De), ``vision_tokens`` (B,P,dv),
 ``text_tokens`` (B,L',dt), ``text_mask`` (B,L') bool.
 """
 
@@ -152,13 +153,33 @@ def _trim(arrays: dict[str, np.ndarray], count: np.ndarray, names: list[str]) ->
     return np.arange(n)[None, :] < count[:, None]
 
 
+def question_type_vocab(split: SplitData) -> list[str]:
+    """The sorted distinct question types of ``split`` (of the training split: the types'
+    vocabulary, type ``i`` = id ``i``)."""
+    return sorted(set(split.question_types))
+
+
+def question_type_ids(types: list[str], vocab: list[str]) -> np.ndarray:
+    """(Q,) int64 id of each type in ``vocab``; a type not in it gets ``len(vocab)`` (LMH: the
+    "no bias" row of the prior)."""
+    index = {t: i for i, t in enumerate(vocab)}
+    return np.array([index.get(t, len(vocab)) for t in types], dtype=np.int64)
+
+
 class VQABatches(torch.utils.data.Dataset):
-    """``dataset[positions]`` -> one batch dict (use with ``DataLoader(batch_size=None)``)."""
+    """``dataset[positions]`` -> one batch dict (use with ``DataLoader(batch_size=None)``).
+
+    ``type_vocab``: the training types' vocabulary of the ``question_type`` key; None = the
+    split's own (:func:`question_type_vocab`), which *is* that vocabulary for the training split.
+    """
 
     def __init__(self, split: SplitData, stores: Stores, rows: dict[str, np.ndarray],
-                 num_answers: int, foundation_tokens: bool = False):
+                 num_answers: int, foundation_tokens: bool = False,
+                 type_vocab: list[str] | None = None):
         self.split, self.stores, self.rows = split, stores, rows
         self.num_answers, self.foundation_tokens = num_answers, foundation_tokens
+        self.type_vocab = question_type_vocab(split) if type_vocab is None else list(type_vocab)
+        self.question_type = question_type_ids(split.question_types, self.type_vocab)  # (Q,)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -168,6 +189,7 @@ class VQABatches(torch.utils.data.Dataset):
         tokens = self.split.tokens[pos]
         batch = {
             "question_id": self.split.question_ids[pos],
+            "question_type": self.question_type[pos],
             "question_tokens": tokens,
             "question_mask": tokens > 0,
             "targets": self.split.targets(pos, self.num_answers),

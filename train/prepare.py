@@ -290,4 +290,4 @@ def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores,
     model = build_model(model_cfg, len(v.words), len(v.answers), region_dim,
                         fdim if model_cfg.use_foundation_features else None)
     method_of(cfg).attach(model, cfg, fdim)
-    return model
+    return method_of(cfg).vqa_model(cfg, model)

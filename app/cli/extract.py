@@ -85,6 +85,7 @@ def foundation(
     captions: Annotated[bool, typer.Option(help="also encode DATA/captions.json")] = False,
     dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16")] = "float32",
     max_text_len: Annotated[int, typer.Option(help="text tokens per item")] = 32,
+    attn: Annotated[str, typer.Option(help="eager | sdpa (fused attention; features only)")] = "eager",
     device: Device = "cpu", batch_size: BatchSize = 32, shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
     items_per_shard: PerShard = 512, threads: Threads = 0, retry_failed: RetryFailed = False,
@@ -94,7 +95,7 @@ def foundation(
 
     recipe = FoundationRecipe(_source(data, dataset, splits, images, captions), model,
                               device=device, dtype=dtype, max_text_len=max_text_len,
-                              batch_size=batch_size)
+                              batch_size=batch_size, attn=attn)
     targets = ("images", "questions", "captions") if captions else ("images", "questions")
     opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed)
     _finish(extract_foundation(recipe, out, opts, targets), strict)
@@ -104,7 +105,7 @@ def foundation(
 def regions(
     data: Data,
     out: Annotated[Path, typer.Option(help="the regions store to write (NAME.zarr)")],
-    detector: Annotated[str | None, typer.Option(help="given:PATH|hf:MODEL|detectron2:CFG")] = None,
+    detector: Annotated[str | None, typer.Option(help="given:PATH|hf:MODEL|detectron2:CFG|grid:K|whole")] = None,
     boxes_from: Annotated[str | None, typer.Option(help="reuse the boxes of this store")] = None,
     backbone: Annotated[str | None, typer.Option(help="HF backbone to pool box features")] = None,
     pooling: Annotated[str, typer.Option(

@@ -12,7 +12,10 @@ forward time per question while evaluating; share of answers that are the traini
 their question type, and the share of gold answers that are — :mod:`pkd.data.prior`) plus
 ``"models"`` (parameter counts), ``"region_probes"`` (linear-probe accuracy of shape and colour
 from each regions store, :mod:`pkd.demo.probe`) and ``"stage_seconds"`` (wall time of each stage in
-this invocation; a resumed stage costs ~0).
+this invocation; a resumed stage costs ~0) and ``"summary"`` (:func:`summarize`: per method and
+split, ``mean``, ``ci_low``, ``ci_high`` — the 95% Student-t interval over seeds, None for one
+seed — ``n``, ``seeds``, and the paired difference of overall accuracy to the ``reference`` row
+on the same seeds, ``diff_mean``, ``diff_ci_low``, ``diff_ci_high``; :data:`REFERENCE`).
 
 The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
 region backbones): the numbers show the methods' mechanics on this benchmark, not their
@@ -36,7 +39,9 @@ ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictor
              "distillvlm-att", "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256",
              "distillvlm-queue16384")
 SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1")  # PKD loss weight / temperature (--methods)
-KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS)
+DEBIAS = ("question-only", "rubi", "lmh")  # reference debiasing methods on UpDn (--methods)
+CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothing trained
+KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *DEBIAS, *CONTROLS)
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
@@ -162,6 +167,9 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-mkd0.3": {**pkd, "method.pkd.lambda_mkd": 0.3},
         "pkd-mkd3": {**pkd, "method.pkd.lambda_mkd": 3.0},
         "pkd-kdT1": {**pkd, "method.pkd.kd_temperature": 1.0},
+        "question-only": {"method.name": "question-only"},
+        "rubi": {"method.name": "rubi", "method.rubi.branch_dims": [256, 256]},  # = hidden size
+        "lmh": {"method.name": "lmh"},
         "teacher": {**TEACHER, "method.name": "teacher-adapt", "optim.lr": 0.0005},
         "student": {**STUDENT, "method.name": "baseline", "optim.lr": 0.0005},
         "distillvlm": distill,
@@ -211,6 +219,33 @@ def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
     return rows
 
 
+def control_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> list[dict]:
+    """Rows of the ``inverted-prior`` control (Teney et al., NeurIPS 2020), scored like a run:
+    every question gets its type's least frequent training answer, yes/no the minority one
+    (:func:`pkd.data.prior.inverted_prior_answers`); no model, so ``ms_per_question`` is 0."""
+    from pkd.data.metric import evaluate_files
+    from pkd.data.prior import dominant_answers, inverted_prior_answers, prior_agreement
+    from pkd.data.vqa import dataset_files, load_annotations
+
+    train = load_annotations(dataset_files(paths.data, "synth", "train")[1])
+    answers, favourites = inverted_prior_answers(train), dominant_answers(train)
+    rows = []
+    for split in SPLITS:
+        qpath, apath = dataset_files(paths.data, "synth", split)
+        anns = load_annotations(apath)
+        results = [{"question_id": a.question_id, "answer": answers.get(a.question_type, "")}
+                   for a in anns]
+        out = run_dir(cfg, name, seed) / f"results_{split}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results))
+        metrics = evaluate_files(qpath, apath, out)
+        prior = prior_agreement({r["question_id"]: r["answer"] for r in results}, anns, favourites)
+        rows.append({"method": name, "seed": seed, "split": split, "overall": metrics["overall"],
+                     "perAnswerType": metrics["perAnswerType"], "ms_per_question": 0.0,
+                     "prior": prior["prior"], "prior_gold": prior["gold"]})
+    return rows
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run (or finish) the demo; write ``results.json``, ``.md`` and ``.png``; return the results."""
     from pkd.errors import PkdError
@@ -232,6 +267,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     rows = []
     for name in cfg.methods:
         for seed in range(cfg.seeds):
+            if name in CONTROLS:  # same rows on every seed, so paired differences line up
+                rows += timed("controls", lambda n=name, s=seed: control_rows(cfg, paths, n, s))
+                continue
             for need in NEEDS.get(name.split("-")[0], ()):
                 timed(f"{need}-seed{seed}", lambda n=need, s=seed: train_run(cfg, paths, n, s))
             run = timed(f"{name}-seed{seed}", lambda n=name, s=seed: train_run(cfg, paths, n, s))
@@ -244,7 +282,11 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def save_results(results: dict, out: Path) -> None:
-    """``results.json``, ``results.md`` (:func:`results_markdown`) and ``results.png`` in ``out``."""
+    """``results.json``, ``results.md`` (:func:`results_markdown`) and ``results.png`` in ``out``.
+
+    Sets ``results["summary"]`` to :func:`summarize` of its rows first, so the file carries the
+    intervals and paired differences of exactly the rows it holds."""
+    results["summary"] = summarize(results["rows"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(results_markdown(results))
     plot_results(results, out / "results.png")
@@ -274,19 +316,63 @@ def model_sizes(cfg: DemoConfig) -> dict:
     return sizes
 
 
+# The row each method's paired difference is taken to (same seeds, same stores): the model it
+# changes. DistillVLM rows compress the teacher into the student; every other row (PKD, its
+# ablations and sweeps, the debiasing methods, the teacher) is compared with the baseline.
+# The references themselves (None) have no difference.
+REFERENCE: dict[str, str | None] = {
+    "baseline": None, "student": None,
+    "distillvlm": "student", "distillvlm-att": "student", "distillvlm-nce": "student",
+    "distillvlm-kd": "student", "distillvlm-queue256": "student",
+    "distillvlm-queue16384": "student",
+}
+
+
+def reference_of(method: str) -> str | None:
+    """The reference row of ``method`` (:data:`REFERENCE`, default ``"baseline"``)."""
+    return REFERENCE.get(method, "baseline")
+
+
+def _over_seeds(by_seed: dict[int, float]) -> dict:
+    """``mean``, ``ci_low``, ``ci_high`` (95% t interval, None for one seed), ``n``, ``seeds``."""
+    from pkd.stats import mean_ci
+
+    e = mean_ci([by_seed[k] for k in sorted(by_seed)])
+    return {"mean": e.mean, "ci_low": e.low, "ci_high": e.high, "n": e.n,
+            "seeds": sorted(by_seed)}
+
+
+def _paired(method: str, split: str, overall: dict[tuple[str, str], dict[int, float]]) -> dict:
+    """``reference`` and the paired difference of overall accuracy to it on the same seeds:
+    ``diff_mean``, ``diff_ci_low``, ``diff_ci_high`` (None without a reference row; the
+    interval None for one seed). Unpaired seeds are a PkdError (:func:`pkd.stats.paired_difference`)."""
+    from pkd.stats import paired_difference
+
+    ref = reference_of(method)
+    none = {"reference": ref, "diff_mean": None, "diff_ci_low": None, "diff_ci_high": None}
+    if ref is None or (ref, split) not in overall:
+        return none
+    d = paired_difference(overall[(method, split)], overall[(ref, split)],
+                          names=(f"{method} ({split})", ref))
+    return {**none, "diff_mean": d.mean, "diff_ci_low": d.low, "diff_ci_high": d.high}
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean ± std over seeds per (method, split), overall and per answer type."""
+    """Per (method, split), over seeds: overall accuracy's mean with its 95% Student-t CI
+    (:func:`pkd.stats.mean_ci`: ``mean ± t_{0.975, n-1} s / sqrt(n)``; ``ci_low``/``ci_high``
+    None with one seed), ``n`` and ``seeds``; the paired difference to the reference row
+    (:func:`_paired`); and the plain means of the answer types, prior shares and timing."""
     import numpy as np
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["split"]), []).append(r)
+    overall = {key: {r["seed"]: r["overall"] for r in rs} for key, rs in groups.items()}
     out = []
     for (m, s), rs in groups.items():
         types = sorted({t for r in rs for t in r["perAnswerType"]})
-        out.append({"method": m, "split": s, "n": len(rs),
-                    "mean": float(np.mean([r["overall"] for r in rs])),
-                    "std": float(np.std([r["overall"] for r in rs])),
+        out.append({"method": m, "split": s, **_over_seeds(overall[(m, s)]),
+                    **_paired(m, s, overall),
                     **{k: float(np.mean([r.get(k, np.nan) for r in rs]))
                        for k in ("ms_per_question", "prior", "prior_gold")},
                     "perAnswerType": {t: float(np.mean([r["perAnswerType"].get(t, 0.0)
@@ -294,30 +380,64 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def overall_cell(s: dict) -> str:
+    """``mean ± half-width`` of the 95% CI over seeds; the bare mean for one seed."""
+    if s["ci_low"] is None:
+        return f"{s['mean']:.2f}"
+    return f"{s['mean']:.2f} ± {(s['ci_high'] - s['ci_low']) / 2:.2f}"
+
+
+def delta_cell(s: dict) -> str:
+    """``vs baseline +1.70 [+0.30, +3.10]`` (paired Δ and its 95% CI); no interval for one
+    seed; empty for a reference row or when the reference row was not run."""
+    if s["diff_mean"] is None:
+        return ""
+    cell = f"vs {s['reference']} {s['diff_mean']:+.2f}"
+    if s["diff_ci_low"] is not None:
+        cell += f" [{s['diff_ci_low']:+.2f}, {s['diff_ci_high']:+.2f}]"
+    return cell
+
+
 def results_table(results: dict) -> tuple[str, list[str], list[list[str]], list[str]]:
     """The results table of ``pkd demo`` and ``results.md``: title, header, one row of cells per
-    (method, split) and the notes printed under it. Overall accuracy is ``mean ± std`` over seeds
-    (population std), the bare mean where a row has one seed."""
+    (method, split) and the notes printed under it. Overall accuracy is ``mean ± hw`` (hw: half
+    the 95% t interval over seeds), the bare mean where a row has one seed; ``paired Δ`` is its
+    difference to the reference row on the same seeds with that difference's 95% interval."""
     summary = summarize(results["rows"])
     seeds = max((s["n"] for s in summary), default=0)
     title = f"pkd demo — VQA accuracy (%), {seeds} seed{'' if seeds == 1 else 's'}"
     types = sorted({t for s in summary for t in s["perAnswerType"]})
     several = any(s["n"] > 1 for s in summary)
-    header = ["method", "split", "overall (mean ± std)" if several else "overall", *types,
-              "prior %", "params", "µs/question"]
+    header = ["method", "split", "overall (mean ± 95% CI)" if several else "overall", "seeds",
+              "paired Δ", *types, "prior %", "params", "µs/question"]
     params = results.get("models", {})
-    rows = [[s["method"], s["split"],
-             f"{s['mean']:.2f} ± {s['std']:.2f}" if s["n"] > 1 else f"{s['mean']:.2f}",
+    rows = [[s["method"], s["split"], overall_cell(s), str(s["n"]), delta_cell(s),
              *(f"{s['perAnswerType'].get(t, 0.0):.2f}" for t in types),
              f"{s['prior']:.1f}",
              f"{params[s['method']]:,}" if s["method"] in params else "",
              f"{1000 * s['ms_per_question']:.0f}"] for s in summary]
-    gold = {s["split"]: s["prior_gold"] for s in summary}
+    return title, header, rows, _table_notes(summary, several)
+
+
+def _table_notes(summary: list[dict], several: bool) -> list[str]:
     notes = []
+    if several:
+        notes.append("overall: mean ± half-width of the 95% Student-t interval over seeds; "
+                     "paired Δ: mean over seeds of (row - reference) on the same seeds "
+                     "[95% t interval]")
+    elif summary:
+        notes.append("paired Δ: row - reference on the same seed; one seed gives no interval "
+                     "(a single seed is an anecdote: use --seeds 5)")
+    present = {(s["method"], s["split"]) for s in summary}
+    absent = sorted({s["reference"] for s in summary
+                     if s["reference"] and (s["reference"], s["split"]) not in present})
+    if absent:
+        notes.append(f"paired Δ blank: reference row not run ({', '.join(absent)})")
+    gold = {s["split"]: s["prior_gold"] for s in summary}
     if gold:
         notes.append("prior %: answers that are the training favourite of their question type "
                      "(gold " + ", ".join(f"{k} {v:.1f}%" for k, v in gold.items()) + ")")
-    return title, header, rows, notes
+    return notes
 
 
 TEXT_COLUMNS = 2  # method, split: left-aligned; the other columns are numbers (right-aligned)
@@ -360,7 +480,8 @@ def plot_results(results: dict, out: Path) -> Path:
                  for m in methods]
         xs = [i + (j - 0.5) * 0.38 for i in range(len(methods))]
         ax.bar(xs, [c["mean"] if c else 0 for c in cells], 0.36,
-               yerr=[c["std"] if c else 0 for c in cells], label=split)
+               yerr=[(c["ci_high"] - c["ci_low"]) / 2 if c and c["ci_low"] is not None else 0
+                     for c in cells], label=split)  # 95% CI over seeds
     ax.set_xticks(range(len(methods)), methods, rotation=20)
     ax.set_ylabel("VQA accuracy (%)")
     ax.legend()

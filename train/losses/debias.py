@@ -13,6 +13,11 @@ vector) and ``c_q`` a Linear(A, A) classifier on top of it::
     x_rubi = x ⊙ σ(q_logits)                      the mask
     L = L_bce(x_rubi, s) + λ_q · L_bce(c_q(q_logits), s)
 
+With ``criterion="softmax"`` both terms are the soft-target cross-entropy ``L_ce`` instead
+(:func:`soft_cross_entropy`), the criterion of RUBi's own code (a softmax over answers): under
+a sigmoid per answer, a mask ``σ(q_logits) ≈ 0`` pulls an answer's logit to 0 (probability 1/2)
+whatever ``x`` says, under a softmax it only flattens that answer's score.
+
 **LMH** (Clark, Yatskar, Zettlemoyer, EMNLP 2019, "Don't Take the Easy Way Out: Ensemble Based
 Methods for Avoiding Known Dataset Biases", learned-mixin + H). ``p`` (B, A) is each question's
 training prior ``p(answer | question type)``
@@ -50,6 +55,15 @@ from pkd.train.losses.vqa import VQALoss
 LOG_FLOOR = 1e-12  # clamp for log arguments (only reached with no smoothing and p in {0, 1})
 
 
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``L_ce = mean_i -Σ_a s̃_ia log softmax(z_i)_a`` with ``s̃_i = s_i / Σ_a s_ia`` the soft
+    scores made a distribution; a question without any scored answer adds 0 (it still counts
+    in the mean, as in ``L_bce``). ``logits``, ``targets`` (B, A)."""
+    total = targets.float().sum(1, keepdim=True)  # (B, 1)
+    dist = targets.float() / total.clamp(min=torch.finfo(torch.float32).tiny)
+    return -(dist * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
 def binary_entropy_with_logits(z: torch.Tensor) -> torch.Tensor:
     """Element-wise ``-[σ(z) log σ(z) + σ(-z) log σ(-z)]`` (in nats, at most log 2), stable."""
     return -(torch.sigmoid(z) * F.logsigmoid(z) + torch.sigmoid(-z) * F.logsigmoid(-z))
@@ -64,11 +78,13 @@ class RUBiLoss(nn.Module):
     """
 
     def __init__(self, num_answers: int, question_loss_weight: float = 1.0,
-                 end_classifier: bool = True):
+                 end_classifier: bool = True, criterion: str = "bce"):
         super().__init__()
+        if criterion not in ("bce", "softmax"):
+            raise ValueError(f"RUBi criterion must be 'bce' or 'softmax', got {criterion!r}")
         self.question_loss_weight = question_loss_weight  # λ_q
         self.c_q = nn.Linear(num_answers, num_answers) if end_classifier else nn.Identity()
-        self.bce = VQALoss()
+        self.bce = VQALoss() if criterion == "bce" else soft_cross_entropy
 
     def forward(self, logits: torch.Tensor, q_logits: torch.Tensor, targets: torch.Tensor
                 ) -> dict[str, torch.Tensor]:

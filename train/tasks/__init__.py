@@ -15,11 +15,15 @@ from pkd.errors import PkdError
 from pkd.train.config import TrainConfig
 from pkd.train.tasks.baseline import Baseline, BaselineTask
 from pkd.train.tasks.distillvlm import DistillVLM, DistillVLMTask, TeacherAdapt, TeacherAdaptTask
+from pkd.train.tasks.lmh import LMH, LMHTask
 from pkd.train.tasks.method import Method
 from pkd.train.tasks.pkd import PKD, PKDPredictors, PKDPredictorTask, PKDSetup, PKDTask
+from pkd.train.tasks.question_only import QuestionOnly, QuestionOnlyTask
+from pkd.train.tasks.rubi import RUBi, RUBiTask
 
-__all__ = ["METHODS", "BaselineTask", "DistillVLMTask", "Method", "PKDPredictorTask", "PKDSetup",
-           "PKDTask", "TeacherAdaptTask", "build_task", "method_of"]
+__all__ = ["METHODS", "BaselineTask", "DistillVLMTask", "LMHTask", "Method", "PKDPredictorTask",
+           "PKDSetup", "PKDTask", "QuestionOnlyTask", "RUBiTask", "TeacherAdaptTask", "build_task",
+           "method_of"]
 
 METHODS: dict[str, Method] = {
     "baseline": Baseline(),
@@ -27,6 +31,9 @@ METHODS: dict[str, Method] = {
     "distillvlm": DistillVLM(),
     "pkd-predictors": PKDPredictors(),
     "pkd": PKD(),
+    "question-only": QuestionOnly(),
+    "rubi": RUBi(),
+    "lmh": LMH(),
 }
 
 

@@ -14,6 +14,7 @@ one literal mapping in :mod:`pkd.train.tasks`) instead of comparing names:
 | ``built_models(cfg)`` | ``[("model", cfg.model)]`` | config validation: the models it builds |
 | ``problems(cfg)`` | ``[]`` | config validation: its own rules between fields |
 | ``attach(model, cfg, foundation_dim)`` | nothing | parts of the VQA model's own saved state |
+| ``vqa_model(cfg, model)`` | ``model`` | the VQA model trained, saved in ``best/`` and evaluated (question-only: no image) |
 | ``task(cfg, model, **parts)`` | — | the task (model + losses) from loaded parts |
 | ``build_task(cfg, model, vocabs, stores)`` | ``task(cfg, model)`` | loads the parts, then ``task`` |
 
@@ -58,6 +59,10 @@ class Method:
 
     def attach(self, model: nn.Module, cfg: TrainConfig, foundation_dim: int | None) -> None:
         return None
+
+    def vqa_model(self, cfg: TrainConfig, model: nn.Module) -> nn.Module:
+        """The VQA model the run trains, saves and evaluates, made from the built ``model``."""
+        return model
 
     def task(self, cfg: TrainConfig, model: nn.Module) -> nn.Module:
         raise NotImplementedError
