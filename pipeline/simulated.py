@@ -22,17 +22,13 @@ rate and seed.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pkd.errors import PkdError
 from pkd.pipeline.boxes import clip_boxes
-from pkd.pipeline.detectors import Detections, read_coco_boxes, whole_image
+from pkd.pipeline.detectors import Detections, GivenBoxes, whole_image
 
 
 @dataclass(frozen=True)
@@ -84,24 +80,22 @@ def simulate_proposals(boxes: np.ndarray, labels: np.ndarray, width: float, heig
                       all_labels[order].astype(np.int64), None)
 
 
-class SimulatedDetector:
-    """A simulated detector (module doc) over a COCO-detection JSON; no per-box features."""
+class SimulatedDetector(GivenBoxes):
+    """A simulated detector (module doc) over a COCO-detection JSON; no per-box features.
+    Reads and rescales the boxes like ``given:``; only the proposals drawn from them differ."""
 
     feature_dim = None
 
     def __init__(self, target: str, max_boxes: int = 100):
         self.name, path = parse_simulated(target)
-        self.profile, self.path, self.max_boxes = PROFILES[self.name], Path(path), max_boxes
-        self.by_id = read_coco_boxes(self.path)
+        self.profile = PROFILES[self.name]
+        super().__init__(path, max_boxes)
 
     def provenance(self) -> dict:
+        given = super().provenance()
         return {"detector": f"simulated:{self.name}:{self.path.resolve()}", "simulated": True,
-                "profile": asdict(self.profile),
-                "boxes_sha256": hashlib.sha256(self.path.read_bytes()).hexdigest(),
+                "profile": asdict(self.profile), "boxes_sha256": given["boxes_sha256"],
                 "max_boxes": self.max_boxes}
-
-    def detect(self, images: Sequence[Image.Image], image_ids: Sequence[int]) -> list[Detections]:
-        return [self._one(img.size, int(i)) for img, i in zip(images, image_ids, strict=True)]
 
     def _one(self, size: tuple[int, int], image_id: int) -> Detections:
         width, height = size

@@ -317,7 +317,7 @@ def test_demo_inverted_prior_rows_match_the_control_accuracy(bench, tmp_path):
     data, _ = bench
     rows = control_rows(DemoConfig(out=tmp_path), Paths(data, tmp_path, tmp_path),
                         "inverted-prior", 0)
-    assert [r["split"] for r in rows] == ["test", "test_iid"]
+    assert [r["split"] for r in rows] == ["test", "test_comp", "test_iid"]
     answers = inverted_prior_answers(load_annotations(dataset_files(data, "synth", "train")[1]))
     for r in rows:
         anns = load_annotations(dataset_files(data, "synth", r["split"])[1])

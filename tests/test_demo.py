@@ -30,6 +30,7 @@ from pkd.train.config import load_config
 def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     synth = SynthConfig(train_images=60, val_images=16, test_images=20, test_iid_images=20,
+                        test_comp_images=20, detection_train_images=10, detection_val_images=5,
                         caption_images=40, pilot_scenes=400)
     cfg = DemoConfig(out=tmp_path / "demo", seeds=1, methods=("baseline",), synth=synth,
                      pretrain_epochs=1, train_epochs=1)
@@ -37,7 +38,7 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
     saved = json.loads((cfg.out / "results.json").read_text())
     assert saved == results and isinstance(saved["elapsed_s"], float)
     assert {(r["method"], r["seed"], r["split"]) for r in saved["rows"]} == {
-        ("baseline", 0, "test"), ("baseline", 0, "test_iid")}
+        ("baseline", 0, "test"), ("baseline", 0, "test_comp"), ("baseline", 0, "test_iid")}
     for row in saved["rows"]:
         assert 0.0 <= row["overall"] <= 100.0
         assert set(row["perAnswerType"]) <= {"yes/no", "number", "other"}
@@ -51,7 +52,7 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
     probes = saved["region_probes"]
     assert set(probes) == {"regions", "teacher_regions"}
     assert all(0 <= probes[s][a]["accuracy"] <= 100 for s in probes for a in ("shape", "color"))
-    assert [s["n"] for s in summarize(saved["rows"])] == [1, 1]
+    assert [s["n"] for s in summarize(saved["rows"])] == [1, 1, 1]
     again = run_demo(cfg)  # resumable: finished stages are skipped, same numbers
     def scores(rows):
         return [{k: v for k, v in r.items() if k != "ms_per_question"} for r in rows]

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pkd.data.synth import SynthConfig
 
-SPLITS = ("test", "test_iid")
+SPLITS = ("test", "test_comp", "test_iid")  # prior shift, held-out combinations, train priors
 MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
 ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictors-off",
              "distillvlm-att", "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256",
@@ -88,22 +88,29 @@ def _stage(label: str) -> None:
 
 def prepare(cfg: DemoConfig) -> Paths:
     """Data, foundation model, backbones and every store the methods read (each step once)."""
-    from pkd.data.synth import generate
-    from pkd.hf.tiny_models import build_tiny_resnet
+    from pkd.data.synth import SYNTH_VERSION, generate
+    from pkd.errors import PkdError
     from pkd.train.pretrain import PretrainConfig, pretrain
+    from pkd.train.pretrain.regions import RegionPretrainConfig, pretrain_regions
 
     out = cfg.out
     paths = Paths(out / "data", out / "foundation", out / "stores")
-    if not (paths.data / "synth_meta.json").is_file():
+    meta = paths.data / "synth_meta.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("version") != SYNTH_VERSION:
+        raise PkdError(f"{paths.data}: a benchmark of another version (this pkd writes version "
+                       f"{SYNTH_VERSION}); give a fresh --out folder")
+    if not meta.is_file():
         _stage("generating the synthetic benchmark")
         generate(cfg.synth, paths.data)
     if not (paths.foundation / "pretrain_metrics.json").is_file():
         _stage("pre-training the demo foundation model on the caption corpus")
         pretrain(PretrainConfig(data_dir=paths.data, out_dir=paths.foundation,
                                 epochs=cfg.pretrain_epochs))
-    for name, hidden, seed in (("backbone-student", 16, 0), ("backbone-teacher", 32, 1)):
-        if not (out / name / "config.json").is_file():
-            build_tiny_resnet(out / name, image_size=cfg.synth.image_size, hidden=hidden, seed=seed)
+    for size, epochs, seed in (("student", 0, 0), ("teacher", 2, 1)):  # trained like bottom-up's
+        if not (out / f"backbone-{size}" / "config.json").is_file():
+            _stage(f"training the {size} region backbone on the detection corpus")
+            pretrain_regions(RegionPretrainConfig(data_dir=paths.data, out_dir=out / f"backbone-{size}",
+                                                  size=size, epochs=epochs, seed=seed))
     extract(cfg, paths)
     return paths
 
@@ -118,7 +125,8 @@ def extract(cfg: DemoConfig, paths: Paths) -> None:
     from pkd.pipeline.runner import RunOptions
     from pkd.pipeline.sources import SourceConfig
 
-    opts, source = RunOptions(items_per_shard=256), SourceConfig(root=paths.data)
+    source = SourceConfig(root=paths.data, splits=("train", "val", *SPLITS))
+    opts = RunOptions(items_per_shard=256)
     _stage("extracting foundation features (images, questions)")
     extract_foundation(FoundationRecipe(source, str(paths.foundation)), paths.stores, opts)
     _stage("extracting student regions (given boxes) and aligned teacher regions (same boxes)")
