@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_benchmark, make_regions_store, train_overrides
+from train_fixtures import (
+    benchmark_and_regions,
+    train_overrides,
+)
 
 from pkd.cli import main
 from pkd.errors import PkdError
@@ -173,10 +176,7 @@ def test_lmh_no_bias_row_leaves_the_logits_alone():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("bench")
-    data = make_benchmark(root / "data")
-    return data, make_regions_store(data, root / "regions.zarr")
+    return benchmark_and_regions(tmp_path_factory)
 
 
 def test_lmh_prior_is_built_from_the_trained_questions_only(bench, tmp_path):

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from train_fixtures import make_benchmark, make_regions_store, train_overrides
+from train_fixtures import (
+    benchmark_and_regions,
+    train_overrides,
+)
 
 from pkd.cli import main
 from pkd.data.vqa import dataset_files, load_split
@@ -24,10 +26,7 @@ from pkd.train.data import SplitData, Stores, attach
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("integrity")
-    data = make_benchmark(root / "data")
-    return data, make_regions_store(data, root / "regions.zarr")
+    return benchmark_and_regions(tmp_path_factory, "integrity")
 
 
 def _copy(store: Path, tmp_path: Path) -> Path:

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_fixtures import make_benchmark, make_regions_store, train_overrides
+from train_fixtures import (
+    benchmark_and_regions,
+    train_overrides,
+)
 
 from pkd.cli import main
 from pkd.errors import PkdError
@@ -25,10 +28,7 @@ from pkd.train.models.layers import require
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("bench")
-    data = make_benchmark(root / "data")
-    return data, make_regions_store(data, root / "regions.zarr")
+    return benchmark_and_regions(tmp_path_factory)
 
 
 def _train_questions(data: Path) -> int:

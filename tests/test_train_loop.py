@@ -13,7 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_benchmark, make_regions_store, train_overrides
+from train_fixtures import (
+    benchmark_and_regions,
+    make_regions_store,
+    train_overrides,
+)
 
 from pkd.cli import main
 from pkd.errors import PkdError
@@ -25,10 +29,7 @@ from pkd.train.tasks.baseline import BaselineTask
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("bench")
-    data = make_benchmark(root / "data")
-    return data, make_regions_store(data, root / "regions.zarr")
+    return benchmark_and_regions(tmp_path_factory)
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

@@ -88,3 +88,12 @@ def sharpen(model: torch.nn.Module, seed: int) -> torch.nn.Module:
             for lin in (layer.attention.query, layer.attention.key):
                 lin.weight.copy_(0.5 * torch.randn(lin.weight.shape, generator=g))
     return model
+
+
+def benchmark_and_regions(tmp_path_factory, name: str = "bench"):
+    """(data folder, regions store) of a small synthetic benchmark: the module-scoped ``bench``
+    fixture of the training tests."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp(name)
+    data = make_benchmark(root / "data")
+    return data, make_regions_store(data, root / "regions.zarr")
