@@ -75,29 +75,8 @@ def evaluate(questions: Sequence[Question] | None, annotations: Sequence[Annotat
         lost = [a.question_id for a in annotations if a.question_id not in known]
         if lost:
             raise PkdError(f"questions: annotated question_id {lost[0]} has no question")
-    annotated = {a.question_id for a in annotations}
-    unknown = [qid for qid in results if qid not in annotated]
-    if unknown:
-        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-        raise PkdError(f"{results_name}: question_id {unknown[0]}{more} is not in the annotations")
-    overall: list[float] = []
-    per_answer: dict[str, list[float]] = {}
-    per_question: dict[str, list[float]] = {}
-    for a in annotations:
-        answer = results.get(a.question_id)
-        acc = 0.0 if answer is None else question_accuracy(a.answers, answer)
-        overall.append(acc)
-        per_answer.setdefault(a.answer_type, []).append(acc)
-        per_question.setdefault(a.question_type, []).append(acc)
-    missing = sum(a.question_id not in results for a in annotations)
-    return {
-        "overall": _percent(overall),
-        "perAnswerType": {t: _percent(v) for t, v in sorted(per_answer.items())},
-        "perQuestionType": {t: _percent(v) for t, v in sorted(per_question.items())},
-        "questions": len(annotations),
-        "answered": len(annotations) - missing,
-        "missing": missing,
-    }
+    _check_known(annotations, results, results_name)
+    return _scored(annotations, results, lambda a, answer: question_accuracy(a.answers, answer))
 
 
 def load_results(path: str | Path) -> dict[int, str]:
@@ -144,17 +123,25 @@ def evaluate_gqa(annotations: Sequence[Annotation], results: Mapping[int, str],
     if not annotations:
         raise PkdError(f"{results_name}: no annotated questions to score")
     _check_known(annotations, results, results_name)
+    scored = _scored(annotations, results,
+                     lambda a, answer: gqa_accuracy(a.multiple_choice_answer, answer))
+    return {"metric": "gqa", **scored}
+
+
+def _scored(annotations: Sequence[Annotation], results: Mapping[int, str], accuracy) -> dict:
+    """Mean ``accuracy(annotation, answer)`` (0 for an unanswered question) in percent: overall,
+    per answer type and per question type, with the answered / missing counts."""
     overall: list[float] = []
     per_answer: dict[str, list[float]] = {}
     per_question: dict[str, list[float]] = {}
     for a in annotations:
         answer = results.get(a.question_id)
-        acc = 0.0 if answer is None else gqa_accuracy(a.multiple_choice_answer, answer)
+        acc = 0.0 if answer is None else accuracy(a, answer)
         overall.append(acc)
         per_answer.setdefault(a.answer_type, []).append(acc)
         per_question.setdefault(a.question_type, []).append(acc)
     missing = sum(a.question_id not in results for a in annotations)
-    return {"metric": "gqa", "overall": _percent(overall),
+    return {"overall": _percent(overall),
             "perAnswerType": {t: _percent(v) for t, v in sorted(per_answer.items())},
             "perQuestionType": {t: _percent(v) for t, v in sorted(per_question.items())},
             "questions": len(annotations), "answered": len(annotations) - missing,
