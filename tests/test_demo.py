@@ -299,3 +299,50 @@ def test_unpaired_seeds_are_refused_in_one_line():
         summarize(rows)
     assert str(err.value) == ("paired difference pkd (test) - baseline: seeds differ "
                               "(pkd (test): [0, 1, 2], baseline: [0, 1])")
+
+
+def test_presets_quick_and_full():
+    from pathlib import Path
+
+    from pkd.demo import DEBIAS, FULL_METHODS
+
+    quick, full = DemoConfig.of("quick", Path("q")), DemoConfig.of("full", Path("f"))
+    assert quick.synth == SynthConfig() and (quick.seeds, quick.methods) == (1, MAIN_METHODS)
+    assert full.synth == SynthConfig.preset("full") and full.seeds == 5
+    assert set(FULL_METHODS) == set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS) | set(ABLATIONS)
+    assert full.methods == FULL_METHODS and full.preset == "full"
+    assert DemoConfig.of("full", Path("f"), seeds=2).seeds == 2
+    from pkd.errors import PkdError
+
+    with pytest.raises(PkdError, match="unknown preset 'huge'"):
+        DemoConfig.of("huge", Path("x"))
+
+
+def test_a_data_folder_of_another_size_is_refused(tmp_path):
+    from dataclasses import asdict
+
+    from pkd.demo import check_same_benchmark
+    from pkd.errors import PkdError
+
+    saved = json.loads(json.dumps(asdict(SynthConfig())))  # the quick benchmark's config
+    check_same_benchmark(saved, DemoConfig.of("quick", tmp_path), tmp_path)  # same: accepted
+    with pytest.raises(PkdError, match=r"generated with train_images=1500, this demo \(full\) "
+                                       r"needs 12500; give another --out"):
+        check_same_benchmark(saved, DemoConfig.of("full", tmp_path), tmp_path)
+
+
+def test_cli_preset_option_sets_size_seeds_and_rows(tmp_path, monkeypatch):
+    import pkd.demo
+    from pkd.cli import main
+    from pkd.demo import FULL_METHODS
+
+    seen = {}
+    monkeypatch.setattr(pkd.demo, "run_demo", lambda cfg: seen.setdefault("cfg", cfg) and {
+        "elapsed_s": 0.0, "rows": [], "models": {}})
+    assert main(["demo", "--out", str(tmp_path), "--preset", "full"]) == 0
+    cfg = seen.pop("cfg")
+    assert (cfg.preset, cfg.seeds, cfg.methods) == ("full", 5, FULL_METHODS)
+    assert cfg.synth.train_images == SynthConfig.preset("full").train_images
+    assert main(["demo", "--out", str(tmp_path), "--preset", "full", "--seeds", "2"]) == 0
+    assert seen["cfg"].seeds == 2
+    assert main(["demo", "--out", str(tmp_path), "--preset", "huge"]) == 2

@@ -56,6 +56,28 @@ def test_itc_loss_with_diagonal_positives_is_clip_cross_entropy():
     assert got.item() == pytest.approx(reference.item(), abs=1e-6)
 
 
+def test_itc_loss_extra_negative_texts_join_the_image_rows_only_by_hand():
+    # 2 pairs, logits 2·I; one extra negative text equal to image 0's feature (logit 2 for row
+    # 0, 0 for row 1). Row 0: softmax over (2, 0, 2) -> -log(e²/(2e² + 1)); row 1 unchanged
+    # -log(e²/(e² + 2)); columns unchanged: log(1 + e⁻²) each.
+    u = w = torch.eye(2)
+    got = itc_loss(u, w, torch.tensor(2.0), torch.eye(2, dtype=torch.bool),
+                   torch.tensor([[1.0, 0.0]]))
+    e2 = math.exp(2)
+    i2t = (-math.log(e2 / (2 * e2 + 1)) - math.log(e2 / (e2 + 2))) / 2
+    assert got.item() == pytest.approx((i2t + math.log(1 + math.exp(-2))) / 2, rel=1e-6)
+
+
+def test_itc_loss_with_no_extra_negatives_is_unchanged():
+    g = torch.Generator().manual_seed(1)
+    u = F.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    w = F.normalize(torch.randn(4, 6, generator=g), dim=-1)
+    eye = torch.eye(4, dtype=torch.bool)
+    empty = torch.zeros(0, 6)
+    assert itc_loss(u, w, torch.tensor(5.0), eye, empty).item() == pytest.approx(
+        itc_loss(u, w, torch.tensor(5.0), eye).item(), abs=1e-7)
+
+
 # --------------------------------------------------------------------------- hard negatives
 
 

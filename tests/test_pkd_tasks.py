@@ -231,3 +231,33 @@ def test_finetune_from_scratch_without_checkpoint(clip_head):
     task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
     out = task(make_batch())
     assert_weighted_sum(out, {"vqa_loss", "mkd_loss", "itm_loss", "div_loss"})
+
+
+def test_mkd_fraction_reads_the_first_items_pairs_only(clip_head, stage1_dir):
+    """``mkd_fraction=0.5`` (B=4 -> m=2): L_mkd is BinaryKL over the 2 positives (ṽ_i, t̃_i) and
+    2 negatives (ṽ_i, t̃_π(i)) of items 0, 1, with π drawn from the whole batch, and D's ITM
+    pass reads 2m = 4 pairs instead of 2B = 8."""
+    from pkd.train.losses.itm import negative_partners
+    from pkd.train.tasks.pkd import mkd_items, predicted_view
+
+    assert [mkd_items(4, f) for f in (0.01, 0.25, 0.5, 0.51, 1.0)] == [1, 1, 2, 3, 4]
+    cfg = config("pkd", predictors=stage1_dir, mkd_fraction=0.5)
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head)).eval()
+    batch = make_batch(4)
+    seen = []
+    itm = task.model_itm
+    task.model_itm = lambda v, t, m: seen.append(len(v)) or itm(v, t, m)
+    pred = predicted_view(task.predictors(batch), batch, True)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        got = task.model_kd(pred, batch)
+    torch.manual_seed(7)
+    pi, valid = negative_partners(batch["image_embeds"], batch["text_embeds"])
+    pi, valid = pi[:2], valid[:2]
+    v, t, mask = pred.vision[:2].repeat(2, 1, 1), pred.text, pred.text_mask
+    t2, m2 = torch.cat([t[:2], t[pi]]), torch.cat([mask[:2], mask[pi]])
+    with torch.no_grad():
+        want = task.mkd(itm(v, t2, m2), task.head(v, t2, m2),
+                        torch.cat([torch.ones_like(valid), valid]))
+    assert seen == [4]
+    torch.testing.assert_close(got, want)

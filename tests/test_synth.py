@@ -81,7 +81,7 @@ def test_vqa_files_have_the_exact_v2_layout(bench):
         assert meta["splits"][split]["questions"] == len(qs["questions"])
         assert meta["splits"][split]["images"] == len({q["image_id"] for q in qs["questions"]})
     assert load(out / "synth_meta.json") == json.loads(json.dumps(meta))
-    assert meta["seed"] == 3 and meta["config"]["train_images"] == 240 and meta["version"] == "2"
+    assert meta["seed"] == 3 and meta["config"]["train_images"] == 240 and meta["version"] == "3"
 
 
 def test_images_boxes_and_ids(bench):
@@ -197,10 +197,10 @@ def test_answer_prior_is_shifted_in_test_only(bench, question_type):
         freq[split] = counts[top] / n
         if split == "test" and question_type != "is there a":
             assert counts.most_common(1)[0][0] == shifted_favourite(question_type, CFG.max_objects)
-    if question_type == "is there a":  # yes 0.75 in train, balanced in test
-        assert freq["train"] > 0.65 and abs(freq["test"] - 0.5) < 0.1
-    else:  # targets 0.6 -> 0.03
-        assert freq["train"] > 0.5 and freq["test"] < 0.1
+    if question_type == "is there a":  # yes 0.85 in train, balanced in test
+        assert freq["train"] > 0.75 and abs(freq["test"] - 0.5) < 0.1
+    else:  # targets 0.75 -> 0.03
+        assert freq["train"] > 0.65 and freq["test"] < 0.1
     assert abs(freq["test_iid"] - freq["train"]) < 0.12
     assert abs(freq["val"] - freq["train"]) < 0.2
 

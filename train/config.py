@@ -178,6 +178,7 @@ class PKDConfig:
     divergence: Literal["kl", "cosine", "mse"] = "kl"  # D(predicted, cached foundation) (ours)
     div_temperature: float = allowed(1.0, gt=0)  # softmax temperature of the "kl" divergence (ours)
     kd_temperature: float = allowed(1.0, gt=0)  # temperature T of the two-class ITM KL in L_mkd (ours)
+    mkd_fraction: float = allowed(1.0, gt=0, le=1)  # share of a (shuffled) batch whose predicted pairs L_mkd reads: its first ceil(f*B) items (cost: D runs on 2*ceil(f*B) pairs) (ours)
     memory_size: int = allowed(1024, ge=0)  # K, FIFO memory of pooled predicted features (ours)
     learnable_slots: int = allowed(0, ge=0)  # extra learnable memory slots next to the FIFO queue (ours)
     predictor_layers: int = allowed(2, ge=1)  # transformer layers of each feature predictor P_v, P_t (ours)

@@ -13,7 +13,10 @@ from pkd.demo import KNOWN
 def demo(
     out: Annotated[Path, typer.Option(help="output folder (resumable: re-run to finish)")] = Path(
         "demo_out"),
-    seeds: Annotated[int, typer.Option(help="training seeds per method")] = 1,
+    preset: Annotated[str, typer.Option(
+        help="quick (1 seed, main rows, ≤ 10 min on 2 cores) | full (the README's table: "
+             "full-size benchmark, 5 seeds, every row)")] = "quick",
+    seeds: Annotated[int, typer.Option(help="training seeds per method (0: the preset's)")] = 0,
     ablations: Annotated[bool, typer.Option(help="also run the ablation rows")] = False,
     methods: Annotated[str, typer.Option(
         help="comma-separated rows instead of the main methods; known: " + ", ".join(KNOWN))] = "",
@@ -21,13 +24,17 @@ def demo(
     """synth data -> pre-train foundation -> extract -> train -> evaluate; prints a table (also
     written to results.md)."""
     from pkd.cli.report import print_table
-    from pkd.demo import ABLATIONS, MAIN_METHODS, DemoConfig, results_table, run_demo
+    from pkd.demo import ABLATIONS, DemoConfig, results_table, run_demo
 
-    rows = tuple(m.strip() for m in methods.split(",") if m.strip()) or MAIN_METHODS
+    cfg = DemoConfig.of(preset, out)
+    rows = tuple(m.strip() for m in methods.split(",") if m.strip()) or cfg.methods
     rows += tuple(a for a in (ABLATIONS if ablations else ()) if a not in rows)
-    results = run_demo(DemoConfig(out=out, seeds=seeds, methods=rows))
+    cfg.methods, cfg.seeds = rows, seeds or cfg.seeds
+    results = run_demo(cfg)
     print_table(*results_table(results))
-    print(f"elapsed {results['elapsed_s']:.0f} s; results in {out / 'results.json'} "
+    where = results.get("machine", {})
+    print(f"elapsed {results['elapsed_s']:.0f} s on {where.get('cpu', '?')} "
+          f"({where.get('cores', '?')} cores); results in {out / 'results.json'} "
           f"(table: {out / 'results.md'})")
 
 

@@ -42,6 +42,7 @@ SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1")  # PKD loss weight / temperature
 DEBIAS = ("question-only", "rubi", "lmh")  # reference debiasing methods on UpDn (--methods)
 CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothing trained
 KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *DEBIAS, *CONTROLS)
+FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS)  # the README's table
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
@@ -70,6 +71,29 @@ class DemoConfig:
     pretrain_epochs: int = 20  # caption pre-training epochs of the demo foundation model
     train_epochs: int = 10  # VQA training epochs per run
     batch_size: int = 64  # VQA training batch size
+    preset: str = "quick"  # the size name printed with the results (see DemoConfig.of)
+
+    @classmethod
+    def of(cls, preset: str, out: Path, **overrides) -> DemoConfig:
+        """The demo of one size: ``quick`` (the README's main command: one seed, the main
+        methods, ≤ 10 min on 2 cores) or ``full`` (the README's table: 5 seeds, every row, the
+        full-size benchmark :meth:`SynthConfig.preset`); ``overrides`` replace fields."""
+        from pkd.data.synth import SynthConfig
+        from pkd.errors import PkdError
+
+        if preset not in DEMO_PRESETS:
+            raise PkdError(f"pkd demo: unknown preset {preset!r} (choose "
+                           f"{' | '.join(DEMO_PRESETS)})")
+        fields = {"synth": SynthConfig.preset(preset), "preset": preset, **DEMO_PRESETS[preset]}
+        return cls(out=out, **{**fields, **overrides})
+
+
+# The two sizes (DemoConfig fields; the benchmark itself is SynthConfig.preset of the same name).
+# full: 8x the training questions, so fewer epochs give more steps than quick's 10.
+DEMO_PRESETS: dict[str, dict] = {
+    "quick": {"seeds": 1, "methods": MAIN_METHODS, "pretrain_epochs": 20, "train_epochs": 10},
+    "full": {"seeds": 5, "methods": FULL_METHODS, "pretrain_epochs": 20, "train_epochs": 3},
+}
 
 
 @dataclass
@@ -99,7 +123,9 @@ def prepare(cfg: DemoConfig) -> Paths:
     if meta.is_file() and json.loads(meta.read_text()).get("version") != SYNTH_VERSION:
         raise PkdError(f"{paths.data}: a benchmark of another version (this pkd writes version "
                        f"{SYNTH_VERSION}); give a fresh --out folder")
-    if not meta.is_file():
+    if meta.is_file():
+        check_same_benchmark(json.loads(meta.read_text()).get("config", {}), cfg, paths.data)
+    else:
         _stage("generating the synthetic benchmark")
         generate(cfg.synth, paths.data)
     if not (paths.foundation / "pretrain_metrics.json").is_file():
@@ -113,6 +139,36 @@ def prepare(cfg: DemoConfig) -> Paths:
                                                   size=size, epochs=epochs, seed=seed))
     extract(cfg, paths)
     return paths
+
+
+def check_same_benchmark(saved: dict, cfg: DemoConfig, where: Path) -> None:
+    """Refuse a data folder generated with another :class:`SynthConfig` (e.g. the quick size
+    when ``--preset full`` is asked), naming the first field that differs."""
+    from dataclasses import asdict
+
+    from pkd.errors import PkdError
+
+    wanted = json.loads(json.dumps(asdict(cfg.synth)))  # tuples -> lists, as in the file
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            raise PkdError(f"{where}: generated with {key}={saved.get(key)!r}, this demo "
+                           f"({cfg.preset}) needs {value!r}; give another --out folder")
+
+
+def machine() -> dict:
+    """The CPU model and usable cores the timings were measured on (timings differ ~3x
+    between machines of one kind)."""
+    import platform
+
+    from pkd.cores import usable_cores
+
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": usable_cores()}
 
 
 def extract(cfg: DemoConfig, paths: Paths) -> None:
@@ -271,6 +327,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         return out
 
     cfg.out.mkdir(parents=True, exist_ok=True)
+    _stage(f"{cfg.preset} size: {cfg.synth.train_images} training images, {cfg.seeds} "
+           f"seed{'' if cfg.seeds == 1 else 's'}, {len(cfg.methods)} rows"
+           + (" (the README's table: pkd demo --preset full)" if cfg.preset == "quick" else ""))
     paths = timed("prepare (data, pre-training, extraction)", lambda: prepare(cfg))
     rows = []
     for name in cfg.methods:
@@ -284,7 +343,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             rows += timed("evaluation", lambda r=run, n=name, s=seed: evaluate_run(r, n, s))
     results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows,
                "models": model_sizes(cfg), "region_probes": region_probes(paths),
-               "stage_seconds": seconds}
+               "foundation_probes": foundation_probes(paths), "stage_seconds": seconds,
+               "preset": cfg.preset, "machine": machine()}
     save_results(results, cfg.out)
     return results
 
@@ -307,6 +367,14 @@ def region_probes(paths: Paths) -> dict:
 
     return {name: probe_benchmark_store(paths.store(f"{name}.zarr"), paths.data)
             for name in ("regions", "teacher_regions")}
+
+
+def foundation_probes(paths: Paths) -> dict:
+    """Zero-shot probes (colour, shape, size) and retrieval of the demo foundation model on
+    its held-out caption images, as measured by pre-training (``pretrain_metrics.json``)."""
+    metrics = json.loads((paths.foundation / "pretrain_metrics.json").read_text())
+    return {"probes": {k: v["accuracy"] for k, v in metrics.get("probes", {}).items()},
+            "retrieval": metrics.get("retrieval", {})}
 
 
 def model_sizes(cfg: DemoConfig) -> dict:
@@ -424,7 +492,27 @@ def results_table(results: dict) -> tuple[str, list[str], list[list[str]], list[
              f"{s['prior']:.1f}",
              f"{params[s['method']]:,}" if s["method"] in params else "",
              f"{1000 * s['ms_per_question']:.0f}"] for s in summary]
-    return title, header, rows, _table_notes(summary, several)
+    return title, header, rows, _table_notes(summary, several) + _probe_notes(results)
+
+
+def _probe_notes(results: dict) -> list[str]:
+    """What the inputs can carry: linear probes of the region stores, zero-shot probes of the
+    foundation model, and where the timings come from."""
+    notes = []
+    regions = results.get("region_probes", {})
+    if regions:
+        notes.append("region probes (linear, test images): " + "; ".join(
+            f"{store} shape {p['shape']['accuracy']:.1f}%, colour {p['color']['accuracy']:.1f}%"
+            for store, p in regions.items()))
+    probes = results.get("foundation_probes", {}).get("probes", {})
+    if probes:
+        notes.append("foundation zero-shot probes (held-out caption images): " + ", ".join(
+            f"{k} {v:.1f}%" for k, v in probes.items() if v is not None))
+    if "machine" in results:
+        m = results["machine"]
+        notes.append(f"{results.get('preset', '')} size, {results['elapsed_s']:.0f} s in this "
+                     f"invocation on {m['cpu']} ({m['cores']} cores)")
+    return notes
 
 
 def _table_notes(summary: list[dict], several: bool) -> list[str]:

@@ -1,4 +1,4 @@
-"""Synthetic VQA-CP-like benchmark (v2) in the real VQA v2 file formats: ``generate(cfg, out)``.
+"""Synthetic VQA-CP-like benchmark (v3) in the real VQA v2 file formats: ``generate(cfg, out)``.
 
 Writes into OUT (other tools rely on these names):
 
@@ -47,7 +47,7 @@ from pkd.data.synth_scene import ALL_COMBOS, COLORS, SHAPES, Scene, render_scene
 from pkd.errors import PkdError
 from pkd.progress import track
 
-SYNTH_VERSION = "2"
+SYNTH_VERSION = "3"
 SPLITS = ("train", "val", "test", "test_comp", "test_iid")
 EVAL_SPLITS = ("test", "test_comp", "test_iid")
 PRIOR = {"train": "train", "val": "train", "test": "test", "test_comp": "uniform",
@@ -79,8 +79,9 @@ class SynthConfig:
     heldout: tuple[str, ...] = HELDOUT  # "colour shape" pairs never in VQA train/val/test/test_iid
     questions_per_image: int = 3  # at most this many questions per VQA image (1..9)
     candidates_per_type: int = 5  # candidate questions per family and scene before acceptance
-    bias: float = 0.6  # share of the train favourite (train) / the test favourite (test)
-    yes_no_bias: float = 0.75  # share of "yes" in train; test and test_comp are 50 / 50
+    bias: float = 0.75  # share of the train favourite in train (VQA-CP-strength prior)
+    test_bias: float = 0.5  # share of the test favourite (a middle answer) in test
+    yes_no_bias: float = 0.85  # share of "yes" in train; test and test_comp are 50 / 50
     rare: float = 0.03  # share of the train favourite and the train's least answer in test
     answer_noise: float = 0.05  # chance that an annotator answers wrongly (at most 2 of 10)
     answer_variation: float = 0.1  # chance of a surface variant ("two", "Yes.") (at most 2 of 10)
@@ -118,6 +119,8 @@ class SynthConfig:
              "candidates_per_type must be >= 1 and pilot_scenes >= 100"),
             (0 < self.rare and self.bias + 2 * self.rare < 1 and self.bias > 0,
              "need 0 < bias, 0 < rare, bias + 2 * rare < 1"),
+            (0 < self.test_bias and self.test_bias + 2 * self.rare < 1,
+             "need 0 < test_bias, test_bias + 2 * rare < 1"),
             (0.5 < self.yes_no_bias < 1, "yes_no_bias must be in (0.5, 1)"),
             (0 <= self.answer_noise <= 1 and 0 <= self.answer_variation <= 1,
              "answer_noise and answer_variation must be in [0, 1]"),
@@ -184,7 +187,8 @@ def keep_probabilities(cfg: SynthConfig) -> dict[str, dict[str, dict[str, float]
         rng = _rng(cfg, pilot)
         base = estimate_base(rng, cfg.pilot_scenes, _scene_sampler(cfg, split, rng),
                              cfg.candidates_per_type, held, split == "test_comp")
-        target = {t: target_prior(t, prior, cfg.max_objects, cfg.bias, cfg.yes_no_bias, cfg.rare)
+        target = {t: target_prior(t, prior, cfg.max_objects, cfg.bias, cfg.yes_no_bias, cfg.rare,
+                                cfg.test_bias)
                   for t in QUESTION_TYPES}
         keep[prior] = acceptance(base, target, per_type=prior == "uniform")
     return keep

@@ -31,7 +31,7 @@ answers: few "how many" questions there).
 With ``ORDER[t] = (a_1, ..., a_k)`` (a_1 the train favourite, a_k the train's least frequent):
 
     train:    p(a_1) = bias,  p(a_j) = (1 - bias) * (k - j + 1) / sum_{i=2..k} (k - i + 1), j >= 2
-    test:     p(a_1) = p(a_k) = rare,  p(a_{m}) = bias (m = k // 2 + 1),  the others equal
+    test:     p(a_1) = p(a_k) = rare,  p(a_{m}) = test_bias (m = k // 2 + 1),  the others equal
     uniform:  p(a_j) = 1 / k  (test_comp, over the answers its scenes can have)
     yes/no:   train p(yes) = yes_no_bias; test and test_comp p(yes) = p(no) = 1/2
 
@@ -154,7 +154,7 @@ def candidates(scene: Scene, rng: np.random.Generator, per_type: int,
 
 
 def target_prior(question_type: str, prior: str, max_objects: int, bias: float,
-                 yes_no_bias: float, rare: float) -> dict[str, float]:
+                 yes_no_bias: float, rare: float, test_bias: float) -> dict[str, float]:
     """Answer shares of one question type under the "train", "test" or "uniform" prior (the
     formulas of the module docstring)."""
     answers = answers_of(question_type, max_objects)
@@ -167,7 +167,7 @@ def target_prior(question_type: str, prior: str, max_objects: int, bias: float,
         weights = [k - j for j in range(1, k)]  # k-1, ..., 1 for a_2 .. a_k
         rest = {a: (1.0 - bias) * w / sum(weights) for a, w in zip(answers[1:], weights, strict=True)}
         return {answers[0]: bias, **rest}
-    fixed = {answers[0]: rare, answers[-1]: rare, answers[k // 2]: bias}
+    fixed = {answers[0]: rare, answers[-1]: rare, answers[k // 2]: test_bias}
     share = (1.0 - sum(fixed.values())) / max(1, k - len(fixed))
     return {a: fixed.get(a, share) for a in answers}
 

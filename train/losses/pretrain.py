@@ -12,7 +12,13 @@ positives. Unit image / text features ``u_i``, ``w_j`` and the scale ``1/τ``::
     L_itc = ½ [ mean_i CE(s_i·, P_i· / |P_i·|) + mean_j CE(s_·j, P_·j / |P_·j|) ]
     CE(s, q) = -Σ_k q_k log softmax(s)_k
 
-With ``P = I`` this is CLIP's ``(CE(S, arange(B)) + CE(Sᵀ, arange(B))) / 2``. BLIP's ITC
+With ``P = I`` this is CLIP's ``(CE(S, arange(B)) + CE(Sᵀ, arange(B))) / 2``.
+With N extra negative texts ``ŵ_k`` (attribute-swapped captions, NegCLIP:
+:mod:`pkd.train.pretrain.negatives`) the image-to-text term reads B + N columns, the extra ones
+with target 0; the text-to-image term is unchanged (a swapped caption has no image)::
+
+    s̃_i = [s_i·, u_i · ŵ_1 / τ, ..., u_i · ŵ_N / τ]                     (B, B + N)
+    L_itc = ½ [ mean_i CE(s̃_i, [P_i· / |P_i·|, 0_N]) + mean_j CE(s_·j, P_·j / |P_·j|) ] BLIP's ITC
 (Li et al., ICML 2022, "BLIP: Bootstrapping Language-Image Pre-training for Unified
 Vision-Language Understanding and Generation") is the same loss on its own projections.
 
@@ -35,12 +41,17 @@ import torch.nn.functional as F
 
 
 def itc_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, scale: torch.Tensor,
-             positives: torch.Tensor) -> torch.Tensor:
+             positives: torch.Tensor, negative_feats: torch.Tensor | None = None) -> torch.Tensor:
     """``L_itc`` (scalar). ``image_feats``, ``text_feats`` (B, d) unit norm, ``scale`` the
-    ``1/τ`` (scalar tensor), ``positives`` (B, B) bool with a true diagonal."""
+    ``1/τ`` (scalar tensor), ``positives`` (B, B) bool with a true diagonal, ``negative_feats``
+    (N, d) unit norm extra negative texts of the image-to-text term (None: none)."""
     logits = scale * image_feats @ text_feats.T  # (B, B) image x text
     target = positives.float()
-    i2t = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1)  # (B,)
+    i2t_logits, i2t_target = logits, target
+    if negative_feats is not None:
+        i2t_logits = torch.cat([logits, scale * image_feats @ negative_feats.T], 1)  # (B, B + N)
+        i2t_target = torch.cat([target, target.new_zeros(len(target), len(negative_feats))], 1)
+    i2t = -(i2t_target / target.sum(1, keepdim=True) * i2t_logits.log_softmax(1)).sum(1)  # (B,)
     t2i = -(target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0)  # (B,)
     return (i2t.mean() + t2i.mean()) / 2
 

@@ -17,6 +17,8 @@ One module per concept:
 - :mod:`~pkd.train.pretrain.loop`: :func:`fit_epochs`, ``L = L_itc + itm_weight · L_itm``
   (ITM for BLIP only) with the losses of :mod:`pkd.train.losses.pretrain` (CLIP's symmetric
   InfoNCE, BLIP's ITM with hard negatives).
+- :mod:`~pkd.train.pretrain.negatives`: attribute-swapped negative captions (NegCLIP-style) that
+  join the ITC so that shape, not just colour, must be bound to the image.
 - :mod:`~pkd.train.pretrain.evaluate`: held-out retrieval and attribute probes.
 - :mod:`~pkd.train.pretrain.save`: the output folder, moved into place atomically.
 
@@ -72,6 +74,7 @@ from pkd.train.pretrain.model import (
     pair_logits,
     pair_scores,
 )
+from pkd.train.pretrain.negatives import negative_captions
 from pkd.train.pretrain.save import METRICS_FILE, check_out_dir, save_model
 
 __all__ = [
@@ -106,7 +109,13 @@ def pretrain(cfg: PretrainConfig) -> dict:
             train_idx, eval_idx = split_heldout(len(corpus.image_ids), cfg.eval_fraction,
                                                 cfg.seed)
             normalize = PixelNormalizer(processor)
-            history = fit_epochs(model, cfg, corpus.pixels, tokens, train_idx, normalize)
+            negatives = None
+            if cfg.swap_negatives:
+                negatives = negative_captions([c for caps in corpus.captions for c in caps],
+                                              tokenizer, cfg.swap_negatives, cfg.seed,
+                                              cfg.size.max_positions)
+            history = fit_epochs(model, cfg, corpus.pixels, tokens, train_idx, normalize,
+                                 negatives)
             metrics = {
                 "family": cfg.family, "config": config_dict(cfg),
                 "data": {"caption_images": len(corpus.image_ids),

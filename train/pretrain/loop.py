@@ -2,7 +2,8 @@
 
 Each epoch visits the training images in a seeded order with one seeded random caption each
 (:func:`epoch_batches`); a step's loss is ``L = L_itc + itm_weight · L_itm`` (ITM for BLIP
-only; the losses are in :mod:`pkd.train.losses.pretrain`). AdamW with linear warmup and cosine
+only; the losses are in :mod:`pkd.train.losses.pretrain`), the ITC with one attribute-swapped
+negative caption per caption when ``swap_negatives > 0`` (:mod:`pkd.train.pretrain.negatives`). AdamW with linear warmup and cosine
 decay (:func:`pkd.train.schedule.make_scheduler`); CLIP's ``logit_scale`` is clamped at
 ``log 100`` after every step, as in CLIP. One generator seeded with ``cfg.seed`` drives the
 epoch order, the caption choice and the hard-negative draws.
@@ -19,6 +20,7 @@ from pkd.train.losses.pretrain import hard_negatives, itc_loss, itm_loss
 from pkd.train.pretrain.config import PretrainConfig
 from pkd.train.pretrain.corpus import PixelNormalizer, TokenizedCaptions
 from pkd.train.pretrain.model import encode_images, encode_texts, itc_scale, itm_logits
+from pkd.train.pretrain.negatives import NegativeCaptions
 from pkd.train.schedule import make_scheduler
 
 
@@ -35,13 +37,16 @@ def blip_itm_loss(model, vision: torch.Tensor, input_ids: torch.Tensor, mask: to
 
 
 def step_losses(model, cfg: PretrainConfig, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                mask: torch.Tensor, positives: torch.Tensor,
-                generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """``loss`` plus its named parts (``itc_loss``, and ``itm_loss`` for BLIP) of one batch."""
+                mask: torch.Tensor, positives: torch.Tensor, generator: torch.Generator,
+                negatives: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
+    """``loss`` plus its named parts (``itc_loss``, and ``itm_loss`` for BLIP) of one batch;
+    ``negatives`` (ids, mask) (N, L'): extra negative texts of the ITC's image-to-text term."""
     image, vision = encode_images(model, cfg.family, pixel_values)
     text = encode_texts(model, cfg.family, input_ids, mask)
     scale = itc_scale(model, cfg.family, cfg)
-    parts = {"itc_loss": itc_loss(image, text, scale, positives)}
+    negative = None if negatives is None else encode_texts(model, cfg.family, *negatives)
+    parts = {"itc_loss": itc_loss(image, text, scale, positives, negative)}
     if cfg.family == "blip":
         similarity = (scale * image @ text.T).detach()  # (B, B)
         parts["itm_loss"] = blip_itm_loss(model, vision, input_ids, mask, similarity, positives,
@@ -71,9 +76,23 @@ def epoch_batches(train_idx: torch.Tensor, tokens: TokenizedCaptions, batch_size
             for i in range(0, len(order), batch_size) if len(order) - i >= 2]
 
 
+def _pick_negatives(negatives: NegativeCaptions | None, captions: torch.Tensor,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(ids, mask) (B, L') of one seeded negative per caption, shared padding trimmed."""
+    if negatives is None:
+        return None
+    k = torch.randint(negatives.input_ids.shape[1], (len(captions),), generator=generator)
+    ids, mask = negatives.input_ids[captions, k], negatives.attention_mask[captions, k]
+    length = int(mask.sum(1).max())
+    return ids[:, :length], mask[:, :length]
+
+
 def fit_epochs(model, cfg: PretrainConfig, pixels: torch.Tensor, tokens: TokenizedCaptions,
-               train_idx: torch.Tensor, normalize: PixelNormalizer) -> list[dict]:
-    """Train in place; returns per-epoch mean losses ``[{epoch, loss, itc_loss, ...}]``."""
+               train_idx: torch.Tensor, normalize: PixelNormalizer,
+               negatives: NegativeCaptions | None = None) -> list[dict]:
+    """Train in place; returns per-epoch mean losses ``[{epoch, loss, itc_loss, ...}]``.
+    With ``negatives``, each caption of a step brings one of its swapped negatives (seeded
+    choice) into the ITC (:func:`step_losses`)."""
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = len(epoch_batches(train_idx, tokens, cfg.batch_size,
                                         torch.Generator().manual_seed(cfg.seed)))
@@ -90,7 +109,8 @@ def fit_epochs(model, cfg: PretrainConfig, pixels: torch.Tensor, tokens: Tokeniz
             parts = step_losses(model, cfg, normalize(pixels[images]),
                                 tokens.input_ids[captions, :length],
                                 tokens.attention_mask[captions, :length],
-                                tokens.positives[images][:, captions], generator)
+                                tokens.positives[images][:, captions], generator,
+                                _pick_negatives(negatives, captions, generator))
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()

@@ -23,7 +23,10 @@ Stage 2, :class:`PKDTask` (``method.name = "pkd"``)::
   ``(ṽ_i, t̃_π(i))``; the teacher is ``F(ṽ, t̃)``, the student ``ITMHead(joint)`` of D run on the
   pair projected into its word / region spaces (:mod:`pkd.train.models.itm_head`) with the memory
   fusion applied. *Ours:* ``ṽ, t̃`` are detached there, so ``L_mkd`` trains D, its ITM head and
-  the projector, never the predictors.
+  the projector, never the predictors. ``mkd_fraction = f < 1`` keeps the first
+  ``m = ⌈f·B⌉`` items of the (shuffled) batch for ``L_mkd`` (partners π still drawn from the
+  whole batch): an unbiased estimate of the same loss at ``m / B`` of D's extra pass (the
+  dominant cost of a stage-2 step).
 
 Ablations: ``use_predictors=false`` drops the predictors, ``F`` and every distillation term
 (``L_mkd``, ``L_itm``, ``L_div``): the memory is then learnable slots only (``learnable_slots``
@@ -43,6 +46,7 @@ like ``text_tokens`` (the exact ITM score of real text needs token ids).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,7 +240,10 @@ class PKDTask(_FrozenHeadTask):
         """``L_mkd`` on positives ``(ṽ_i, t̃_i)`` and negatives ``(ṽ_i, t̃_π(i))``."""
         v, t, mask = pred.vision.detach(), pred.text.detach(), pred.text_mask
         pi, valid = negative_partners(_need(batch, "image_embeds"), _need(batch, "text_embeds"))
-        v2, t2, m2 = _twice(v), _pair(t, pi), _pair(mask, pi)
+        m = mkd_items(len(pi), self.cfg.mkd_fraction)
+        pi, valid = pi[:m], valid[:m]  # partners of the first m items, from the whole batch
+        v2 = _twice(v[:m])
+        t2, m2 = torch.cat([t[:m], t[pi]]), torch.cat([mask[:m], mask[pi]])
         with torch.no_grad():
             teacher = self.head(v2, t2, m2)  # (2B,) M(ṽ, t̃)
         student = self.model_itm(v2, t2, m2)  # (2B,) ITM_D(ṽ, t̃)
@@ -275,6 +282,11 @@ class PKDTask(_FrozenHeadTask):
         rows = torch.cat([self.head.embed_image(pred.vision),
                           self.head.embed_text(pred.text, pred.text_mask)])  # (2B, d_e)
         memory.write(rows, torch.cat([valid, valid]))
+
+
+def mkd_items(batch_size: int, fraction: float) -> int:
+    """``m = ⌈fraction · B⌉`` (at least 1): the items whose predicted pairs ``L_mkd`` reads."""
+    return max(1, min(batch_size, math.ceil(fraction * batch_size - 1e-9)))
 
 
 # ----------------------------------------------------------------------------- building
