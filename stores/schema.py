@@ -37,6 +37,7 @@ KINDS = {
     "foundation_image": "image_id",
     "foundation_text": "question_id",
     "teacher": "question_id",
+    "predicted": "question_id",
 }
 ALSO_KEYED_BY = {"foundation_text": ("caption_id",)}  # caption corpus stores (design.md)
 
@@ -78,7 +79,7 @@ class Failure:
 class StoreSpec:
     """Everything that defines a store's contents; two runs with equal specs write equal bytes."""
 
-    kind: str  # "regions" | "foundation_image" | "foundation_text" | "teacher"
+    kind: str  # "regions" | "foundation_image" | "foundation_text" | "teacher" | "predicted"
     key: str  # "image_id" | "question_id": what the row ids are
     arrays: tuple[ArraySpec, ...]  # the per-item arrays
     producer: dict = field(default_factory=dict)  # provenance: model, config_hash, detector, dtype

@@ -63,6 +63,29 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
     assert scores(again["rows"]) == scores(results["rows"])
 
 
+def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monkeypatch):
+    """The pkd row: stage-1 predictors, their outputs cached once per seed (``predicted``
+    store), stage 2 reading the cache on every step."""
+    from pkd.stores import FeatureStore
+    from pkd.train.tasks.pkd import PKDTask
+
+    torch.set_num_threads(1)
+    synth = SynthConfig(train_images=40, val_images=12, test_images=12, test_iid_images=12,
+                        test_comp_images=12, detection_train_images=8, detection_val_images=4,
+                        caption_images=24, pilot_scenes=400)
+    cfg = DemoConfig(out=tmp_path / "demo", methods=("pkd",), synth=synth, pretrain_epochs=1,
+                     train_epochs=1)
+    read = []
+    predict = PKDTask.predict
+    monkeypatch.setattr(PKDTask, "predict", lambda self, batch: read.append(
+        "predicted_vision" in batch) or predict(self, batch))
+    results = run_demo(cfg)
+    assert {r["method"] for r in results["rows"]} == {"pkd"}
+    store = FeatureStore.open(cfg.out / "stores" / "predicted-seed0.zarr", kind="predicted")
+    assert store.complete and store.spec.dims["vision_tokens"] == 8
+    assert read and all(read)
+
+
 def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     """Each row of the table (and the runs they build on) resolves to a typed config that
     differs from its reference run exactly where the ablation says."""

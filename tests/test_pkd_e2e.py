@@ -122,3 +122,51 @@ def test_a_model_fed_foundation_embeddings_needs_them_at_test_time(pkd_data, tmp
     assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {_foundation(root)['data.foundation_image']}: no image_id")
+
+
+def _train_rows(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == "train"]
+
+
+def test_cached_predictions_give_the_online_losses(pkd_data, tmp_path, monkeypatch):
+    """``pkd extract predicted`` + ``data.predicted``: stage 2 reads ṽ, t̃, their embeddings and
+    the positive teacher logits from the store instead of running the predictors and the head;
+    the same seed gives the same losses (float16 storage: ~1e-3), and a store made by other
+    predictors is refused in one line."""
+    online, cached, store = tmp_path / "online", tmp_path / "cached", tmp_path / "predicted.zarr"
+    extra = {"run.log_every": 1, "method.pkd.mkd_fraction": 0.5}
+    assert main(["train", *_stage2(pkd_data, online, **extra)]) == 0
+    assert main(["extract", "predicted", str(online / "config.yaml"),
+                 f"data.predicted={store}"]) == 0
+    made = FeatureStore.open(store, kind="predicted")
+    assert made.complete and made.spec.producer["predictors_digest"]
+    from pkd.train.tasks.pkd import PKDTask
+
+    read = []
+    predict = PKDTask.predict
+    monkeypatch.setattr(PKDTask, "predict", lambda self, batch: read.append(
+        "predicted_vision" in batch) or predict(self, batch))
+    assert main(["train", *_stage2(pkd_data, cached, **extra, **{"data.predicted": store})]) == 0
+    assert read and all(read)  # every training step read the store
+    a, b = _train_rows(online), _train_rows(cached)
+    assert len(a) == len(b) >= 2
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("vqa_loss", "mkd_loss", "loss"):
+            assert rb[key] == pytest.approx(ra[key], rel=5e-3, abs=1e-4), (key, ra, rb)
+    # other predictors (another stage-1 seed): the cache no longer describes them
+    data, regions, root, _ = pkd_data
+    other = tmp_path / "stage1b"
+    assert main(["train", *train_overrides(data, regions, other, **_foundation(root), **{
+        "method.name": "pkd-predictors", "method.pkd.predictor_hidden": 32,
+        "method.pkd.predictor_layers": 1, "run.max_steps": 2, "run.seed": 5})]) == 0
+    args = _stage2(pkd_data, tmp_path / "bad", **{"data.predicted": store,
+                                                   "method.pkd.predictors": other})
+    assert main(["train", *args]) == 2
+
+
+def test_predicted_store_with_finetuned_predictors_is_a_config_error(pkd_data, tmp_path, capsys):
+    args = _stage2(pkd_data, tmp_path / "x", **{"data.predicted": tmp_path / "p.zarr",
+                                                 "method.pkd.finetune_predictors": True})
+    assert main(["train", *args]) == 2
+    assert "data.predicted" in capsys.readouterr().err

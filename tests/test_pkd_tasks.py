@@ -246,11 +246,12 @@ def test_mkd_fraction_reads_the_first_items_pairs_only(clip_head, stage1_dir):
     batch = make_batch(4)
     seen = []
     itm = task.model_itm
-    task.model_itm = lambda v, t, m: seen.append(len(v)) or itm(v, t, m)
+    task.model_itm = lambda v, t, m, e=None: seen.append(len(v)) or itm(v, t, m, e)
     pred = predicted_view(task.predictors(batch), batch, True)
+    _, embeds = task.predict(batch)
     torch.manual_seed(7)
     with torch.no_grad():
-        got = task.model_kd(pred, batch)
+        got = task.model_kd(pred, batch, embeds)
     torch.manual_seed(7)
     pi, valid = negative_partners(batch["image_embeds"], batch["text_embeds"])
     pi, valid = pi[:2], valid[:2]

@@ -121,6 +121,7 @@ class DataConfig:
     foundation_text: str = ""  # path of the `foundation_text` store ("" = not used)
     teacher: str | None = None  # path of a precomputed `teacher` store (DistillVLM), optional
     teacher_regions: str = ""  # `regions` store of teacher features on the student's boxes
+    predicted: str = ""  # `predicted` store of PKD's frozen stage-1 outputs (pkd extract predicted; "" = run the predictors each step)
     answer_min_count: int = allowed(9, ge=1)  # an answer enters the vocabulary if it is seen this often in train
     max_question_length: int = allowed(14, ge=1)  # question tokens kept (longer questions are truncated)
     chunk_cache_mib: int = allowed(256, ge=0)  # per store: decoded chunks kept across batches (0 = decode every read)

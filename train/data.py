@@ -27,6 +27,7 @@ from pkd.data.answers import AnswerVocab
 from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError
 from pkd.stores import FeatureStore
+from pkd.train.predicted_cache import read_predicted
 from pkd.train.teacher_cache import read_teacher
 from pkd.train.text import QuestionTokenizer
 
@@ -112,6 +113,7 @@ class Stores:
     foundation_text: FeatureStore | None = None  # keyed by question_id
     teacher_regions: FeatureStore | None = None  # keyed by image_id (DistillVLM online teacher)
     teacher: FeatureStore | None = None  # keyed by question_id (DistillVLM cached teacher)
+    predicted: FeatureStore | None = None  # keyed by question_id (PKD's cached predictions)
 
     def by_image(self) -> dict[str, FeatureStore]:
         """The open stores keyed by image_id, by role."""
@@ -120,7 +122,7 @@ class Stores:
 
     def by_question(self) -> dict[str, FeatureStore]:
         """The open stores keyed by question_id, by role."""
-        roles = ("foundation_text", "teacher")
+        roles = ("foundation_text", "teacher", "predicted")
         return {r: getattr(self, r) for r in roles if getattr(self, r) is not None}
 
 
@@ -201,6 +203,8 @@ class VQABatches(torch.utils.data.Dataset):
         batch.update(regions)
         batch.update(self._foundation(pos))
         batch.update(self._teacher(pos, batch["region_mask"], tokens.shape[1]))
+        if self.stores.predicted is not None:
+            batch.update(read_predicted(self.stores.predicted, self.rows["predicted"][pos]))
         return {k: _tensor(v) for k, v in batch.items()}
 
     def _foundation(self, pos: np.ndarray) -> dict[str, np.ndarray]:

@@ -126,6 +126,7 @@ def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
         foundation_text=opened(d.foundation_text, "foundation_text", foundation),
         teacher_regions=opened(d.teacher_regions, "regions", "teacher_regions" in teachers),
         teacher=opened(d.teacher, "teacher", "teacher" in teachers),
+        predicted=opened(d.predicted, "predicted", "predicted" in teachers),
     )
 
 
@@ -173,7 +174,8 @@ def forward_stores(cfg: TrainConfig, stores: Stores) -> Stores:
 def store_provenance(stores: Stores) -> dict:
     """``{role: {"producer": ..., "dims": ...}}`` of every open store."""
     out = {}
-    for role in ("regions", "foundation_image", "foundation_text", "teacher_regions", "teacher"):
+    for role in ("regions", "foundation_image", "foundation_text", "teacher_regions", "teacher",
+                 "predicted"):
         store = getattr(stores, role)
         if store is not None:
             out[role] = {"producer": store.spec.producer, "dims": store.spec.dims}

@@ -11,7 +11,17 @@ import sys
 
 import typer
 
-from pkd.cli import data, demo, evaluate, extract, extract_teacher, pretrain, stores, train
+from pkd.cli import (
+    data,
+    demo,
+    evaluate,
+    extract,
+    extract_predicted,
+    extract_teacher,
+    pretrain,
+    stores,
+    train,
+)
 from pkd.errors import PkdError
 
 app = typer.Typer(
@@ -30,6 +40,7 @@ app.add_typer(stores.app, name="stores")  # pkd stores info | probe | import-h5
 app.command("evaluate")(evaluate.evaluate)  # pkd evaluate
 extract.register(app)  # pkd extract foundation | regions
 extract.app.command("teacher")(extract_teacher.teacher)  # pkd extract teacher
+extract.app.command("predicted")(extract_predicted.predicted)  # pkd extract predicted
 pretrain.register(app)  # pkd pretrain
 train.register(app)  # pkd train
 demo.register(app)  # pkd demo

@@ -52,8 +52,12 @@ TEACHER = {"method.distill.teacher_model.arch": "fusion",
            "method.distill.teacher_model.num_heads": 4,
            "method.distill.teacher_model.intermediate_size": 256,
            "method.distill.teacher_model.dropout": 0.0}
+# predicted tokens pooled to 8 per modality and L_mkd on a quarter of each batch, with the frozen
+# stage-1 outputs cached (data.predicted): a stage-2 step costs ~2.5x the baseline's instead of
+# ~11x (benchmarks/bench_steps.py)
 PKD = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
-       "method.pkd.memory_size": 256, "method.pkd.kd_temperature": 4.0}
+       "method.pkd.memory_size": 256, "method.pkd.kd_temperature": 4.0,
+       "method.pkd.predictor_tokens": 8, "method.pkd.mkd_fraction": 0.25}
 
 
 def _synth_defaults() -> SynthConfig:
@@ -215,7 +219,8 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
     distill = {**STUDENT, **TEACHER, "method.name": "distillvlm", "optim.lr": 0.0005,
                "method.distill.teacher_checkpoint": teacher_run / "best",
                "data.teacher": paths.store(f"teacher-seed{seed}.zarr")}
-    pkd = {**PKD, "method.name": "pkd", "method.pkd.predictors": run_dir(cfg, "predictors", seed)}
+    pkd = {**PKD, "method.name": "pkd", "method.pkd.predictors": run_dir(cfg, "predictors", seed),
+           "data.predicted": paths.store(f"predicted-seed{seed}.zarr")}  # frozen stage 1, cached
     specific = {
         "baseline": {"method.name": "baseline"},
         # reference, not a method: the foundation model's own embeddings of the real image and
@@ -249,6 +254,13 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
 NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",)}  # runs a method builds on
 
 
+def _complete(store: str) -> bool:
+    """A cache store that exists with every shard written (an interrupted one resumes)."""
+    from pkd.stores import FeatureStore
+
+    return (Path(store) / "zarr.json").is_file() and FeatureStore.open(store).complete
+
+
 def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
     """Train one run (and what it builds on) unless it is finished; return its folder."""
     from pkd.train.config import load_config
@@ -258,11 +270,17 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
         train_run(cfg, paths, need, seed)
     tcfg = load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, seed).items()])
     run = Path(tcfg.run.out_dir)
-    if name.startswith("distillvlm") and not (Path(tcfg.data.teacher) / "zarr.json").is_file():
+    if name.startswith("distillvlm") and not _complete(tcfg.data.teacher):
         from pkd.train.teacher_extract import extract_teacher
 
         _stage(f"caching the adapted teacher (seed {seed})")
         extract_teacher(tcfg)
+    if (name.startswith("pkd") and tcfg.data.predicted and tcfg.method.pkd.use_predictors
+            and not _complete(tcfg.data.predicted)):
+        from pkd.train.predicted_extract import extract_predicted
+
+        _stage(f"caching the frozen PKD predictors' outputs (seed {seed})")
+        extract_predicted(tcfg)
     if not (run / "ckpt" / "latest.json").is_file() or not (run / "done").is_file():
         _stage(f"training {name} (seed {seed})")
         fit(tcfg, resume=(run / "ckpt" / "latest.json").is_file())

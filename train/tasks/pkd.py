@@ -218,26 +218,43 @@ class PKDTask(_FrozenHeadTask):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
-        pred = None
+        pred = embeds = None
         if self.predictors is not None:
-            with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
-                pred = predicted_view(self.predictors(batch), batch, self.objective.tokenwise)
+            pred, embeds = self.predict(batch)
             if self.finetune:
                 terms["itm_loss"], terms["div_loss"] = self.objective(self.head, pred, batch)
         out = self.model(batch)  # the memory hook reads earlier batches only
         terms["vqa_loss"] = self.vqa(out["logits"], batch["targets"])
         if self.itm_head is not None:
-            terms["mkd_loss"] = self.model_kd(pred, batch)
+            terms["mkd_loss"] = self.model_kd(pred, batch, embeds)
         if pred is not None and self.training:
-            self.remember(pred, batch)
+            self.remember(embeds, batch)
         c = self.cfg
         weights = {"vqa_loss": 1.0, "mkd_loss": c.lambda_mkd, "itm_loss": c.lambda_itm,
                    "div_loss": c.lambda_div}
         loss = sum(weights[k] * v for k, v in terms.items())
         return {"loss": loss, **terms, "logits": out["logits"]}
 
-    def model_kd(self, pred: Predicted, batch: dict) -> torch.Tensor:
-        """``L_mkd`` on positives ``(ṽ_i, t̃_i)`` and negatives ``(ṽ_i, t̃_π(i))``."""
+    def predict(self, batch: dict) -> tuple[Predicted, tuple[torch.Tensor, torch.Tensor]]:
+        """(``ṽ, t̃``, their unit foundation embeddings ``(e_v, e_t)`` (B, d_e) each): read from
+        a ``predicted`` store's batch keys (``data.predicted``, frozen predictors only) or
+        computed by the predictors and the head."""
+        if "predicted_vision" in batch and not self.finetune:
+            pred = Predicted(batch["predicted_vision"], batch["predicted_text"],
+                             batch["predicted_text_mask"].bool())
+            return pred, (batch["predicted_image_embed"], batch["predicted_text_embed"])
+        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+            pred = predicted_view(self.predictors(batch), batch, self.objective.tokenwise)
+        with torch.no_grad():
+            embeds = (self.head.embed_image(pred.vision.detach()),
+                      self.head.embed_text(pred.text.detach(), pred.text_mask))
+        return pred, embeds
+
+    def model_kd(self, pred: Predicted, batch: dict,
+                 embeds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``L_mkd`` on positives ``(ṽ_i, t̃_i)`` and negatives ``(ṽ_i, t̃_π(i))``; ``embeds``
+        the items' ``(e_v, e_t)``; the positives' teacher logits come from the batch
+        (``predicted_teacher``) when a predicted store is read."""
         v, t, mask = pred.vision.detach(), pred.text.detach(), pred.text_mask
         pi, valid = negative_partners(_need(batch, "image_embeds"), _need(batch, "text_embeds"))
         m = mkd_items(len(pi), self.cfg.mkd_fraction)
@@ -245,20 +262,29 @@ class PKDTask(_FrozenHeadTask):
         v2 = _twice(v[:m])
         t2, m2 = torch.cat([t[:m], t[pi]]), torch.cat([mask[:m], mask[pi]])
         with torch.no_grad():
-            teacher = self.head(v2, t2, m2)  # (2B,) M(ṽ, t̃)
-        student = self.model_itm(v2, t2, m2)  # (2B,) ITM_D(ṽ, t̃)
+            if "predicted_teacher" in batch and not self.finetune:  # M(ṽ_i, t̃_i) cached
+                teacher = torch.cat([batch["predicted_teacher"][:m].float(),
+                                     self.head(v[:m], t[pi], mask[pi]).float()])
+            else:
+                teacher = self.head(v2, t2, m2)  # (2m,) M(ṽ, t̃)
+        e_v, e_t = embeds
+        pair_embeds = {"image_embeds": _twice(e_v[:m]),
+                       "text_embeds": torch.cat([e_t[:m], e_t[pi]])}  # (2m, d_e) each
+        student = self.model_itm(v2, t2, m2, pair_embeds)  # (2m,) ITM_D(ṽ, t̃)
         weight = torch.cat([torch.ones_like(valid), valid])
         return self.mkd(student, teacher, weight)
 
-    def model_itm(self, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
-                  ) -> torch.Tensor:
-        """D's ITM logit (n,) of predicted pairs: projected into D's inputs, D's own path."""
+    def model_itm(self, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                  embeds: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """D's ITM logit (n,) of predicted pairs: projected into D's inputs, D's own path;
+        ``embeds``: the pairs' ``image_embeds`` / ``text_embeds`` (n, d_e) (None: computed)."""
         words, regions = self.projector(vision, text)  # (n, L', d_w), (n, P', d_r)
         n, p = regions.shape[:2]
         device = vision.device
-        with torch.no_grad():
-            embeds = {"image_embeds": self.head.embed_image(vision),
-                      "text_embeds": self.head.embed_text(text, text_mask)}  # (n, d_e) each
+        if embeds is None:
+            with torch.no_grad():
+                embeds = {"image_embeds": self.head.embed_image(vision),
+                          "text_embeds": self.head.embed_text(text, text_mask)}  # (n, d_e)
         region_dim = self.predictors.region_dim  # raw d_r: D embeds the placeholder regions
         view = {  # placeholders the hook replaces; masks say what is valid
             "question_tokens": torch.zeros(text_mask.shape, dtype=torch.long, device=device),
@@ -273,14 +299,14 @@ class PKDTask(_FrozenHeadTask):
         return self.itm_head(joint)
 
     @torch.no_grad()
-    def remember(self, pred: Predicted, batch: dict) -> None:
-        """Write this batch's unit-norm ``ṽ`` / ``t̃`` embeddings to the memory (valid items)."""
+    def remember(self, embeds: tuple[torch.Tensor, torch.Tensor], batch: dict) -> None:
+        """Write this batch's unit-norm ``ṽ`` / ``t̃`` embeddings ``(e_v, e_t)`` to the memory
+        (valid items)."""
         memory = self.fusion.memory
         if memory is None:
             return
         valid = batch["question_mask"].any(1) & batch["region_mask"].any(1)  # (B,) not padding
-        rows = torch.cat([self.head.embed_image(pred.vision),
-                          self.head.embed_text(pred.text, pred.text_mask)])  # (2B, d_e)
+        rows = torch.cat([embeds[0], embeds[1]]).float()  # (2B, d_e)
         memory.write(rows, torch.cat([valid, valid]))
 
 
@@ -448,9 +474,18 @@ class PKD(Method):
     def vocab_source(self, cfg) -> str:
         return cfg.method.pkd.predictors
 
+    def teacher_stores(self, cfg) -> tuple[str, ...]:
+        p = cfg.method.pkd
+        return ("predicted",) if cfg.data.predicted and p.use_predictors else ()
+
     def problems(self, cfg) -> list[tuple[str, str]]:
         p = cfg.method.pkd
-        return (predictor_problems(p) if p.use_predictors else []) + memory_problems(p)
+        cached = []
+        if cfg.data.predicted and p.use_predictors and p.finetune_predictors:
+            cached = [("data.predicted", "holds frozen predictors' outputs: unset it with "
+                       "method.pkd.finetune_predictors=true")]
+        return ((predictor_problems(p) if p.use_predictors else []) + memory_problems(p)
+                + cached)
 
     def attach(self, model: nn.Module, cfg, foundation_dim: int | None) -> None:
         attach_pkd_fusion(model, cfg.method.pkd, foundation_dim)
@@ -460,4 +495,10 @@ class PKD(Method):
 
     def build_task(self, cfg, model, vocabs, stores) -> PKDTask:
         setup = pkd_setup(cfg, stores, len(vocabs.words), cfg.method.pkd.use_predictors)
-        return self.task(cfg, model, pkd=setup)
+        task = self.task(cfg, model, pkd=setup)
+        if getattr(stores, "predicted", None) is not None and task.predictors is not None:
+            from pkd.train.predicted_cache import check_predicted_store, weights_digest
+
+            check_predicted_store(stores.predicted, weights_digest(task.predictors),
+                                  cfg.data.predicted)
+        return task

@@ -1,0 +1,146 @@
+"""Precompute PKD's frozen stage-1 outputs into a ``predicted`` store, once (``pkd extract
+predicted``).
+
+In stage 2 with frozen predictors (``finetune_predictors=false``) everything the predictors and
+the foundation head compute from one question is a constant of training: its predicted features
+``ṽ``, ``t̃`` (:class:`pkd.train.tasks.pkd.Predicted`), their unit-norm foundation embeddings
+``e_v = F.embed_image(ṽ)``, ``e_t = F.embed_text(t̃)`` (the memory's rows, and the embeddings of
+the predicted pairs D reads in ``L_mkd``) and the teacher's logit on the positive pair
+``M(ṽ, t̃)``. Measured before this cache, the frozen predictors and the head took more than
+half of a stage-2 step (``benchmarks/bench_steps.py``). Only the negatives' teacher logits
+``M(ṽ_i, t̃_π(i))`` depend on the batch (π is drawn per batch) and stay online.
+
+The store (kind ``predicted``, keyed by ``question_id``, training split) holds per question::
+
+    predicted_vision       float16 [P', d_v]    ṽ
+    predicted_text         float16 [L', d_t]    t̃ (token-wise mode: zero beyond the text)
+    num_predicted_text     int32   []           valid tokens of t̃
+    predicted_image_embed  float16 [d_e]        e_v
+    predicted_text_embed   float16 [d_e]        e_t
+    predicted_teacher      float32 []           M(ṽ, t̃)
+
+``producer`` records a digest of the predictor weights (:func:`weights_digest`), the foundation
+model of the head, and the regions / foundation stores' producers: stage 2 refuses a store made
+by other predictors (:func:`check_predicted_store`). Values are rounded to float16, so the cached
+losses match the online ones to ~1e-3 (``tests/test_predicted_cache.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pkd.errors import PkdError
+from pkd.progress import track
+from pkd.stores.reader import FeatureStore
+from pkd.stores.schema import ArraySpec, StoreSpec
+from pkd.stores.writer import StoreWriter
+
+BATCH_KEYS = {  # store array -> batch key
+    "predicted_vision": "predicted_vision",
+    "predicted_text": "predicted_text",
+    "predicted_image_embed": "predicted_image_embed",
+    "predicted_text_embed": "predicted_text_embed",
+    "predicted_teacher": "predicted_teacher",
+}
+
+
+def weights_digest(module: nn.Module) -> str:
+    """First 16 hex digits of sha256 over ``module``'s state (names, shapes, float32 bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def predicted_store_spec(vision: tuple[int, int], text: tuple[int, int], embed_dim: int,
+                         producer: dict, items_per_chunk: int = 64,
+                         items_per_shard: int = 1024) -> StoreSpec:
+    """Spec of the store for ``vision`` (P', d_v), ``text`` (L', d_t) and ``embed_dim`` d_e."""
+    arrays = (ArraySpec("predicted_vision", vision, "float16"),
+              ArraySpec("predicted_text", text, "float16"),
+              ArraySpec("num_predicted_text", (), "int32"),
+              ArraySpec("predicted_image_embed", (embed_dim,), "float16"),
+              ArraySpec("predicted_text_embed", (embed_dim,), "float16"),
+              ArraySpec("predicted_teacher", (), "float32"))
+    dims = {"vision_tokens": vision[0], "vision_dim": vision[1], "text_tokens": text[0],
+            "text_dim": text[1], "embed_dim": embed_dim}
+    return StoreSpec("predicted", "question_id", arrays, {**producer, "dtype": "float16"}, dims,
+                     items_per_chunk, items_per_shard)
+
+
+@torch.no_grad()
+def predicted_rows(predictors: nn.Module, head: nn.Module, tokenwise: bool,
+                   batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Store rows of one batch: the frozen ``predictors`` and ``head`` exactly as stage 2's
+    online forward runs them (:meth:`pkd.train.tasks.pkd.PKDTask.predict`)."""
+    from pkd.train.tasks.pkd import predicted_view  # the tasks import this module's readers
+
+    pred = predicted_view(predictors(batch), batch, tokenwise)
+    mask = pred.text_mask  # (B, L_b)
+    text = pred.text * mask[..., None]
+    width = predictors.text.queries.shape[0]  # L' (token-wise: the store's max_text_len)
+    text = nn.functional.pad(text, (0, 0, 0, width - text.shape[1]))  # (B, L', d_t)
+    half = np.float16
+    return {
+        "predicted_vision": pred.vision.cpu().numpy().astype(half),
+        "predicted_text": text.cpu().numpy().astype(half),
+        "num_predicted_text": mask.sum(1).cpu().numpy().astype(np.int32),
+        "predicted_image_embed": head.embed_image(pred.vision).cpu().numpy().astype(half),
+        "predicted_text_embed": head.embed_text(pred.text, mask).cpu().numpy().astype(half),
+        "predicted_teacher": head(pred.vision, pred.text, mask).float().cpu().numpy(),
+    }
+
+
+def cache_predicted(predictors: nn.Module, head: nn.Module, tokenwise: bool, batch_for_ids,
+                    question_ids, out_store_path: str | Path, spec: StoreSpec,
+                    batch_size: int = 64, device: str = "cpu", overwrite: bool = False) -> Path:
+    """Write the store of ``question_ids`` shard by shard (resumable: done shards skipped)."""
+    predictors, head = predictors.to(device).eval(), head.to(device).eval()
+    failed = 0
+    with StoreWriter(out_store_path, spec, question_ids, overwrite=overwrite) as writer:
+        pending = writer.pending(None)
+        for k in track(pending, total=len(pending), description="predicted features"):
+            ids = writer.shard_ids(k)
+            rows = []
+            for i in range(0, len(ids), batch_size):
+                batch = batch_for_ids(ids[i:i + batch_size])
+                got = np.asarray(batch["question_id"])
+                if got.shape != ids[i:i + batch_size].shape or (got != ids[i:i + batch_size]).any():
+                    raise ValueError("batch_for_ids returned other questions than requested")
+                rows.append(predicted_rows(predictors, head, tokenwise,
+                                           {key: torch.as_tensor(v).to(device)
+                                            for key, v in batch.items()}))
+            failed += len(writer.write_shard(k, {n: np.concatenate([r[n] for r in rows])
+                                                for n in spec.names}))
+    if failed:
+        print(f"warning: {out_store_path}: {failed} questions with non-finite predicted features "
+              "recorded as failed (pkd stores info)", file=sys.stderr)
+    return Path(out_store_path)
+
+
+def read_predicted(store: FeatureStore, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Batch keys of store ``rows``: the arrays of :data:`BATCH_KEYS`, ``predicted_text`` cut to
+    the batch's longest text and ``predicted_text_mask`` (B, L_b) bool."""
+    arrays = store.read(rows, [*BATCH_KEYS, "num_predicted_text"])
+    count = arrays.pop("num_predicted_text")
+    n = max(1, int(count.max()) if len(count) else 1)
+    out = {BATCH_KEYS[k]: v for k, v in arrays.items()}
+    out["predicted_text"] = out["predicted_text"][:, :n]
+    out["predicted_text_mask"] = np.arange(n)[None, :] < count[:, None]
+    return out
+
+
+def check_predicted_store(store: FeatureStore, digest: str, where: str) -> None:
+    """Refuse a store whose predictors differ from the stage-2 run's (one line, the reason)."""
+    made = store.spec.producer.get("predictors_digest")
+    if made != digest:
+        raise PkdError(f"{where}: built by other predictors (weights digest {made}, this run's "
+                       f"method.pkd.predictors give {digest}); re-run pkd extract predicted")

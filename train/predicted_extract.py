@@ -1,0 +1,53 @@
+"""``pkd extract predicted``: run PKD's frozen stage-1 predictors once into a ``predicted`` store.
+
+Driven by the stage-2 ``pkd`` config: the predictors of ``method.pkd.predictors``, the frozen
+foundation head of the foundation stores, the training split joined with the regions and
+foundation stores (tokens included), and the store goes to ``data.predicted``
+(:mod:`pkd.train.predicted_cache`). The vocabularies are the stage-1 run's, as in stage 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pkd.errors import PkdError
+from pkd.stores.schema import config_hash
+from pkd.train.config import TrainConfig
+from pkd.train.predicted_cache import cache_predicted, predicted_store_spec, weights_digest
+from pkd.train.prepare import open_stores, split_batches, vocab_source, vocabs
+from pkd.train.tasks import method_of
+from pkd.train.tasks.pkd import PKD, build_predictors, load_predictors, pkd_setup
+from pkd.train.teacher_cache import batches_by_id
+
+
+def extract_predicted(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,
+                      device: str = "cpu") -> Path:
+    """Cache ṽ, t̃, their embeddings and the positive teacher logit for the training split."""
+    p = cfg.method.pkd
+    path = out or cfg.data.predicted
+    if not isinstance(method_of(cfg), PKD) or not path or not p.predictors:
+        raise PkdError("extract predicted: give a pkd (stage 2) config with data.predicted (the "
+                       "store to write) and method.pkd.predictors (the stage-1 run)")
+    if not p.use_predictors or p.finetune_predictors:
+        raise PkdError("extract predicted: the cache holds frozen predictors' outputs "
+                       "(needs method.pkd.use_predictors=true, finetune_predictors=false)")
+    base = replace(cfg, data=replace(cfg.data, predicted=""))  # the store is not there yet
+    v = vocabs(base, vocab_source(base), create=False)
+    stores = open_stores(base)
+    setup = pkd_setup(base, stores, len(v.words), True)
+    predictors = load_predictors(build_predictors(p, setup), p.predictors).eval()
+    _, batches = split_batches(base, base.data.train_split, v, stores, foundation_tokens=True,
+                               teacher=True)
+    head = setup.head
+    producer = {"predictors": str(Path(p.predictors).resolve()),
+                "predictors_digest": weights_digest(predictors),
+                "foundation_image": stores.foundation_image.spec.producer,
+                "regions": stores.regions.spec.producer,
+                "vocab": config_hash([v.answers.answers, v.words.words])}
+    spec = predicted_store_spec((predictors.vision.queries.shape[0], head.vision_dim),
+                                (predictors.text.queries.shape[0], head.text_dim),
+                                head.embed_dim, producer)
+    return cache_predicted(predictors, head, p.predictor_tokens == 0, batches_by_id(batches),
+                           batches.split.question_ids, path, spec, device=device,
+                           overwrite=overwrite)
