@@ -42,4 +42,5 @@ def test_cli_registers_every_command():
     root = typer.main.get_command(app)
     assert set(root.commands) == {"data", "stores", "evaluate", "extract", "pretrain", "train",
                                   "demo"}
-    assert set(root.commands["extract"].commands) == {"foundation", "regions", "teacher"}
+    assert set(root.commands["extract"].commands) == {"foundation", "regions", "teacher",
+                                                      "predicted"}
