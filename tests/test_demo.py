@@ -95,7 +95,12 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     def resolved(name):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
-    configs = {n: resolved(n) for n in (*KNOWN, "predictors") if n not in CONTROLS}  # no run
+    configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross")
+               if n not in CONTROLS}  # no run
+    cross = configs["pkd-cross"]
+    assert cross.method.pkd.predictor_inputs == "cross" == configs["predictors-cross"].method.pkd.predictor_inputs
+    assert cross.method.pkd.predictors.endswith("predictors-cross-seed1")
+    assert cross.data.predicted != configs["pkd"].data.predicted  # its own cache
     assert set(MAIN_METHODS) | set(ABLATIONS) <= set(KNOWN)
     assert configs["pkd-mkd3"].method.pkd.lambda_mkd == 3.0
     assert {n: configs[n].method.name for n in ("question-only", "rubi", "lmh")} == {

@@ -58,6 +58,22 @@ def test_each_predictor_reads_both_modalities():
             assert not torch.allclose(base[key], changed[key])
 
 
+def test_cross_inputs_predict_each_side_from_the_other_modality_only():
+    """``inputs="cross"``: ṽ = P_v(q) ignores the regions, t̃ = P_t(r) ignores the question."""
+    p = predictors(inputs="cross").eval()
+    batch = make_batch()
+    other_q = dict(batch, question_tokens=torch.roll(batch["question_tokens"], 1, 0),
+                   question_mask=torch.roll(batch["question_mask"], 1, 0))
+    other_r = dict(batch, region_features=batch["region_features"] * -1)
+    base, q, r = p(batch), p(other_q), p(other_r)
+    torch.testing.assert_close(base[PREDICTED_VISION], r[PREDICTED_VISION])  # no regions
+    torch.testing.assert_close(base[PREDICTED_TEXT], q[PREDICTED_TEXT])  # no words
+    assert not torch.allclose(base[PREDICTED_VISION], q[PREDICTED_VISION])
+    assert not torch.allclose(base[PREDICTED_TEXT], r[PREDICTED_TEXT])
+    with pytest.raises(ValueError, match="'both' or 'cross'"):
+        predictors(inputs="image")
+
+
 def test_too_many_words():
     batch = make_batch()
     batch["question_tokens"] = torch.cat([batch["question_tokens"]] * 2, 1)

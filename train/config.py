@@ -192,6 +192,7 @@ class PKDConfig:
     predictors: str = ""  # stage-1 (pkd-predictors) checkpoint the stage-2 predictors load
     predictor_hidden: int = allowed(256, ge=1)  # width of the predictors' transformer layers (ours)
     predictor_heads: int = allowed(4, ge=1)  # attention heads of the predictors' layers (ours)
+    predictor_inputs: Literal["both", "cross"] = "both"  # both: P_v(q, r), P_t(r, q); cross: P_v(q) image-like features from the question, P_t(r) caption-like text from the regions (METHODS.md alternative)
     blip_text_entry: Literal["hidden", "embeddings"] = "hidden"  # BLIP ITM input of t~ (ours)
 
 

@@ -38,7 +38,8 @@ MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
 ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictors-off",
              "distillvlm-att", "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256",
              "distillvlm-queue16384")
-SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1")  # PKD loss weight / temperature (--methods)
+SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature (--methods)
+          "pkd-cross")  # PKD reading: P_v(q), P_t(r) (each side from the other modality only)
 DEBIAS = ("question-only", "rubi", "lmh")  # reference debiasing methods on UpDn (--methods)
 CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothing trained
 KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *DEBIAS, *CONTROLS)
@@ -236,6 +237,12 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-mkd0.3": {**pkd, "method.pkd.lambda_mkd": 0.3},
         "pkd-mkd3": {**pkd, "method.pkd.lambda_mkd": 3.0},
         "pkd-kdT1": {**pkd, "method.pkd.kd_temperature": 1.0},
+        "predictors-cross": {**PKD, "method.name": "pkd-predictors",
+                             "method.pkd.predictor_inputs": "cross",
+                             "run.epochs": max(1, cfg.train_epochs // 2)},
+        "pkd-cross": {**pkd, "method.pkd.predictor_inputs": "cross",
+                      "method.pkd.predictors": run_dir(cfg, "predictors-cross", seed),
+                      "data.predicted": paths.store(f"predicted-cross-seed{seed}.zarr")},
         "question-only": {"method.name": "question-only"},
         "rubi": {"method.name": "rubi", "method.rubi.branch_dims": [256, 256]},  # = hidden size
         "lmh": {"method.name": "lmh"},
@@ -251,7 +258,13 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
     return {**base, **specific}
 
 
-NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",)}  # runs a method builds on
+NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",),  # runs a method builds on
+         "pkd-cross": ("predictors-cross",)}
+
+
+def needs(name: str) -> tuple[str, ...]:
+    """The runs ``name`` builds on: its own entry of :data:`NEEDS`, else its family's."""
+    return NEEDS.get(name, NEEDS.get(name.split("-")[0], ()))
 
 
 def _complete(store: str) -> bool:
@@ -266,7 +279,7 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
     from pkd.train.config import load_config
     from pkd.train.loop import fit
 
-    for need in NEEDS.get(name.split("-")[0], ()):
+    for need in needs(name):
         train_run(cfg, paths, need, seed)
     tcfg = load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, seed).items()])
     run = Path(tcfg.run.out_dir)
@@ -355,7 +368,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             if name in CONTROLS:  # same rows on every seed, so paired differences line up
                 rows += timed("controls", lambda n=name, s=seed: control_rows(cfg, paths, n, s))
                 continue
-            for need in NEEDS.get(name.split("-")[0], ()):
+            for need in needs(name):
                 timed(f"{need}-seed{seed}", lambda n=need, s=seed: train_run(cfg, paths, n, s))
             run = timed(f"{name}-seed{seed}", lambda n=name, s=seed: train_run(cfg, paths, n, s))
             rows += timed("evaluation", lambda r=run, n=name, s=seed: evaluate_run(r, n, s))

@@ -20,6 +20,12 @@ A :class:`TokenPredictor` of ``layers`` pre-LN blocks runs on ``x = [Q; primary 
 - ``P_t``: primary = regions, context = question words, ``T' = L'``, ``d_out = d_t``: image-
   conditioned queries attend to the words and predict the foundation *text* tokens.
 
+``inputs="cross"`` (the alternative reading in ``shared/METHODS.md``: predict one modality's
+features *from the other* only): ``P_v`` reads the question words alone (primary and context
+= words: image-like vision features from the question, ``P_v(q)``) and ``P_t`` the regions
+alone (caption-like text features from the image, ``P_t(r)``), so a predicted pair ``(ṽ, t̃)``
+imitates a pre-training image–caption pair built from the two sides of a VQA item.
+
 Attention is :class:`~pkd.train.models.attention.MultiHeadAttention` (a masked softmax), so
 padding never changes the output and a row without any valid key gives zeros (not NaN).
 """
@@ -79,8 +85,11 @@ class CrossModalPredictors(nn.Module):
 
     def __init__(self, num_words: int, max_words: int, region_dim: int, vision_tokens: int,
                  vision_dim: int, text_tokens: int, text_dim: int, hidden: int = 256,
-                 heads: int = 4, layers: int = 2):
+                 heads: int = 4, layers: int = 2, inputs: str = "both"):
         super().__init__()
+        if inputs not in ("both", "cross"):
+            raise ValueError(f"predictor inputs must be 'both' or 'cross', got {inputs!r}")
+        self.inputs = inputs  # "both": P_v(q, r), P_t(r, q); "cross": P_v(q), P_t(r)
         self.region_dim = region_dim  # raw region feature size d_r
         self.word_embedding = nn.Embedding(num_words, hidden, padding_idx=0)
         self.word_position = nn.Embedding(max_words, hidden)
@@ -106,5 +115,8 @@ class CrossModalPredictors(nn.Module):
         """``predicted_vision_tokens`` (B, P', d_v) and ``predicted_text_tokens`` (B, L', d_t)."""
         words, regions = self.embed(batch)
         qmask, rmask = batch["question_mask"], batch["region_mask"]
+        if self.inputs == "cross":  # each side from the other modality only
+            return {PREDICTED_VISION: self.vision(words, qmask, words, qmask),
+                    PREDICTED_TEXT: self.text(regions, rmask, regions, rmask)}
         return {PREDICTED_VISION: self.vision(words, qmask, regions, rmask),
                 PREDICTED_TEXT: self.text(regions, rmask, words, qmask)}

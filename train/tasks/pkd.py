@@ -327,7 +327,8 @@ def build_predictors(cfg: PKDConfig, setup: PKDSetup) -> CrossModalPredictors:
         setup.num_words, setup.max_words, setup.region_dim,
         vision_tokens=n or setup.vision_tokens, vision_dim=setup.head.vision_dim,
         text_tokens=n or setup.text_tokens, text_dim=setup.head.text_dim,
-        hidden=cfg.predictor_hidden, heads=cfg.predictor_heads, layers=cfg.predictor_layers)
+        hidden=cfg.predictor_hidden, heads=cfg.predictor_heads, layers=cfg.predictor_layers,
+        inputs=cfg.predictor_inputs)
 
 
 def load_predictors(predictors: CrossModalPredictors, path: str) -> CrossModalPredictors:
