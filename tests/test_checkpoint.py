@@ -286,3 +286,17 @@ def test_rng_round_trip_through_json_and_safetensors(tmp_path):
     expected = (random.random(), float(np.random.rand()), torch.rand(1).item())
     restore_rng_state(load_checkpoint(tmp_path)[1]["rng"])
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
+
+
+def test_a_field_added_after_the_checkpoint_is_accepted_at_its_default_only(tmp_path):
+    """A config field the checkpoint's config predates (e.g. method.pkd.predictor_inputs) loads
+    when asked for at its default; asked for at another value it is a difference."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    old = config_to_dict(TrainConfig())
+    del old["method"]["pkd"]["predictor_inputs"]  # written before the field existed
+    save(tmp_path, model, opt, step=1, config=old)
+    load_checkpoint(tmp_path, TrainConfig())  # default: nothing changed
+    with pytest.raises(PkdError, match=r"method.pkd.predictor_inputs='<missing>' "
+                                       r"\(expected 'cross'\)"):
+        load_checkpoint(tmp_path, load_config(None, ["method.pkd.predictor_inputs=cross"]))

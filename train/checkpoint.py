@@ -213,9 +213,14 @@ def check_config(file: Path, saved: Any, expected: Any, compare: Sequence[str]) 
     if saved is None:
         raise PkdError(f"{file}: checkpoint has no saved config to compare with")
     a, b = _flatten(_jsonable(saved)), _flatten(_jsonable(expected))
+    # a field added to the config after the checkpoint was written, and asked for at its
+    # default, changes nothing the checkpoint was made with
+    defaults = (_flatten(_jsonable(type(expected)())) if dataclasses.is_dataclass(expected)
+                else {})
     keys = sorted(k for k in a.keys() | b.keys()
                   if any(k == p or k.startswith(p + ".") for p in compare)
-                  and a.get(k, "<missing>") != b.get(k, "<missing>"))
+                  and a.get(k, "<missing>") != b.get(k, "<missing>")
+                  and not (k not in a and k in defaults and b.get(k) == defaults[k]))
     if keys:
         shown = ", ".join(f"{k}={a.get(k, '<missing>')!r} (expected {b.get(k, '<missing>')!r})"
                           for k in keys[:5])
