@@ -352,3 +352,29 @@ def test_lmh_task_runs_on_the_fusion_transformer():
     out = LMHTask(model, prior)(batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and torch.equal(out["logits"], model(batch)["logits"])
+
+
+def test_validation_question_types_index_the_training_vocabulary(tmp_path):
+    """The trainer's validation batches number question types like the training split (the LMH
+    prior's rows), not by their own sorted types: a type validation lacks shifts no id."""
+    from train_fixtures import make_benchmark, make_regions_store, train_overrides
+
+    from pkd.train.config import load_config
+    from pkd.train.loop import Trainer
+
+    data = make_benchmark(tmp_path / "data")
+    regions = make_regions_store(data, tmp_path / "regions.zarr")
+    val = json.loads((data / "synth_val_questions.json").read_text())
+    anns = json.loads((data / "synth_val_annotations.json").read_text())
+    drop = {a["question_id"] for a in anns["annotations"] if a["question_type"] == "how many"}
+    val["questions"] = [q for q in val["questions"] if q["question_id"] not in drop]
+    anns["annotations"] = [a for a in anns["annotations"] if a["question_id"] not in drop]
+    (data / "synth_val_questions.json").write_text(json.dumps(val))
+    (data / "synth_val_annotations.json").write_text(json.dumps(anns))
+    cfg = load_config(None, train_overrides(data, regions, tmp_path / "run",
+                                            **{"method.name": "lmh"}))
+    t = Trainer(cfg, resume=False)
+    vocab = t.train.type_vocab
+    assert "how many" in vocab and t.val.type_vocab == vocab
+    types = [vocab[i] for i in t.val.question_type.tolist()]
+    assert types == t.val.split.question_types  # each id names its own type in the train vocab

@@ -132,7 +132,8 @@ class Trainer:
         self.train_data, self.train = split_batches(
             cfg, cfg.data.train_split, self.vocabs, stores,
             foundation_tokens=self.method.foundation_tokens, teacher=True)
-        val_data, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores)
+        val_data, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores,
+                                           type_vocab=self.train.type_vocab)
         if self.validates:  # best/ is chosen on val: refuse an empty split before training
             require_questions(val_data, "validation")
         self.model = build_run_model(cfg, self.vocabs, stores)

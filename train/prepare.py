@@ -212,7 +212,7 @@ def held_out(image_ids: np.ndarray, fraction: float) -> np.ndarray:
 
 def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
                   foundation_tokens: bool = False, teacher: bool = False,
-                  ) -> tuple[SplitData, VQABatches]:
+                  type_vocab: list[str] | None = None) -> tuple[SplitData, VQABatches]:
     """One split's questions joined with the stores, as a batch dataset.
 
     ``split`` may be ``"<train_split>"`` or, with ``data.val_fraction > 0``, the carved
@@ -221,7 +221,9 @@ def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
     training split only; the losses read the foundation stores). Without it (validation,
     evaluation) only the stores the model's forward reads are joined (:func:`forward_stores`), so
     questions are never dropped for lacking features the forward does not read. Dropped questions
-    are counted per store on stderr.
+    are counted per store on stderr. ``type_vocab``: the training split's question types (the
+    ``question_type`` ids of a validation split must index the training prior, as LMH's does);
+    None = the split's own.
     """
     if not teacher:
         stores = forward_stores(cfg, stores)
@@ -237,7 +239,7 @@ def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
         lacks = ", ".join(f"{role} {n}" for role, n in sorted(data.missing.items()))
         note(f"{split}: {data.dropped} of {data.dropped + len(data)} questions dropped "
              f"(no features in: {lacks})")
-    return data, VQABatches(data, stores, rows, len(v.answers), foundation_tokens)
+    return data, VQABatches(data, stores, rows, len(v.answers), foundation_tokens, type_vocab)
 
 
 def require_questions(data: SplitData, role: str) -> None:
