@@ -337,7 +337,8 @@ def test_presets_quick_and_full():
     quick, full = DemoConfig.of("quick", Path("q")), DemoConfig.of("full", Path("f"))
     assert quick.synth == SynthConfig() and (quick.seeds, quick.methods) == (1, MAIN_METHODS)
     assert full.synth == SynthConfig.preset("full") and full.seeds == 5
-    assert set(FULL_METHODS) == set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS) | set(ABLATIONS)
+    assert set(FULL_METHODS) == (set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS) | set(ABLATIONS)
+                                 | {"pkd-cross"})
     assert full.methods == FULL_METHODS and full.preset == "full"
     assert DemoConfig.of("full", Path("f"), seeds=2).seeds == 2
     from pkd.errors import PkdError

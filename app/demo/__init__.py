@@ -36,14 +36,16 @@ if TYPE_CHECKING:
 SPLITS = ("test", "test_comp", "test_iid")  # prior shift, held-out combinations, train priors
 MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
 ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictors-off",
-             "distillvlm-att", "distillvlm-nce", "distillvlm-kd", "distillvlm-queue256",
-             "distillvlm-queue16384")
+             "distillvlm-att", "distillvlm-nce", "distillvlm-kd")
 SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature (--methods)
+          "distillvlm-queue256", "distillvlm-queue16384",  # DistillVLM queue size (4096: main)
           "pkd-cross")  # PKD reading: P_v(q), P_t(r) (each side from the other modality only)
 DEBIAS = ("question-only", "rubi", "lmh")  # reference debiasing methods on UpDn (--methods)
 CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothing trained
 KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *DEBIAS, *CONTROLS)
-FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS)  # the README's table
+# the README's table; ~2,000 s per seed on a 2-core EPYC at full size (the sweeps would add
+# ~130 s each per seed: ask for them with --methods)
+FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS, "pkd-cross")
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
