@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pkd.train.losses.pretrain import hard_negatives, itc_loss, itm_loss, sample_hard_negatives
+from pkd.train.losses.pretrain import (
+    hard_negatives,
+    itc_loss,
+    itm_loss,
+    sample_hard_negatives,
+    swap_loss,
+)
 
 torch.set_num_threads(1)
 
@@ -76,6 +82,17 @@ def test_itc_loss_with_no_extra_negatives_is_unchanged():
     empty = torch.zeros(0, 6)
     assert itc_loss(u, w, torch.tensor(5.0), eye, empty).item() == pytest.approx(
         itc_loss(u, w, torch.tensor(5.0), eye).item(), abs=1e-7)
+
+
+def test_swap_loss_is_the_two_way_choice_by_hand():
+    # image 0: positive logit 2·1, negative 2·0 -> -log(e²/(e² + 1)); image 1: positive 0,
+    # negative 2 -> -log(1/(1 + e²)); mean of the two
+    u = torch.eye(2)
+    w = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    neg = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    e2 = math.exp(2)
+    want = (-math.log(e2 / (e2 + 1)) - math.log(1 / (1 + e2))) / 2
+    assert swap_loss(u, w, neg, torch.tensor(2.0)).item() == pytest.approx(want, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- hard negatives

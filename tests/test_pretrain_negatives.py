@@ -62,3 +62,12 @@ def test_negative_captions_are_seeded_shaped_and_length_checked():
     assert torch.equal(a.input_ids, b.input_ids)  # same seed, same negatives
     with pytest.raises(PkdError, match="more than max_positions 4"):
         negative_captions(captions, WordTokenizer(), 1, seed=0, max_positions=4)
+
+
+def test_swap_weight_needs_swapped_negatives(tmp_path):
+    from pkd.train.pretrain import PretrainConfig
+
+    with pytest.raises(PkdError, match="swap_weight .* needs swap_negatives > 0"):
+        PretrainConfig(data_dir=tmp_path, out_dir=tmp_path / "m", swap_weight=1.0).validate()
+    PretrainConfig(data_dir=tmp_path, out_dir=tmp_path / "m", swap_weight=1.0,
+                   swap_negatives=2).validate()

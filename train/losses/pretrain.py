@@ -56,6 +56,18 @@ def itc_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, scale: torch.T
     return (i2t.mean() + t2i.mean()) / 2
 
 
+def swap_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, negative_feats: torch.Tensor,
+              scale: torch.Tensor) -> torch.Tensor:
+    """``L_swap`` (scalar): each image against its own caption and that caption's swapped
+    negative only, ``mean_i CE([u_i·w_i, u_i·ŵ_i] / τ, 0)`` — the two-way choice that only the
+    swapped attribute decides. ``negative_feats`` (B, d): row i is caption i's negative."""
+    pos = (image_feats * text_feats).sum(-1)  # (B,)
+    neg = (image_feats * negative_feats).sum(-1)  # (B,)
+    logits = scale * torch.stack([pos, neg], dim=1)  # (B, 2)
+    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long,
+                                               device=logits.device))
+
+
 def sample_hard_negatives(similarity: torch.Tensor, positives: torch.Tensor,
                           generator: torch.Generator) -> torch.Tensor:
     """One column per row (B,), drawn ∝ ``softmax(similarity) + 1e-4`` over the non-positives

@@ -16,7 +16,7 @@ import math
 import torch
 
 from pkd.progress import track
-from pkd.train.losses.pretrain import hard_negatives, itc_loss, itm_loss
+from pkd.train.losses.pretrain import hard_negatives, itc_loss, itm_loss, swap_loss
 from pkd.train.pretrain.config import PretrainConfig
 from pkd.train.pretrain.corpus import PixelNormalizer, TokenizedCaptions
 from pkd.train.pretrain.model import encode_images, encode_texts, itc_scale, itm_logits
@@ -47,11 +47,14 @@ def step_losses(model, cfg: PretrainConfig, pixel_values: torch.Tensor, input_id
     scale = itc_scale(model, cfg.family, cfg)
     negative = None if negatives is None else encode_texts(model, cfg.family, *negatives)
     parts = {"itc_loss": itc_loss(image, text, scale, positives, negative)}
+    if negative is not None and cfg.swap_weight > 0:  # the swapped attribute alone decides
+        parts["swap_loss"] = swap_loss(image, text, negative, scale)
     if cfg.family == "blip":
         similarity = (scale * image @ text.T).detach()  # (B, B)
         parts["itm_loss"] = blip_itm_loss(model, vision, input_ids, mask, similarity, positives,
                                           generator)
-    parts["loss"] = parts["itc_loss"] + cfg.itm_weight * parts.get("itm_loss", 0.0)
+    parts["loss"] = (parts["itc_loss"] + cfg.itm_weight * parts.get("itm_loss", 0.0)
+                     + cfg.swap_weight * parts.get("swap_loss", 0.0))
     return parts
 
 
