@@ -129,7 +129,7 @@ def _train_rows(run):
     return [r for r in rows if r["split"] == "train"]
 
 
-def test_cached_predictions_give_the_online_losses(pkd_data, tmp_path, monkeypatch):
+def test_cached_predictions_give_the_online_losses(pkd_data, tmp_path, monkeypatch, capsys):
     """``pkd extract predicted`` + ``data.predicted``: stage 2 reads ṽ, t̃, their embeddings and
     the positive teacher logits from the store instead of running the predictors and the head;
     the same seed gives the same losses (float16 storage: ~1e-3), and a store made by other
@@ -146,9 +146,10 @@ def test_cached_predictions_give_the_online_losses(pkd_data, tmp_path, monkeypat
     read = []
     predict = PKDTask.predict
     monkeypatch.setattr(PKDTask, "predict", lambda self, batch: read.append(
-        "predicted_vision" in batch) or predict(self, batch))
+        ("predicted_vision" in batch, "vision_tokens" in batch)) or predict(self, batch))
     assert main(["train", *_stage2(pkd_data, cached, **extra, **{"data.predicted": store})]) == 0
-    assert read and all(read)  # every training step read the store
+    # every training step read the store, and none read the foundation tokens it replaces
+    assert read and all(r == (True, False) for r in read)
     a, b = _train_rows(online), _train_rows(cached)
     assert len(a) == len(b) >= 2
     for ra, rb in zip(a, b, strict=True):
@@ -163,6 +164,12 @@ def test_cached_predictions_give_the_online_losses(pkd_data, tmp_path, monkeypat
     args = _stage2(pkd_data, tmp_path / "bad", **{"data.predicted": store,
                                                    "method.pkd.predictors": other})
     assert main(["train", *args]) == 2
+    # the same predictors on another regions store: the cached ṽ, t̃ describe the old features
+    moved = make_regions_store(data, tmp_path / "regions-b.zarr", seed=1, producer="other")
+    args = _stage2(pkd_data, tmp_path / "bad2", **{"data.predicted": store,
+                                                    "data.regions": moved})
+    assert main(["train", *args]) == 2
+    assert "built from another regions store" in capsys.readouterr().err
 
 
 def test_predicted_store_with_finetuned_predictors_is_a_config_error(pkd_data, tmp_path, capsys):

@@ -246,7 +246,7 @@ def test_mkd_fraction_reads_the_first_items_pairs_only(clip_head, stage1_dir):
     batch = make_batch(4)
     seen = []
     itm = task.model_itm
-    task.model_itm = lambda v, t, m, e=None: seen.append(len(v)) or itm(v, t, m, e)
+    task.model_itm = lambda v, t, m, e: seen.append(len(v)) or itm(v, t, m, e)
     pred = predicted_view(task.predictors(batch), batch, True)
     _, embeds = task.predict(batch)
     torch.manual_seed(7)
@@ -258,7 +258,9 @@ def test_mkd_fraction_reads_the_first_items_pairs_only(clip_head, stage1_dir):
     v, t, mask = pred.vision[:2].repeat(2, 1, 1), pred.text, pred.text_mask
     t2, m2 = torch.cat([t[:2], t[pi]]), torch.cat([mask[:2], mask[pi]])
     with torch.no_grad():
-        want = task.mkd(itm(v, t2, m2), task.head(v, t2, m2),
+        pair_embeds = {"image_embeds": task.head.embed_image(v),
+                       "text_embeds": task.head.embed_text(t2, m2)}
+        want = task.mkd(itm(v, t2, m2, pair_embeds), task.head(v, t2, m2),
                         torch.cat([torch.ones_like(valid), valid]))
     assert seen == [4]
     torch.testing.assert_close(got, want)

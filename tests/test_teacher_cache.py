@@ -13,10 +13,10 @@ from pkd.errors import PkdError, StoreMismatch
 from pkd.stores.reader import FeatureStore
 from pkd.train.config import DistillConfig, MethodConfig, ModelConfig, TrainConfig
 from pkd.train.models import build_model
+from pkd.train.question_store import batches_by_id
 from pkd.train.tasks import build_task
 from pkd.train.tasks.distillvlm import teacher_signals, teacher_view
 from pkd.train.teacher_cache import (
-    batches_by_id,
     cache_teacher,
     cached_layers,
     read_teacher,

@@ -131,7 +131,7 @@ class Trainer:
             check_provenance(self.run_dir, stores)
         self.train_data, self.train = split_batches(
             cfg, cfg.data.train_split, self.vocabs, stores,
-            foundation_tokens=self.method.foundation_tokens, teacher=True)
+            foundation_tokens=self.method.foundation_tokens(cfg), teacher=True)
         val_data, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores,
                                            type_vocab=self.train.type_vocab)
         if self.validates:  # best/ is chosen on val: refuse an empty split before training

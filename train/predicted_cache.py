@@ -28,7 +28,6 @@ losses match the online ones to ~1e-3 (``tests/test_predicted_cache.py``).
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +35,9 @@ import torch
 from torch import nn
 
 from pkd.errors import PkdError
-from pkd.progress import track
 from pkd.stores.reader import FeatureStore
 from pkd.stores.schema import ArraySpec, StoreSpec
-from pkd.stores.writer import StoreWriter
+from pkd.train.question_store import checked_batch, fill_question_store
 
 BATCH_KEYS = {  # store array -> batch key
     "predicted_vision": "predicted_vision",
@@ -102,28 +100,18 @@ def predicted_rows(predictors: nn.Module, head: nn.Module, tokenwise: bool,
 def cache_predicted(predictors: nn.Module, head: nn.Module, tokenwise: bool, batch_for_ids,
                     question_ids, out_store_path: str | Path, spec: StoreSpec,
                     batch_size: int = 64, device: str = "cpu", overwrite: bool = False) -> Path:
-    """Write the store of ``question_ids`` shard by shard (resumable: done shards skipped)."""
+    """Write the store of ``question_ids`` (resumable by shards:
+    :func:`pkd.train.question_store.fill_question_store`)."""
     predictors, head = predictors.to(device).eval(), head.to(device).eval()
-    failed = 0
-    with StoreWriter(out_store_path, spec, question_ids, overwrite=overwrite) as writer:
-        pending = writer.pending(None)
-        for k in track(pending, total=len(pending), description="predicted features"):
-            ids = writer.shard_ids(k)
-            rows = []
-            for i in range(0, len(ids), batch_size):
-                batch = batch_for_ids(ids[i:i + batch_size])
-                got = np.asarray(batch["question_id"])
-                if got.shape != ids[i:i + batch_size].shape or (got != ids[i:i + batch_size]).any():
-                    raise ValueError("batch_for_ids returned other questions than requested")
-                rows.append(predicted_rows(predictors, head, tokenwise,
-                                           {key: torch.as_tensor(v).to(device)
-                                            for key, v in batch.items()}))
-            failed += len(writer.write_shard(k, {n: np.concatenate([r[n] for r in rows])
-                                                for n in spec.names}))
-    if failed:
-        print(f"warning: {out_store_path}: {failed} questions with non-finite predicted features "
-              "recorded as failed (pkd stores info)", file=sys.stderr)
-    return Path(out_store_path)
+
+    def rows_of(ids: np.ndarray) -> dict[str, np.ndarray]:
+        batch = checked_batch(batch_for_ids, ids)
+        return predicted_rows(predictors, head, tokenwise,
+                              {k: torch.as_tensor(v).to(device) for k, v in batch.items()})
+
+    return fill_question_store(out_store_path, spec, question_ids, rows_of,
+                               batch_size=batch_size, what="predicted features",
+                               overwrite=overwrite)
 
 
 def read_predicted(store: FeatureStore, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -138,9 +126,15 @@ def read_predicted(store: FeatureStore, rows: np.ndarray) -> dict[str, np.ndarra
     return out
 
 
-def check_predicted_store(store: FeatureStore, digest: str, where: str) -> None:
-    """Refuse a store whose predictors differ from the stage-2 run's (one line, the reason)."""
+def check_predicted_store(store: FeatureStore, digest: str, inputs: dict[str, FeatureStore],
+                          where: str) -> None:
+    """Refuse a store made by other predictors, or from other input stores (``inputs``: role ->
+    the run's open store, e.g. ``regions``): one line with the reason."""
     made = store.spec.producer.get("predictors_digest")
     if made != digest:
         raise PkdError(f"{where}: built by other predictors (weights digest {made}, this run's "
                        f"method.pkd.predictors give {digest}); re-run pkd extract predicted")
+    for role, given in inputs.items():
+        if store.spec.producer.get(role) != given.spec.producer:
+            raise PkdError(f"{where}: built from another {role} store than this run's "
+                           f"{given.path}; re-run pkd extract predicted")

@@ -16,9 +16,9 @@ from pkd.stores.schema import config_hash
 from pkd.train.config import TrainConfig
 from pkd.train.predicted_cache import cache_predicted, predicted_store_spec, weights_digest
 from pkd.train.prepare import open_stores, split_batches, vocab_source, vocabs
+from pkd.train.question_store import batches_by_id
 from pkd.train.tasks import method_of
 from pkd.train.tasks.pkd import PKD, build_predictors, load_predictors, pkd_setup
-from pkd.train.teacher_cache import batches_by_id
 
 
 def extract_predicted(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,

@@ -23,7 +23,6 @@ tokens: :func:`trim_teacher` cuts them (and checks that nothing valid is cut).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,10 +31,9 @@ import torch
 from torch import nn
 
 from pkd.errors import PkdError
-from pkd.progress import track
 from pkd.stores.reader import FeatureStore
 from pkd.stores.schema import ArraySpec, StoreSpec
-from pkd.stores.writer import StoreWriter
+from pkd.train.question_store import checked_batch, fill_question_store
 from pkd.train.tasks.distillvlm import teacher_signals
 
 BATCH_KEYS = ("teacher_logits", "teacher_attentions", "teacher_hidden", "teacher_token_mask")
@@ -96,55 +94,25 @@ def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict
 
     ``batch_for_ids(ids)`` returns the model batch of those questions in the *teacher's* view
     (``region_*`` = the aligned teacher regions, as for teacher adaptation; ``question_id``
-    included). Work goes shard by shard (resumable: finished shards are skipped; ``part=(i, n)``
-    takes every n-th shard for parallel writers).
+    included). Resumable and splittable by shards (:func:`pkd.train.question_store.fill_question_store`).
     """
     spec = teacher_store_spec(teacher, layers, max_question_length, max_regions, producer,
                               items_per_chunk, items_per_shard)
     t = int(spec.dims["num_tokens"])
     teacher = teacher.to(device).eval()
-    failed = 0
-    with StoreWriter(out_store_path, spec, question_ids, overwrite=overwrite) as writer:
-        pending = writer.pending(part)
-        for k in track(pending, total=len(pending), description="teacher cache"):
-            ids = writer.shard_ids(k)
-            rows = [_cache_batch(teacher, batch_for_ids, ids[i:i + batch_size], layers, t,
-                                 max_question_length, device)
-                    for i in range(0, len(ids), batch_size)]
-            failed += len(writer.write_shard(k, {name: np.concatenate([r[name] for r in rows])
-                                                for name in spec.names}))
-    if failed:  # non-finite teacher outputs: recorded per question (ok = 0), said once here
-        print(f"warning: {out_store_path}: {failed} questions with non-finite teacher outputs "
-              "recorded as failed (pkd stores info)", file=sys.stderr)
-    return Path(out_store_path)
 
+    def rows_of(ids: np.ndarray) -> dict[str, np.ndarray]:
+        batch = checked_batch(batch_for_ids, ids)
+        if batch["question_tokens"].shape[1] != max_question_length:
+            raise PkdError(f"teacher store: batches have {batch['question_tokens'].shape[1]} "
+                           f"question tokens, expected data.max_question_length="
+                           f"{max_question_length}")
+        inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
+        return padded_signals(teacher_signals(teacher, inputs, layers), t, len(layers) == 1)
 
-def _cache_batch(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict],
-                 ids: np.ndarray, layers: Sequence[int], t: int, max_question_length: int,
-                 device: str | torch.device) -> dict[str, np.ndarray]:
-    batch = batch_for_ids(ids)
-    got = np.asarray(batch["question_id"])
-    if got.shape != ids.shape or (got != ids).any():
-        raise ValueError("batch_for_ids returned other questions than requested")
-    if batch["question_tokens"].shape[1] != max_question_length:
-        raise PkdError(f"teacher store: batches have {batch['question_tokens'].shape[1]} question "
-                       f"tokens, expected data.max_question_length={max_question_length}")
-    inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
-    return padded_signals(teacher_signals(teacher, inputs, layers), t, len(layers) == 1)
-
-
-def batches_by_id(batches) -> Callable[[np.ndarray], dict]:
-    """``batch_for_ids`` over a :class:`pkd.train.data.VQABatches` (``batches[positions]``)."""
-    position = {int(q): i for i, q in enumerate(batches.split.question_ids)}
-
-    def batch_for_ids(ids: np.ndarray) -> dict:
-        missing = [int(q) for q in ids if int(q) not in position]
-        if missing:
-            raise PkdError(f"teacher store: question {missing[0]} is not in split "
-                           f"{batches.split.name!r} ({len(missing)} missing)")
-        return batches[np.array([position[int(q)] for q in ids], dtype=np.int64)]
-
-    return batch_for_ids
+    return fill_question_store(out_store_path, spec, question_ids, rows_of,
+                               batch_size=batch_size, what="teacher outputs",
+                               overwrite=overwrite, part=part)
 
 
 def trim_teacher(arrays: dict[str, np.ndarray], num_tokens: int,

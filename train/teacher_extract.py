@@ -18,9 +18,10 @@ from pkd.train.config import TrainConfig, config_to_dict
 from pkd.train.data import Stores
 from pkd.train.losses.attention import teacher_layers_needed
 from pkd.train.prepare import check_complete, split_batches, vocab_source, vocabs
+from pkd.train.question_store import batches_by_id
 from pkd.train.tasks import method_of
 from pkd.train.tasks.distillvlm import DistillVLM, load_teacher
-from pkd.train.teacher_cache import batches_by_id, cache_teacher
+from pkd.train.teacher_cache import cache_teacher
 
 
 def extract_teacher(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,

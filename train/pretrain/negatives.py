@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pkd.data.synth_scene import COLORS, SHAPES, SIZES
 from pkd.errors import PkdError
+from pkd.train.pretrain.evaluate import PROBE_WORDS as SWAP_WORDS  # the probes' word groups
 
-SWAP_WORDS = {"color": tuple(COLORS), "shape": tuple(SHAPES), "size": tuple(SIZES)}
 _GROUP = {w: words for words in SWAP_WORDS.values() for w in words}
 _PATTERN = re.compile(r"\b(" + "|".join(map(re.escape, _GROUP)) + r")\b")
 

@@ -8,7 +8,7 @@ one literal mapping in :mod:`pkd.train.tasks`) instead of comparing names:
 | ``run_config(cfg)`` | ``cfg`` | the config model and data are built from (teacher-adapt: the teacher's) |
 | ``vocab_source(cfg)`` | ``""`` | an earlier run whose vocabularies this run copies |
 | ``teacher_stores(cfg)`` | ``()`` | the extra training stores it reads (``teacher_regions`` / ``teacher``) |
-| ``foundation_tokens`` | ``False`` | training batches carry the foundation tokens (PKD) |
+| ``foundation_tokens(cfg)`` | ``False`` | training batches carry the foundation tokens (PKD) |
 | ``validates`` | ``True`` | it trains a VQA model scored on the validation split (``best/``) |
 | ``ddp_unused_parameters`` | ``False`` | parameters without gradient in some steps (DDP) |
 | ``built_models(cfg)`` | ``[("model", cfg.model)]`` | config validation: the models it builds |
@@ -37,12 +37,14 @@ class Method:
     """Defaults of a method that trains ``cfg.model`` on ``data.regions`` and needs nothing else."""
 
     name: ClassVar[str]
-    foundation_tokens: ClassVar[bool] = False
     validates: ClassVar[bool] = True
     ddp_unused_parameters: ClassVar[bool] = False
 
     def run_config(self, cfg: TrainConfig) -> TrainConfig:
         return cfg
+
+    def foundation_tokens(self, cfg: TrainConfig) -> bool:
+        return False
 
     def vocab_source(self, cfg: TrainConfig) -> str:
         return ""

@@ -275,16 +275,12 @@ class PKDTask(_FrozenHeadTask):
         return self.mkd(student, teacher, weight)
 
     def model_itm(self, vision: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                  embeds: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                  embeds: dict[str, torch.Tensor]) -> torch.Tensor:
         """D's ITM logit (n,) of predicted pairs: projected into D's inputs, D's own path;
-        ``embeds``: the pairs' ``image_embeds`` / ``text_embeds`` (n, d_e) (None: computed)."""
+        ``embeds``: the pairs' ``image_embeds`` / ``text_embeds`` (n, d_e)."""
         words, regions = self.projector(vision, text)  # (n, L', d_w), (n, P', d_r)
         n, p = regions.shape[:2]
         device = vision.device
-        if embeds is None:
-            with torch.no_grad():
-                embeds = {"image_embeds": self.head.embed_image(vision),
-                          "text_embeds": self.head.embed_text(text, text_mask)}  # (n, d_e)
         region_dim = self.predictors.region_dim  # raw d_r: D embeds the placeholder regions
         view = {  # placeholders the hook replaces; masks say what is valid
             "question_tokens": torch.zeros(text_mask.shape, dtype=torch.long, device=device),
@@ -451,8 +447,10 @@ class PKDPredictors(Method):
     validate; stage 2 loads them from ``method.pkd.predictors``)."""
 
     name = "pkd-predictors"
-    foundation_tokens = True
     validates = False
+
+    def foundation_tokens(self, cfg) -> bool:
+        return True
 
     def problems(self, cfg) -> list[tuple[str, str]]:
         return predictor_problems(cfg.method.pkd)
@@ -469,8 +467,12 @@ class PKD(Method):
     saved state) and L_mkd; vocabularies shared with the stage-1 run."""
 
     name = "pkd"
-    foundation_tokens = True
     ddp_unused_parameters = True  # the memory fusion is unused until the memory's first write
+
+    def foundation_tokens(self, cfg) -> bool:
+        """Only the predictors read the tokens: not with ``use_predictors=false``, nor when
+        their frozen outputs come from a ``predicted`` store (``data.predicted``)."""
+        return cfg.method.pkd.use_predictors and not cfg.data.predicted
 
     def vocab_source(self, cfg) -> str:
         return cfg.method.pkd.predictors
@@ -500,6 +502,8 @@ class PKD(Method):
         if getattr(stores, "predicted", None) is not None and task.predictors is not None:
             from pkd.train.predicted_cache import check_predicted_store, weights_digest
 
+            inputs = {"regions": stores.regions, "foundation_image": stores.foundation_image}
             check_predicted_store(stores.predicted, weights_digest(task.predictors),
+                                  {k: s for k, s in inputs.items() if s is not None},
                                   cfg.data.predicted)
         return task
