@@ -356,7 +356,7 @@ def test_a_data_folder_of_another_size_is_refused(tmp_path):
     saved = json.loads(json.dumps(asdict(SynthConfig())))  # the quick benchmark's config
     check_same_benchmark(saved, DemoConfig.of("quick", tmp_path), tmp_path)  # same: accepted
     with pytest.raises(PkdError, match=r"generated with train_images=1500, this demo \(full\) "
-                                       r"needs 12500; give another --out"):
+                                       r"needs 13200; give another --out"):
         check_same_benchmark(saved, DemoConfig.of("full", tmp_path), tmp_path)
 
 

@@ -47,7 +47,7 @@ from pkd.data.synth_scene import ALL_COMBOS, COLORS, SHAPES, Scene, render_scene
 from pkd.errors import PkdError
 from pkd.progress import track
 
-SYNTH_VERSION = "3"
+SYNTH_VERSION = "4"
 SPLITS = ("train", "val", "test", "test_comp", "test_iid")
 EVAL_SPLITS = ("test", "test_comp", "test_iid")
 PRIOR = {"train": "train", "val": "train", "test": "test", "test_comp": "uniform",
@@ -148,7 +148,7 @@ class SynthConfig:
 
 PRESETS = {  # SynthConfig fields that differ from the defaults (= quick)
     "quick": {},
-    "full": {"train_images": 12500, "val_images": 2000, "test_images": 5000,
+    "full": {"train_images": 13200, "val_images": 2000, "test_images": 5000,
              "test_comp_images": 5000, "test_iid_images": 4400, "caption_images": 10000,
              "detection_train_images": 8000, "detection_val_images": 1000},
 }

@@ -7,16 +7,30 @@ Families (``question_type`` = the VQA-style leading words, ``answer_type`` as in
 | "what color is the" | What color is the (large) circle?          | other       | a colour        |
 | "what shape is the" | What shape is the (small) red object?      | other       | a shape         |
 | "how many"          | How many (red) objects are there?          | number      | "1".."4"        |
-| "is there a"        | Is there a blue square?                    | yes/no      | "yes", "no"     |
+| "is there a"        | Is there a blue square left of the circle? | yes/no      | "yes", "no"     |
+| "what is the color of the" | ... of the object left of the square? | other    | a colour        |
+| "what is the shape of the" | ... of the object above the red object? | other  | a shape         |
 
 Every family needs the image: the text names an object or a pair, never its answer. The object
 asked about is named by its shape (colour) alone when that is unique in the scene, else by size
 and shape (size and colour) when that is unique; otherwise it is not asked about.
 
+Relational questions (v4: the two "what is the ... of the" families and every "is there a"
+question) name the object asked about by where it lies from an anchor object (named as above): B is "left of" A when B's box ends at or before A's box starts on the x
+axis (``x_B + w_B <= x_A``), "right of", "above", "below" likewise; "what is the" asks a relation
+only when exactly one object of the scene stands in it to the anchor. The answer needs the regions'
+*positions*: a one-glimpse UpDn, whose region features carry no box geometry, can only narrow
+the answer down to the scene's other objects and falls back on the prior of its question type
+between them, whatever the data size, as UpDn does on VQA-CP's harder questions; a fusion
+transformer reads the boxes (6-d geometry) and can answer. Each relational type has its own
+train favourite (its own answer order below), so the priors are per question type, as in
+VQA-CP.
+
 Compositional split (CoGenT style). Some (shape, colour) combinations are *held out*: they never
 occur in the scenes of train / val / test / test_iid, and "is there a" never asks about them
 there. ``test_comp`` scenes hold at least one such object and every question is about one: its
-colour, its shape, the count of its colour, or whether a held-out pair is present.
+colour, its shape, the count of its colour, or whether a held-out pair stands in a relation to
+an anchor.
 
 Prior shift (VQA-CP style). Every scene proposes up to ``per_type`` candidate questions per
 family; a candidate of type ``t`` with answer ``a`` is kept with probability
@@ -50,10 +64,15 @@ import numpy as np
 from pkd.data.synth_scene import COLORS, SHAPES, Combo, Scene, SceneObject
 
 COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q = "what color is the", "what shape is the", "how many", "is there a"
-QUESTION_TYPES = (COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q)
-ANSWER_TYPE = {COLOR_Q: "other", SHAPE_Q: "other", COUNT_Q: "number", EXIST_Q: "yes/no"}
+REL_COLOR_Q, REL_SHAPE_Q = "what is the color of the", "what is the shape of the"
+QUESTION_TYPES = (COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q, REL_COLOR_Q, REL_SHAPE_Q)
+ANSWER_TYPE = {COLOR_Q: "other", SHAPE_Q: "other", COUNT_Q: "number", EXIST_Q: "yes/no",
+               REL_COLOR_Q: "other", REL_SHAPE_Q: "other"}
 COLOR_ORDER = ("red", "green", "blue", "yellow", "purple", "orange")  # train rank of each colour
 SHAPE_ORDER = ("circle", "square", "triangle", "diamond")  # train rank of each shape
+REL_COLOR_ORDER = COLOR_ORDER[3:] + COLOR_ORDER[:3]  # relational colour: "yellow" first
+REL_SHAPE_ORDER = SHAPE_ORDER[2:] + SHAPE_ORDER[:2]  # relational shape: "triangle" first
+RELATIONS = ("left of", "right of", "above", "below")
 NUMBER_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six"}
 PRIORS = ("train", "test", "uniform")
 RARE_CANDIDATE = 0.02  # an answer offered this much less often than its type's commonest is dropped
@@ -72,6 +91,10 @@ def answers_of(question_type: str, max_objects: int) -> tuple[str, ...]:
         return COLOR_ORDER
     if question_type == SHAPE_Q:
         return SHAPE_ORDER
+    if question_type == REL_COLOR_Q:
+        return REL_COLOR_ORDER
+    if question_type == REL_SHAPE_Q:
+        return REL_SHAPE_ORDER
     if question_type == COUNT_Q:
         return tuple(str(n) for n in range(1, max_objects + 1))
     return ("yes", "no")
@@ -97,10 +120,50 @@ def _size(scene: Scene, obj: SceneObject, **attr: str) -> str:
     return "" if scene.count(**attr) == 1 else f"{obj.size} "
 
 
+def related(anchor: SceneObject, other: SceneObject, relation: str) -> bool:
+    """True when ``other`` lies ``relation`` (one of RELATIONS) ``anchor``: its box ends at or
+    before the anchor's starts on that axis (image y grows downwards)."""
+    (ax, ay, aw, ah), (bx, by, bw, bh) = anchor.box, other.box
+    return {"left of": bx + bw <= ax, "right of": bx >= ax + aw, "above": by + bh <= ay,
+            "below": by >= ay + ah}[relation]
+
+
+def _relational(scene: Scene, question_type: str, focus: frozenset | None) -> list[Question]:
+    """Questions about the one object standing in a relation to a named anchor: its colour
+    (anchor named by shape) or its shape (anchor named by colour); with ``focus`` only those
+    whose answer object's (shape, colour) is in it."""
+    out = []
+    for anchor in scene.objects:
+        if question_type == REL_COLOR_Q:
+            if not _nameable(scene, anchor, shape=anchor.shape):
+                continue
+            name = f"{_size(scene, anchor, shape=anchor.shape)}{anchor.shape}"
+        else:
+            if not _nameable(scene, anchor, color=anchor.color):
+                continue
+            name = f"{_size(scene, anchor, color=anchor.color)}{anchor.color} object"
+        for relation in RELATIONS:
+            others = [o for o in scene.objects if o is not anchor and related(anchor, o, relation)]
+            if len(others) != 1:
+                continue
+            target = others[0]
+            if focus is not None and (target.shape, target.color) not in focus:
+                continue
+            if question_type == REL_COLOR_Q:
+                out.append(Question(f"What is the color of the object {relation} the {name}?",
+                                    question_type, target.color))
+            else:
+                out.append(Question(f"What is the shape of the object {relation} the {name}?",
+                                    question_type, target.shape))
+    return out
+
+
 def _family(scene: Scene, question_type: str, focus: frozenset | None) -> list[Question]:
     """All questions of a colour, shape or counting family; with ``focus`` (held-out combos)
     only those about an object whose (shape, colour) is in it (no "how many objects")."""
     t = question_type
+    if t in (REL_COLOR_Q, REL_SHAPE_Q):
+        return _relational(scene, t, focus)
     objs = [o for o in scene.objects if focus is None or (o.shape, o.color) in focus]
     if t == COLOR_Q:  # the shape names one object, else the size and the shape do
         return [Question(f"What color is the {_size(scene, o, shape=o.shape)}{o.shape}?", t,
@@ -116,25 +179,38 @@ def _family(scene: Scene, question_type: str, focus: frozenset | None) -> list[Q
 
 def _existence(scene: Scene, rng: np.random.Generator, per_type: int, heldout: frozenset,
                comp: bool) -> list[Question]:
-    """Up to ``per_type`` "is there a" questions, each "yes" or "no" with probability 1/2.
+    """Up to ``per_type`` "is there a" questions, "Is there a red square left of the circle?",
+    each "yes" or "no" with probability 1/2 (the anchor named as in the colour family).
 
-    "no" asks for an absent pair that shares the colour or the shape of a present object, so the
-    answer needs colour-shape binding, not just spotting a colour. Outside ``comp`` a held-out
-    pair is never asked; in ``comp`` only held-out pairs are.
+    "yes": a pair (shape, colour) some object in that relation to the anchor has. "no": a pair
+    that the scene holds but not in that relation (it needs the boxes' positions), or an absent
+    pair that shares the colour or the shape of a present object (it needs colour-shape
+    binding). Outside ``comp`` a held-out pair is never asked; in ``comp`` only held-out pairs
+    are.
     """
     def allowed(pair: Combo) -> bool:
         return (pair in heldout) == comp
 
-    present = sorted({(o.shape, o.color) for o in scene.objects if allowed((o.shape, o.color))})
+    present = {(o.shape, o.color) for o in scene.objects}
     near = [(s, c) for s in SHAPES for c in COLORS if allowed((s, c)) and (s, c) not in present
             and (scene.count(color=c) or scene.count(shape=s))]
+    options: dict[str, list] = {"yes": [], "no": []}
+    for anchor in scene.objects:
+        if not _nameable(scene, anchor, shape=anchor.shape):
+            continue
+        name = f"{_size(scene, anchor, shape=anchor.shape)}{anchor.shape}"
+        for relation in RELATIONS:
+            there = {(o.shape, o.color) for o in scene.objects
+                     if o is not anchor and related(anchor, o, relation)}
+            for pair in sorted(p for p in present | set(near) if allowed(p)):
+                options["yes" if pair in there else "no"].append((pair, relation, name))
     out: list[Question] = []
     for _ in range(per_type):
-        pairs, answer = (present, "yes") if rng.random() < 0.5 else (near, "no")
-        if not pairs:
+        answer = "yes" if rng.random() < 0.5 else "no"
+        if not options[answer]:
             continue
-        s, c = pairs[int(rng.integers(len(pairs)))]
-        q = Question(f"Is there a {c} {s}?", EXIST_Q, answer)
+        (s, c), relation, name = options[answer][int(rng.integers(len(options[answer])))]
+        q = Question(f"Is there a {c} {s} {relation} the {name}?", EXIST_Q, answer)
         if q not in out:
             out.append(q)
     return out
@@ -145,7 +221,7 @@ def candidates(scene: Scene, rng: np.random.Generator, per_type: int,
     """Up to ``per_type`` distinct random questions of each family about the scene; ``comp``:
     only questions about its held-out objects (see the module docstring)."""
     out: list[Question] = []
-    for t in (COLOR_Q, SHAPE_Q, COUNT_Q):
+    for t in (COLOR_Q, SHAPE_Q, COUNT_Q, REL_COLOR_Q, REL_SHAPE_Q):
         options = _family(scene, t, heldout if comp else None)
         first = 1 if (t == COUNT_Q and not comp) else 0  # "how many objects" always
         pick = first + rng.permutation(len(options) - first)[: per_type - first]
