@@ -76,6 +76,7 @@ from pkd.train.pretrain.model import (
 )
 from pkd.train.pretrain.negatives import negative_captions
 from pkd.train.pretrain.save import METRICS_FILE, check_out_dir, save_model
+from pkd.train.pretrain.tags import caption_tags
 
 __all__ = [
     "FAMILIES", "METRICS_FILE", "PROBE_WORDS", "CaptionCorpus", "ModelSize", "PixelNormalizer",
@@ -114,8 +115,9 @@ def pretrain(cfg: PretrainConfig) -> dict:
                 negatives = negative_captions([c for caps in corpus.captions for c in caps],
                                               tokenizer, cfg.swap_negatives, cfg.seed,
                                               cfg.size.max_positions)
+            tags = caption_tags(corpus.captions) if cfg.tag_weight > 0 else None
             history = fit_epochs(model, cfg, corpus.pixels, tokens, train_idx, normalize,
-                                 negatives)
+                                 negatives, tags)
             metrics = {
                 "family": cfg.family, "config": config_dict(cfg),
                 "data": {"caption_images": len(corpus.image_ids),

@@ -36,6 +36,7 @@ class PretrainConfig:
     itc_temperature: float = 0.07  # BLIP's fixed ITC temperature τ (CLIP learns its own)
     itm_weight: float = 1.0  # weight of the BLIP ITM loss
     swap_weight: float = 0.0  # weight of L_swap: each image vs its caption and that caption's swapped negative (needs swap_negatives > 0)
+    tag_weight: float = 0.0  # weight of L_tag: the image embedding predicts the (colour, shape) pairs its captions name (pkd.train.pretrain.tags; 0 = off)
     swap_negatives: int = 0  # attribute-swapped negative captions drawn per caption (one per step joins the ITC; 0 = plain in-batch ITC)
     eval_fraction: float = 0.1  # share of caption images held out for evaluation
     seed: int = 0  # seeds init, held-out split, data order and hard-negative sampling
@@ -51,6 +52,7 @@ class PretrainConfig:
             (0 <= self.warmup_fraction < 1, "warmup_fraction must be in [0, 1)"),
             (self.threads >= 0 and self.itc_temperature > 0, "need threads >= 0, τ > 0"),
             (self.swap_negatives >= 0, "swap_negatives must be >= 0"),
+            (self.tag_weight >= 0, "tag_weight must be >= 0"),
             (self.swap_weight >= 0 and (self.swap_weight == 0 or self.swap_negatives > 0),
              "swap_weight must be >= 0 and needs swap_negatives > 0"),
             (self.size.hidden % self.size.heads == 0, "hidden must be a multiple of heads"),

@@ -3,7 +3,8 @@
 Each epoch visits the training images in a seeded order with one seeded random caption each
 (:func:`epoch_batches`); a step's loss is ``L = L_itc + itm_weight · L_itm`` (ITM for BLIP
 only; the losses are in :mod:`pkd.train.losses.pretrain`), the ITC with one attribute-swapped
-negative caption per caption when ``swap_negatives > 0`` (:mod:`pkd.train.pretrain.negatives`). AdamW with linear warmup and cosine
+negative caption per caption when ``swap_negatives > 0`` (:mod:`pkd.train.pretrain.negatives`), plus
+``tag_weight · L_tag`` with ``tag_weight > 0`` (:mod:`pkd.train.pretrain.tags`). AdamW with linear warmup and cosine
 decay (:func:`pkd.train.schedule.make_scheduler`); CLIP's ``logit_scale`` is clamped at
 ``log 100`` after every step, as in CLIP. One generator seeded with ``cfg.seed`` drives the
 epoch order, the caption choice and the hard-negative draws.
@@ -21,6 +22,7 @@ from pkd.train.pretrain.config import PretrainConfig
 from pkd.train.pretrain.corpus import PixelNormalizer, TokenizedCaptions
 from pkd.train.pretrain.model import encode_images, encode_texts, itc_scale, itm_logits
 from pkd.train.pretrain.negatives import NegativeCaptions
+from pkd.train.pretrain.tags import TagHead, tag_loss
 from pkd.train.schedule import make_scheduler
 
 
@@ -38,10 +40,12 @@ def blip_itm_loss(model, vision: torch.Tensor, input_ids: torch.Tensor, mask: to
 
 def step_losses(model, cfg: PretrainConfig, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                 mask: torch.Tensor, positives: torch.Tensor, generator: torch.Generator,
-                negatives: tuple[torch.Tensor, torch.Tensor] | None = None
+                negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+                tagging: tuple[TagHead, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
     """``loss`` plus its named parts (``itc_loss``, and ``itm_loss`` for BLIP) of one batch;
-    ``negatives`` (ids, mask) (N, L'): extra negative texts of the ITC's image-to-text term."""
+    ``negatives`` (ids, mask) (N, L'): extra negative texts of the ITC's image-to-text term;
+    ``tagging`` (head, tags (B, K)): adds ``tag_loss``."""
     image, vision = encode_images(model, cfg.family, pixel_values)
     text = encode_texts(model, cfg.family, input_ids, mask)
     scale = itc_scale(model, cfg.family, cfg)
@@ -49,18 +53,21 @@ def step_losses(model, cfg: PretrainConfig, pixel_values: torch.Tensor, input_id
     parts = {"itc_loss": itc_loss(image, text, scale, positives, negative)}
     if negative is not None and cfg.swap_weight > 0:  # the swapped attribute alone decides
         parts["swap_loss"] = swap_loss(image, text, negative, scale)
+    if tagging is not None:
+        parts["tag_loss"] = tag_loss(tagging[0], image, tagging[1])
     if cfg.family == "blip":
         similarity = (scale * image @ text.T).detach()  # (B, B)
         parts["itm_loss"] = blip_itm_loss(model, vision, input_ids, mask, similarity, positives,
                                           generator)
     parts["loss"] = (parts["itc_loss"] + cfg.itm_weight * parts.get("itm_loss", 0.0)
-                     + cfg.swap_weight * parts.get("swap_loss", 0.0))
+                     + cfg.swap_weight * parts.get("swap_loss", 0.0)
+                     + cfg.tag_weight * parts.get("tag_loss", 0.0))
     return parts
 
 
-def _optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
+def _optimizer(modules: list, cfg: PretrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on gains, biases and the logit scale (tensors under 2-D)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -92,15 +99,18 @@ def _pick_negatives(negatives: NegativeCaptions | None, captions: torch.Tensor,
 
 def fit_epochs(model, cfg: PretrainConfig, pixels: torch.Tensor, tokens: TokenizedCaptions,
                train_idx: torch.Tensor, normalize: PixelNormalizer,
-               negatives: NegativeCaptions | None = None) -> list[dict]:
+               negatives: NegativeCaptions | None = None,
+               tags: torch.Tensor | None = None) -> list[dict]:
     """Train in place; returns per-epoch mean losses ``[{epoch, loss, itc_loss, ...}]``.
     With ``negatives``, each caption of a step brings one of its swapped negatives (seeded
-    choice) into the ITC (:func:`step_losses`)."""
+    choice) into the ITC (:func:`step_losses`); with ``tags`` (N, K) of the corpus images and
+    ``tag_weight > 0``, a training-only :class:`TagHead` learns alongside (not returned)."""
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = len(epoch_batches(train_idx, tokens, cfg.batch_size,
                                         torch.Generator().manual_seed(cfg.seed)))
     total = cfg.epochs * steps_per_epoch
-    optimizer = _optimizer(model, cfg)
+    head = TagHead(cfg.size.proj_dim) if tags is not None and cfg.tag_weight > 0 else None
+    optimizer = _optimizer([model] if head is None else [model, head], cfg)
     scheduler = make_scheduler(optimizer, round(cfg.warmup_fraction * total), total, "cosine")
     history = []
     model.train()
@@ -113,7 +123,8 @@ def fit_epochs(model, cfg: PretrainConfig, pixels: torch.Tensor, tokens: Tokeniz
                                 tokens.input_ids[captions, :length],
                                 tokens.attention_mask[captions, :length],
                                 tokens.positives[images][:, captions], generator,
-                                _pick_negatives(negatives, captions, generator))
+                                _pick_negatives(negatives, captions, generator),
+                                None if head is None else (head, tags[images]))
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
