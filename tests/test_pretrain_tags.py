@@ -79,3 +79,27 @@ def test_pretrain_with_tags_saves_a_plain_model_and_changes_it(tmp_path):
     assert any(not torch.equal(plain[k], tagged[k]) for k in plain)
     with pytest.raises(PkdError, match="tag_weight must be >= 0"):
         replace(cfg, tag_weight=-1.0).validate()
+
+
+def test_cli_passes_the_objective_options_and_refuses_bad_ones(tmp_path, capsys):
+    import json
+
+    from pkd.cli import main
+    from pkd.data.synth import SynthConfig, generate
+
+    data = tmp_path / "synth"
+    generate(SynthConfig(train_images=4, val_images=2, test_images=2, test_iid_images=2,
+                         caption_images=16, pilot_scenes=100), data)
+    args = ["pretrain", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--hidden",
+            "32", "--layers", "1", "--heads", "2", "--proj-dim", "16", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "m"), "--tag-weight", "0.5",
+                 "--swap-negatives", "2", "--swap-weight", "0.25"]) == 0
+    saved = json.loads((tmp_path / "m" / "pretrain_metrics.json").read_text())
+    assert (saved["config"]["tag_weight"], saved["config"]["swap_negatives"],
+            saved["config"]["swap_weight"]) == (0.5, 2, 0.25)
+    assert {"tag_loss", "swap_loss"} <= set(saved["epochs"][0])
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "n"), "--tag-weight", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "tag_weight must be >= 0" in err and err.count("\n") == 1
+    assert not (tmp_path / "n").exists()

@@ -23,6 +23,12 @@ Out = Annotated[Path, typer.Option(help="model folder to write (save_pretrained 
 Family = Annotated[str, typer.Option(help="clip (CLIPModel) | blip (BlipForImageTextRetrieval)")]
 Int = Annotated[int | None, typer.Option()]
 Float = Annotated[float | None, typer.Option()]
+SwapNegatives = Annotated[int | None, typer.Option(
+    help="attribute-swapped negative captions per caption (0 = plain in-batch ITC)")]
+SwapWeight = Annotated[float | None, typer.Option(
+    help="weight of L_swap (image vs its caption and the swapped one; needs --swap-negatives)")]
+TagWeight = Annotated[float | None, typer.Option(
+    help="weight of L_tag (the image embedding predicts its captions' colour-shape pairs)")]
 
 
 app = typer.Typer(help="Pre-train the foundation model (options below) or a region backbone "
@@ -41,6 +47,8 @@ def foundation(ctx: typer.Context, data: OptData = None, out: OptOut = None,
                batch_size: Int = None, lr: Float = None, hidden: Int = None, layers: Int = None,
                heads: Int = None, patch_size: Int = None, proj_dim: Int = None,
                threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+               swap_negatives: SwapNegatives = None, swap_weight: SwapWeight = None,
+               tag_weight: TagWeight = None,
                ) -> None:
     """Pre-train a tiny CLIP/BLIP on the caption corpus (ITC, + ITM for BLIP) and save it."""
     if ctx.invoked_subcommand is not None:
@@ -50,7 +58,7 @@ def foundation(ctx: typer.Context, data: OptData = None, out: OptOut = None,
             raise typer.BadParameter("missing (needed by the foundation pre-training)",
                                      param_hint=name)
     pretrain(data, out, family, epochs, seed, batch_size, lr, hidden, layers, heads, patch_size,
-             proj_dim, threads)
+             proj_dim, threads, swap_negatives, swap_weight, tag_weight)
 
 
 def pretrain(data: Data, out: Out, family: Family = "clip",
@@ -59,6 +67,8 @@ def pretrain(data: Data, out: Out, family: Family = "clip",
              batch_size: Int = None, lr: Float = None, hidden: Int = None, layers: Int = None,
              heads: Int = None, patch_size: Int = None, proj_dim: Int = None,
              threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+             swap_negatives: SwapNegatives = None, swap_weight: SwapWeight = None,
+             tag_weight: TagWeight = None,
              ) -> None:
     """Pre-train a tiny CLIP/BLIP on the caption corpus (ITC, + ITM for BLIP) and save it."""
     from dataclasses import replace
@@ -74,7 +84,9 @@ def pretrain(data: Data, out: Out, family: Family = "clip",
     size = replace(ModelSize(), **given(hidden=hidden, layers=layers, heads=heads,
                                         patch_size=patch_size, proj_dim=proj_dim))
     cfg = PretrainConfig(data, out, family=family, size=size, seed=seed,
-                         **given(epochs=epochs, batch_size=batch_size, lr=lr, threads=threads))
+                         **given(epochs=epochs, batch_size=batch_size, lr=lr, threads=threads,
+                                 swap_negatives=swap_negatives, swap_weight=swap_weight,
+                                 tag_weight=tag_weight))
     hf_logging.disable_progress_bar()
     metrics = run(cfg)
     print_metrics(metrics)
