@@ -77,6 +77,38 @@ def test_cached_and_online_teacher_runs(aligned, tmp_path):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "cached"), "--split", "test"]) == 0
 
 
+def test_unaligned_ablation_from_the_cli(aligned, tmp_path, capsys):
+    """The teacher adapted on its own detector's regions, then distilled with tokens paired by
+    position (method.distill.alignment=index); the aligned default refuses those regions."""
+    data, student, _, _, root = aligned
+    own = make_regions_store(data, tmp_path / "own.zarr", seed=2, producer="teacher-det",
+                             own_detector=True)
+    adapt = tmp_path / "teacher-own"
+    args = train_overrides(data, student, adapt, **TEACHER, **{
+        "method.name": "teacher-adapt", "data.teacher_regions": own, "run.max_steps": 4})
+    assert main(["train", *args]) == 0
+    common = {**TEACHER, **STUDENT, "method.name": "distillvlm", "data.teacher_regions": own,
+              "method.distill.online_teacher": True, "run.max_steps": 4,
+              "method.distill.teacher_checkpoint": adapt / "best"}
+    capsys.readouterr()
+    refused = train_overrides(data, student, tmp_path / "refused", **common)
+    assert main(["train", *refused]) == 2
+    assert "do not line up" in capsys.readouterr().err
+    unaligned = train_overrides(data, student, tmp_path / "unaligned", **common,
+                                **{"method.distill.alignment": "index"})
+    assert main(["train", *unaligned]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "unaligned" / "metrics.jsonl").read_text()
+            .splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert train_rows and all(r["att_loss"] > 0 and r["nce_loss"] >= 0 for r in train_rows)
+    cached = train_overrides(data, student, tmp_path / "cached", **{
+        **common, "method.distill.online_teacher": False, "data.teacher": root / "t.zarr",
+        "method.distill.alignment": "index"})
+    capsys.readouterr()
+    assert main(["train", *cached]) == 2
+    assert "set method.distill.online_teacher=true" in capsys.readouterr().err
+
+
 def test_hf_bert_teacher_adapts_caches_and_distils(aligned, tmp_path):
     """A transformers BertModel as the teacher's encoder (model.encoder: hf:DIR), end to end."""
     from pkd.hf.tiny_models import build_tiny_bert

@@ -229,3 +229,50 @@ def test_load_teacher_from_model_and_task_checkpoints(tmp_path):
         load_teacher(cfg, WORDS, ANSWERS, T_DIM + 1)
     with pytest.raises(PkdError, match="not set"):
         load_teacher(DistillConfig(teacher_model=TEACHER), WORDS, ANSWERS, T_DIM)
+
+
+def own_detector_batch(seed: int, extra: int = 2) -> dict:
+    """``make_batch`` with the teacher on its own detector: ``N + extra`` other boxes."""
+    g = torch.Generator().manual_seed(100 + seed)
+    batch = make_batch(seed)
+    n = N + extra
+    batch["teacher_region_features"] = torch.randn(B, n, T_DIM, generator=g)
+    batch["teacher_region_geometry"] = torch.rand(B, n, 6, generator=g)
+    batch["teacher_region_mask"] = torch.arange(n)[None] < torch.tensor([6, 1, 5])[:, None]
+    return batch
+
+
+def test_match_tokens_cuts_to_the_common_length_and_intersects_the_masks():
+    from pkd.train.tasks.distillvlm import match_tokens
+
+    g = torch.Generator().manual_seed(0)
+    s_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)  # T_s = 4
+    t_mask = torch.tensor([[1, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)  # T_t = 6
+    student = {"attentions": [torch.rand(2, 2, 4, 4, generator=g)],
+               "hidden": torch.rand(2, 4, 3, generator=g), "mask": s_mask}
+    teacher = {"teacher_attentions": torch.rand(2, 1, 3, 6, 6, generator=g),
+               "teacher_hidden": torch.rand(2, 6, 5, generator=g), "teacher_token_mask": t_mask,
+               "teacher_logits": torch.zeros(2, 7)}
+    s, t, mask = match_tokens(student, teacher, "index")
+    assert mask.tolist() == [[True, False, True, False], [True, True, False, False]]
+    assert torch.equal(t["teacher_attentions"], teacher["teacher_attentions"][..., :4, :4])
+    assert torch.equal(t["teacher_hidden"], teacher["teacher_hidden"][:, :4])
+    assert torch.equal(s["attentions"][0], student["attentions"][0])  # already T = 4
+    assert t["teacher_logits"] is teacher["teacher_logits"]
+    with pytest.raises(PkdError, match="do not line up"):
+        match_tokens(student, teacher, "aligned")
+
+
+def test_unaligned_ablation_runs_on_the_teachers_own_boxes_and_equals_aligned_on_shared_ones():
+    aligned, index = online_task(), online_task(alignment="index")
+    batch = make_batch(1)  # shared boxes: same tokens, so the same losses
+    a, b = aligned(batch), index(batch)
+    for key in LOSSES:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+    own = own_detector_batch(2)
+    with pytest.raises(PkdError, match="do not line up"):
+        aligned(own)
+    out = index(own)  # tokens paired by position, the teacher's two extra boxes cut
+    assert torch.isfinite(out["loss"]) and out["att_loss"] > 0
+    out["loss"].backward()
+    assert all(p.grad is not None for p in index.model.parameters() if p.requires_grad)

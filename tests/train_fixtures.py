@@ -27,8 +27,12 @@ def make_benchmark(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def make_regions_store(data: Path, out: Path, seed: int = 0, producer: str = "fixture") -> Path:
-    """A `regions` store for every image in ``data/boxes.json``."""
+def make_regions_store(data: Path, out: Path, seed: int = 0, producer: str = "fixture",
+                       own_detector: bool = False) -> Path:
+    """A `regions` store for every image in ``data/boxes.json``; ``own_detector``: another
+    detector's view of the same images — the boxes in reverse order plus a whole-image box
+    (up to ``MAX_REGIONS + 1`` regions), so no region token lines up with the given boxes'."""
+    max_regions = MAX_REGIONS + 1 if own_detector else MAX_REGIONS
     coco = json.loads((data / "boxes.json").read_text())
     by_image: dict[int, list] = {int(im["id"]): [] for im in coco["images"]}
     for ann in coco["annotations"]:
@@ -42,11 +46,11 @@ def make_regions_store(data: Path, out: Path, seed: int = 0, producer: str = "fi
     ids = sorted(by_image)
     spec = StoreSpec(
         kind="regions", key="image_id",
-        arrays=(ArraySpec("boxes", (MAX_REGIONS, 4), "float32"),
-                ArraySpec("region_features", (MAX_REGIONS, FEATURE_DIM), "float16"),
-                ArraySpec("region_geometry", (MAX_REGIONS, 6), "float32"),
+        arrays=(ArraySpec("boxes", (max_regions, 4), "float32"),
+                ArraySpec("region_features", (max_regions, FEATURE_DIM), "float16"),
+                ArraySpec("region_geometry", (max_regions, 6), "float32"),
                 ArraySpec("num_regions", (), "int32")),
-        producer={"model": producer}, dims={"max_regions": MAX_REGIONS, "feature_dim": FEATURE_DIM},
+        producer={"model": producer}, dims={"max_regions": max_regions, "feature_dim": FEATURE_DIM},
         items_per_chunk=8, items_per_shard=32)
     with StoreWriter(out, spec, ids) as writer:
         for k in range(writer.n_shards):
@@ -54,6 +58,8 @@ def make_regions_store(data: Path, out: Path, seed: int = 0, producer: str = "fi
             arrays = {a.name: np.zeros((len(shard), *a.item_shape), a.dtype) for a in spec.arrays}
             for i, image_id in enumerate(shard):
                 anns = by_image[int(image_id)][:MAX_REGIONS]
+                if own_detector:
+                    anns = anns[::-1]
                 for j, a in enumerate(anns):
                     x, y, w, h = a["bbox"]
                     key = f"{a['attributes']['color']}/{cats[a['category_id']]}/{a['attributes']['size']}"
@@ -62,7 +68,12 @@ def make_regions_store(data: Path, out: Path, seed: int = 0, producer: str = "fi
                         size=FEATURE_DIM)
                     arrays["region_geometry"][i, j] = (x / 64, y / 64, (x + w) / 64, (y + h) / 64,
                                                        w / 64, h / 64)
-                arrays["num_regions"][i] = len(anns)
+                if own_detector:  # a whole-image proposal after the objects
+                    j = len(anns)
+                    arrays["boxes"][i, j] = (0, 0, 64, 64)
+                    arrays["region_features"][i, j] = rng.normal(size=FEATURE_DIM)
+                    arrays["region_geometry"][i, j] = (0, 0, 1, 1, 1, 1)
+                arrays["num_regions"][i] = len(anns) + own_detector
             writer.write_shard(k, arrays)
     return out
 

@@ -207,6 +207,7 @@ class DistillConfig:
     nce_dim: int = allowed(128, ge=1)  # projection size of z_s, z_t in L_nce (ours)
     attention_layers: Literal["last", "uniform"] = "last"  # student<-teacher layer mapping
     online_teacher: bool = False  # run the teacher each step instead of reading the teacher store
+    alignment: Literal["aligned", "index"] = "aligned"  # "aligned": teacher tokens are the student's (teacher regions pooled on the student's boxes; refused otherwise); "index": the unaligned ablation — teacher on its own detector's regions, tokens matched by position (see pkd.train.tasks.distillvlm.match_tokens)
     teacher_model: ModelConfig = field(
         default_factory=lambda: ModelConfig(arch="fusion", hidden_size=768, num_layers=12,
                                             num_heads=12, intermediate_size=3072)

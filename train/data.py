@@ -177,8 +177,9 @@ class VQABatches(torch.utils.data.Dataset):
 
     def __init__(self, split: SplitData, stores: Stores, rows: dict[str, np.ndarray],
                  num_answers: int, foundation_tokens: bool = False,
-                 type_vocab: list[str] | None = None):
+                 type_vocab: list[str] | None = None, aligned_teacher: bool = True):
         self.split, self.stores, self.rows = split, stores, rows
+        self.aligned_teacher = aligned_teacher  # refuse teacher regions on other boxes
         self.num_answers, self.foundation_tokens = num_answers, foundation_tokens
         self.type_vocab = question_type_vocab(split) if type_vocab is None else list(type_vocab)
         self.question_type = question_type_ids(split.question_types, self.type_vocab)  # (Q,)
@@ -223,16 +224,19 @@ class VQABatches(torch.utils.data.Dataset):
         return out
 
     def _teacher(self, pos: np.ndarray, region_mask: np.ndarray, n_words: int) -> dict[str, np.ndarray]:
-        """DistillVLM teacher inputs (aligned regions) and/or cached teacher signals."""
+        """DistillVLM teacher inputs (aligned regions, or any with ``aligned_teacher=False``:
+        the unaligned ablation) and/or cached teacher signals."""
         out: dict[str, np.ndarray] = {}
         if self.stores.teacher_regions is not None:
             got = self.stores.teacher_regions.read(
                 self.rows["teacher_regions"][pos],
                 ["region_features", "region_geometry", "num_regions"])
             mask = _trim(got, got.pop("num_regions"), ["region_features", "region_geometry"])
-            if mask.shape != region_mask.shape or (mask != region_mask).any():
+            if self.aligned_teacher and (mask.shape != region_mask.shape
+                                         or (mask != region_mask).any()):
                 raise PkdError(f"{self.stores.teacher_regions.path}: teacher regions do not line "
-                               "up with the student's boxes (build it with --boxes-from)")
+                               "up with the student's boxes (build it with --boxes-from; "
+                               "method.distill.alignment=index is the unaligned ablation)")
             out.update({"teacher_region_features": got["region_features"],
                         "teacher_region_geometry": got["region_geometry"],
                         "teacher_region_mask": mask})

@@ -239,7 +239,8 @@ def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
         lacks = ", ".join(f"{role} {n}" for role, n in sorted(data.missing.items()))
         note(f"{split}: {data.dropped} of {data.dropped + len(data)} questions dropped "
              f"(no features in: {lacks})")
-    return data, VQABatches(data, stores, rows, len(v.answers), foundation_tokens, type_vocab)
+    return data, VQABatches(data, stores, rows, len(v.answers), foundation_tokens, type_vocab,
+                            aligned_teacher=cfg.method.distill.alignment == "aligned")
 
 
 def require_questions(data: SplitData, role: str) -> None:

@@ -14,6 +14,10 @@ Two tasks:
   (:mod:`~pkd.train.losses.contrastive`) on the last-layer token states with a queue of teacher
   token vectors, ``L_kd`` (:mod:`~pkd.train.losses.logit_kd`) on the answer logits.
 
+  ``method.distill.alignment = "index"`` is the paper's *unaligned* ablation: the teacher reads
+  its own detector's regions, so its region token ``n`` is another box than the student's; the
+  token losses then pair tokens by position (:func:`match_tokens`).
+
 Teacher signals, under the store / batch names (:func:`teacher_signals`)::
 
     teacher_logits      (B, A)              answer logits
@@ -112,6 +116,35 @@ def check_aligned(student_mask: torch.Tensor, teacher_mask: torch.Tensor) -> Non
             "(same number of regions) and the questions tokenized alike")
 
 
+def match_tokens(student: dict, teacher: dict, alignment: str) -> tuple[dict, dict, torch.Tensor]:
+    """Student and teacher token signals on a common token axis, and its mask (B, T).
+
+    ``"aligned"``: the masks must be identical (:func:`check_aligned`); nothing is cut.
+    ``"index"`` (unaligned ablation): both layouts are ``[CLS] w_1..w_L [SEP] r_1..r_N``, the text
+    part identical, so token ``i`` of both is kept for ``i < T = min(T_s, T_t)``::
+
+        mask_i = student_mask_i ∧ teacher_mask_i                         (B, T)
+        A_s, A_t -> A[..., :T, :T]          hidden_s, hidden_t -> h[:, :T]
+
+    ``student``: ``attentions`` (list of (B, H, T_s, T_s)), ``hidden`` (B, T_s, d_s), ``mask``;
+    ``teacher``: ``teacher_attentions`` (B, n, H, T_t, T_t), ``teacher_hidden``,
+    ``teacher_token_mask``; other keys pass through.
+    """
+    s_mask, t_mask = student["mask"], teacher["teacher_token_mask"].bool()
+    if alignment == "aligned":
+        check_aligned(s_mask, t_mask)
+        return student, teacher, s_mask
+    if alignment != "index":
+        raise PkdError(f"method.distill.alignment must be 'aligned' or 'index', not {alignment!r}")
+    t = min(s_mask.shape[1], t_mask.shape[1])
+    student = {**student, "attentions": [a[..., :t, :t] for a in student["attentions"]],
+               "hidden": student["hidden"][:, :t], "mask": s_mask[:, :t]}
+    teacher = {**teacher, "teacher_attentions": teacher["teacher_attentions"][..., :t, :t],
+               "teacher_hidden": teacher["teacher_hidden"][:, :t],
+               "teacher_token_mask": t_mask[:, :t]}
+    return student, teacher, s_mask[:, :t] & t_mask[:, :t]
+
+
 class DistillVLMTask(FrozenOutside):
     """Student + projection heads + token queue; optional frozen online teacher (docstring)."""
 
@@ -121,6 +154,7 @@ class DistillVLMTask(FrozenOutside):
         self.model, self.nce, self.queue = student, nce, queue
         self.vqa, self.att, self.kd = VQALoss(), AttentionMSE(), LogitKD(cfg.kd_temperature)
         self.alpha, self.beta, self.gamma = cfg.alpha, cfg.beta, cfg.gamma
+        self.alignment = cfg.alignment
         depth_s, depth_t = student.num_layers, cfg.teacher_model.num_layers
         self.pairs = layer_pairs(depth_s, depth_t, cfg.attention_layers)
         needed = teacher_layers_needed(depth_s, depth_t, cfg.attention_layers)
@@ -153,20 +187,21 @@ class DistillVLMTask(FrozenOutside):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.model(batch, output_attentions=True, output_hidden_states=True)
-        teacher = self.teacher_outputs(batch)
-        mask = out["token_mask"]  # (B, T)
-        check_aligned(mask, teacher["teacher_token_mask"])
+        student = {"attentions": [out["attentions"][s] for s, _ in self.pairs],
+                   "hidden": out["hidden_states"][-1], "mask": out["token_mask"]}  # (B, T)
+        student, teacher, mask = match_tokens(student, self.teacher_outputs(batch),
+                                              self.alignment)
         t_att = teacher["teacher_attentions"]  # (B, n, H, T, T)
         if t_att.shape[1] != len(self.cached_layers):
             raise PkdError(f"data.teacher: {t_att.shape[1]} cached attention layers in the batch, "
                            f"expected {len(self.cached_layers)} ({self.cached_layers})")
         column = {layer: i for i, layer in enumerate(self.cached_layers)}
-        att_loss = self.att([out["attentions"][s] for s, _ in self.pairs],
-                            [t_att[:, column[t]] for _, t in self.pairs], mask)
+        att_loss = self.att(student["attentions"], [t_att[:, column[t]] for _, t in self.pairs],
+                            mask)
         negatives = self.queue.negatives()  # (K, d_t): the queue before this batch's enqueue
-        nce_loss = self.nce(out["hidden_states"][-1], teacher["teacher_hidden"], mask, negatives)
-        if self.training:
-            self.queue.enqueue(teacher["teacher_hidden"][mask])  # valid tokens only
+        nce_loss = self.nce(student["hidden"], teacher["teacher_hidden"], mask, negatives)
+        if self.training:  # the teacher's valid tokens only
+            self.queue.enqueue(teacher["teacher_hidden"][teacher["teacher_token_mask"].bool()])
         kd_loss = self.kd(out["logits"], teacher["teacher_logits"])
         vqa_loss = self.vqa(out["logits"], batch["targets"])
         loss = vqa_loss + self.alpha * att_loss + self.beta * nce_loss + self.gamma * kd_loss
@@ -229,6 +264,9 @@ class DistillVLM(Method):
     def teacher_stores(self, cfg) -> tuple[str, ...]:
         if cfg.method.distill.online_teacher:
             return ("teacher_regions",)
+        if cfg.method.distill.alignment != "aligned":
+            raise PkdError("method.distill.alignment=index (the unaligned ablation) runs the "
+                           "teacher online: set method.distill.online_teacher=true")
         if not cfg.data.teacher:
             raise PkdError("method.name=distillvlm: set data.teacher (pkd extract teacher) or "
                            "method.distill.online_teacher=true with data.teacher_regions")
