@@ -13,6 +13,7 @@ from pkd.demo import (
     CONTROLS,
     KNOWN,
     MAIN_METHODS,
+    OWN_REGIONS,
     DemoConfig,
     Paths,
     delta_cell,
@@ -86,6 +87,26 @@ def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monke
     assert read and all(read)
 
 
+def test_demo_alignment_ablation_rows_run_on_the_teachers_own_boxes(tmp_path):
+    """teacher-own / distillvlm-unaligned: a teacher regions store from the teacher's simulated
+    detector, the teacher adapted on it, the student distilled from it online."""
+    from pkd.stores import FeatureStore
+
+    torch.set_num_threads(1)
+    synth = SynthConfig(train_images=40, val_images=12, test_images=12, test_iid_images=12,
+                        test_comp_images=12, detection_train_images=8, detection_val_images=4,
+                        caption_images=24, pilot_scenes=400)
+    cfg = DemoConfig(out=tmp_path / "demo", methods=("distillvlm-unaligned",), synth=synth,
+                     pretrain_epochs=1, train_epochs=1)
+    results = run_demo(cfg)
+    assert {r["method"] for r in results["rows"]} == {"distillvlm-unaligned"}
+    store = FeatureStore.open(cfg.out / "stores" / OWN_REGIONS, kind="regions")
+    assert store.complete and store.spec.producer["detector"].startswith("simulated:teacher:")
+    adapted = json.loads((cfg.out / "runs" / "teacher-own-seed0" / "stores.json").read_text())
+    assert adapted["regions"]["producer"]["simulated"] is True  # adapted on its own boxes
+    assert not (cfg.out / "stores" / "teacher-seed0.zarr").exists()  # online: no cache
+
+
 def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     """Each row of the table (and the runs they build on) resolves to a typed config that
     differs from its reference run exactly where the ablation says."""
@@ -114,6 +135,14 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     assert (d["distillvlm-att"].alpha, d["distillvlm-nce"].beta, d["distillvlm-kd"].gamma) == (0, 0, 0)
     assert d["distillvlm"].queue_size == 4096
     assert (d["distillvlm-queue256"].queue_size, d["distillvlm-queue16384"].queue_size) == (256, 16384)
+    own, unaligned = configs["teacher-own"], configs["distillvlm-unaligned"]
+    assert own.method.name == "teacher-adapt" and own.data.teacher_regions.endswith(OWN_REGIONS)
+    assert unaligned.data.teacher_regions == own.data.teacher_regions and unaligned.data.teacher == ""
+    assert (unaligned.method.distill.alignment, unaligned.method.distill.online_teacher) == (
+        "index", True) and d["distillvlm"].alignment == "aligned"
+    assert unaligned.method.distill.teacher_checkpoint.endswith("teacher-own-seed1/best")
+    assert (reference_of("distillvlm-unaligned"), reference_of("teacher-own")) == (
+        "distillvlm", "teacher")
     assert all(c.run.seed == 1 for c in configs.values())
     assert len({c.run.out_dir for c in configs.values()}) == len(configs)  # no shared run folder
 

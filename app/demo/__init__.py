@@ -40,9 +40,12 @@ ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictor
 SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature (--methods)
           "distillvlm-queue256", "distillvlm-queue16384",  # DistillVLM queue size (4096: main)
           "pkd-cross")  # PKD reading: P_v(q), P_t(r) (each side from the other modality only)
+# DistillVLM's alignment ablation (--methods): the teacher adapted on its own (simulated)
+# detector's regions, distilled with tokens paired by position (method.distill.alignment=index)
+ALIGNMENT = ("teacher-own", "distillvlm-unaligned")
 DEBIAS = ("question-only", "rubi", "lmh")  # reference debiasing methods on UpDn (--methods)
 CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothing trained
-KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *DEBIAS, *CONTROLS)
+KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *ALIGNMENT, *DEBIAS, *CONTROLS)
 # the README's table; ~2,000 s per seed on a 2-core EPYC at full size (the sweeps would add
 # ~130 s each per seed: ask for them with --methods)
 FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS, "pkd-cross")
@@ -200,6 +203,15 @@ def extract(cfg: DemoConfig, paths: Paths) -> None:
     teacher = RegionRecipe(source, boxes_from=str(paths.store("regions.zarr")),
                            backbone=str(cfg.out / "backbone-teacher"))
     extract_regions(teacher, paths.store("teacher_regions.zarr"), opts)
+    if any(m in ALIGNMENT for m in cfg.methods):  # the teacher's own detector (simulated)
+        _stage("extracting teacher regions on the teacher's own simulated detector's boxes")
+        own = RegionRecipe(source, detector=f"simulated:teacher:{paths.data / 'boxes.json'}",
+                           backbone=str(cfg.out / "backbone-teacher"), min_boxes=1,
+                           max_boxes=cfg.synth.max_objects + 2)
+        extract_regions(own, paths.store(OWN_REGIONS), opts)
+
+
+OWN_REGIONS = "teacher_own_regions.zarr"  # teacher features on its own detector's boxes
 
 
 def run_dir(cfg: DemoConfig, name: str, seed: int) -> Path:
@@ -256,12 +268,19 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "distillvlm-kd": {**distill, "method.distill.gamma": 0.0},
         "distillvlm-queue256": {**distill, "method.distill.queue_size": 256},
         "distillvlm-queue16384": {**distill, "method.distill.queue_size": 16384},
+        "teacher-own": {**TEACHER, "method.name": "teacher-adapt", "optim.lr": 0.0005,
+                        "data.teacher_regions": paths.store(OWN_REGIONS)},
+        "distillvlm-unaligned": {**distill, "data.teacher_regions": paths.store(OWN_REGIONS),
+                                 "method.distill.alignment": "index",
+                                 "method.distill.online_teacher": True, "data.teacher": '""',
+                                 "method.distill.teacher_checkpoint":
+                                     run_dir(cfg, "teacher-own", seed) / "best"},
     }[name]
     return {**base, **specific}
 
 
 NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",),  # runs a method builds on
-         "pkd-cross": ("predictors-cross",)}
+         "pkd-cross": ("predictors-cross",), "distillvlm-unaligned": ("teacher-own",)}
 
 
 def needs(name: str) -> tuple[str, ...]:
@@ -285,7 +304,8 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
         train_run(cfg, paths, need, seed)
     tcfg = load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, seed).items()])
     run = Path(tcfg.run.out_dir)
-    if name.startswith("distillvlm") and not _complete(tcfg.data.teacher):
+    if (name.startswith("distillvlm") and not tcfg.method.distill.online_teacher
+            and not _complete(tcfg.data.teacher)):
         from pkd.train.teacher_extract import extract_teacher
 
         _stage(f"caching the adapted teacher (seed {seed})")
@@ -434,6 +454,7 @@ REFERENCE: dict[str, str | None] = {
     "distillvlm": "student", "distillvlm-att": "student", "distillvlm-nce": "student",
     "distillvlm-kd": "student", "distillvlm-queue256": "student",
     "distillvlm-queue16384": "student",
+    "teacher-own": "teacher", "distillvlm-unaligned": "distillvlm",  # the alignment ablation
 }
 
 
