@@ -1,8 +1,10 @@
 """Linear probes of region features: does a regions store carry an object's colour and shape?
 
 The synthetic benchmark's ``boxes.json`` gives each object's box, shape (category) and colour
-(attribute). Each stored region is matched to the object with the same box (regions extracted with
-``given:`` boxes keep them); a multinomial logistic regression ``softmax(W x + b)`` on the
+(attribute). Each stored region is matched to the object of its image whose box overlaps it most,
+if ``IoU >= MATCH_IOU`` (0.5, the detection-matching convention; ``given:`` boxes match their
+object with IoU 1, a simulated or real detector's jittered boxes their nearest object, false
+proposals nothing); a multinomial logistic regression ``softmax(W x + b)`` on the
 standardised features of the training images' regions is fitted (full batch, L-BFGS, L2
 ``weight_decay``) and scored on the regions of ``eval_split``'s images. Accuracy near chance means
 the VQA model reading this store cannot see that attribute, whatever it learns.
@@ -19,34 +21,49 @@ import torch
 from pkd.errors import PkdError
 from pkd.stores import FeatureStore
 
+MATCH_IOU = 0.5  # a region belongs to the object it overlaps most, from this IoU on
 
-def object_labels(boxes_json: Path) -> dict[tuple[int, tuple[float, ...]], dict[str, str]]:
-    """``{(image_id, x1 y1 x2 y2): {"shape", "color"}}`` of the benchmark's objects."""
+
+def object_labels(boxes_json: Path) -> dict[int, tuple[np.ndarray, list[dict[str, str]]]]:
+    """``{image_id: (boxes (K, 4) x1 y1 x2 y2, [{"shape", "color"}] * K)}`` of the objects."""
     coco = json.loads(Path(boxes_json).read_text())
     shapes = {c["id"]: c["name"] for c in coco["categories"]}
-    out = {}
+    by_image: dict[int, tuple[list, list]] = {}
     for a in coco["annotations"]:
         x, y, w, h = a["bbox"]
-        key = (int(a["image_id"]), tuple(np.round([x, y, x + w, y + h], 2).tolist()))
-        out[key] = {"shape": shapes[a["category_id"]], "color": a["attributes"]["color"]}
-    return out
+        boxes, tags = by_image.setdefault(int(a["image_id"]), ([], []))
+        boxes.append([x, y, x + w, y + h])
+        tags.append({"shape": shapes[a["category_id"]], "color": a["attributes"]["color"]})
+    return {i: (np.asarray(b, np.float64), t) for i, (b, t) in by_image.items()}
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU (N, K) of boxes ``a`` (N, 4) and ``b`` (K, 4), x1 y1 x2 y2."""
+    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(-1)
+    area_a, area_b = (np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1) for x in (a, b))
+    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-12)
 
 
 def labelled_regions(store: FeatureStore, image_ids: np.ndarray, labels: dict
                      ) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """(features (R, d) float32, labels) of every valid region of ``image_ids`` with a known box."""
+    """(features (R, d) float32, labels) of every valid region of ``image_ids`` that matches an
+    object (module doc)."""
     image_ids = image_ids[store.ok[store.rows_of(image_ids)]]
     got = store.read(store.rows_of(image_ids), ["region_features", "boxes", "num_regions"])
     feats, tags = [], []
     for i, image_id in enumerate(image_ids.tolist()):
-        for j in range(int(got["num_regions"][i])):
-            key = (image_id, tuple(np.round(got["boxes"][i, j].astype(np.float64), 2).tolist()))
-            if key in labels:
-                feats.append(got["region_features"][i, j].astype(np.float32))
-                tags.append(labels[key])
+        n = int(got["num_regions"][i])
+        if image_id not in labels or n == 0:
+            continue
+        objects, names = labels[image_id]
+        iou = box_iou(got["boxes"][i, :n].astype(np.float64), objects)  # (n, K)
+        for j in np.flatnonzero(iou.max(1) >= MATCH_IOU).tolist():
+            feats.append(got["region_features"][i, j].astype(np.float32))
+            tags.append(names[int(iou[j].argmax())])
     if not feats:
-        raise PkdError(f"{store.path}: no region matches a box of the benchmark (extract the "
-                       "regions with the benchmark's given: boxes)")
+        raise PkdError(f"{store.path}: no region overlaps a box of the benchmark with IoU >= "
+                       f"{MATCH_IOU} (regions of another data set?)")
     return np.stack(feats), tags
 
 
