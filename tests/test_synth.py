@@ -151,6 +151,7 @@ def recompute_relational(question: str, objects: list[tuple[str, str, str, list]
     if m := re.fullmatch(rf"Is there a (\w+) (\w+) {RELATION} the (?:(small|large) )?(\w+)\?",
                          question):
         color, shape, relation, size, name = m.groups()
+        assert size is not None or shape != name  # else the text alone would answer "no"
         there = _in_relation(objects, relation, size, name, 0)
         return "yes" if any(o[:2] == (shape, color) for o in there) else "no"
     m = re.fullmatch(rf"What is the (color|shape) of the object {RELATION} "

@@ -185,7 +185,8 @@ def _existence(scene: Scene, rng: np.random.Generator, per_type: int, heldout: f
     "yes": a pair (shape, colour) some object in that relation to the anchor has. "no": a pair
     that the scene holds but not in that relation (it needs the boxes' positions), or an absent
     pair that shares the colour or the shape of a present object (it needs colour-shape
-    binding). Outside ``comp`` a held-out pair is never asked; in ``comp`` only held-out pairs
+    binding). A pair with the shape of an anchor named by its shape alone is never asked: that
+    shape is unique in the scene, so the text alone would say "no". Outside ``comp`` a held-out pair is never asked; in ``comp`` only held-out pairs
     are.
     """
     def allowed(pair: Combo) -> bool:
@@ -203,6 +204,8 @@ def _existence(scene: Scene, rng: np.random.Generator, per_type: int, heldout: f
             there = {(o.shape, o.color) for o in scene.objects
                      if o is not anchor and related(anchor, o, relation)}
             for pair in sorted(p for p in present | set(near) if allowed(p)):
+                if name == anchor.shape and pair[0] == anchor.shape:
+                    continue  # the anchor is the only such shape: "no" from the text alone
                 options["yes" if pair in there else "no"].append((pair, relation, name))
     out: list[Question] = []
     for _ in range(per_type):
