@@ -154,12 +154,29 @@ def recompute_relational(question: str, objects: list[tuple[str, str, str, list]
         assert size is not None or shape != name  # else the text alone would answer "no"
         there = _in_relation(objects, relation, size, name, 0)
         return "yes" if any(o[:2] == (shape, color) for o in there) else "no"
+    target = relational_target(question, objects)
+    return target[1] if question.startswith("What is the color") else target[0]
+
+
+def relational_target(question: str, objects: list[tuple[str, str, str, list]]) -> tuple:
+    """The one object a "What is the color / shape of the object <relation> the <anchor>?"
+    question asks about (asserted unique)."""
     m = re.fullmatch(rf"What is the (color|shape) of the object {RELATION} "
                      r"the (?:(small|large) )?(\w+)(?: object)?\?", question)
     assert m, question
     asked, relation, size, name = m.groups()
     (target,) = _in_relation(objects, relation, size, name, 0 if asked == "color" else 1)
-    return target[1] if asked == "color" else target[0]
+    return target
+
+
+def located_objects(boxes: dict) -> dict[int, list[tuple[str, str, str, list]]]:
+    """image_id -> [(shape, colour, size, bbox)] from boxes.json."""
+    names = {c["id"]: c["name"] for c in boxes["categories"]}
+    located: dict[int, list] = {}
+    for b in boxes["annotations"]:
+        located.setdefault(b["image_id"], []).append(
+            (names[b["category_id"]], b["attributes"]["color"], b["attributes"]["size"], b["bbox"]))
+    return located
 
 
 def recompute(question: str, objects: list[tuple[str, str, str]]) -> str:
@@ -184,11 +201,7 @@ def recompute(question: str, objects: list[tuple[str, str, str]]) -> str:
 def test_answers_agree_with_the_recorded_objects(bench):
     _, _, data, boxes, _ = bench
     objects = objects_by_image(boxes)
-    names = {c["id"]: c["name"] for c in boxes["categories"]}
-    located: dict[int, list] = {}
-    for b in boxes["annotations"]:
-        located.setdefault(b["image_id"], []).append(
-            (names[b["category_id"]], b["attributes"]["color"], b["attributes"]["size"], b["bbox"]))
+    located = located_objects(boxes)
     templates = Counter()
     for qs, anns in data.values():
         for q, a in zip(qs["questions"], anns["annotations"], strict=True):

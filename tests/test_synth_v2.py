@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_synth import located_objects, relational_target
 
 from pkd.data.metric import question_accuracy
 from pkd.data.synth import (
@@ -119,15 +120,15 @@ def about_heldout(question: str, objects: set[str], held: set[str]) -> bool:
 def test_test_comp_questions_are_about_heldout_objects(bench):
     out, _ = bench
     held, boxes = set(CFG.heldout), combos_by_image(load(out / "boxes.json"))
+    located = located_objects(load(out / "boxes.json"))
     pairs = load_split(*dataset_files(out, "synth", "test_comp"))
     assert len(pairs) >= 150
     types = Counter(a.question_type for _, a in pairs)
     assert len(types) == 6, types
     for q, a in pairs:
         if a.question_type.startswith("what is the"):  # relational: the answer object is held out
-            attr = 0 if a.question_type == "what is the color of the" else 1
-            assert any(o.split()[attr] == a.multiple_choice_answer
-                       for o in boxes[q.image_id] & held), q.question
+            shape, color, *_ = relational_target(q.question, located[q.image_id])
+            assert f"{color} {shape}" in held, q.question
             continue
         assert about_heldout(q.question, boxes[q.image_id], held), q.question
         assert q.question != "How many objects are there?"
