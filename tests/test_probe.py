@@ -84,11 +84,13 @@ def test_jittered_boxes_match_their_objects_by_iou(bench):
 
 
 def test_box_iou_by_hand():
-    from pkd.demo.probe import box_iou
+    import torch
 
-    a = np.array([[0, 0, 2, 2], [10, 10, 11, 11]], np.float64)
-    b = np.array([[1, 1, 3, 3], [0, 0, 2, 2]], np.float64)
-    assert np.allclose(box_iou(a, b), [[1 / 7, 1.0], [0.0, 0.0]])
+    from pkd.demo.probe import box_iou  # the pipeline's, as the probe matches with it
+
+    a = torch.tensor([[0, 0, 2, 2], [10, 10, 11, 11]], dtype=torch.float64)
+    b = torch.tensor([[1, 1, 3, 3], [0, 0, 2, 2]], dtype=torch.float64)
+    assert np.allclose(box_iou(a, b).numpy(), [[1 / 7, 1.0], [0.0, 0.0]])
 
 
 def test_store_without_the_benchmark_boxes_is_refused(bench, tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from pkd.errors import PkdError
+from pkd.pipeline.boxes import box_iou
 from pkd.stores import FeatureStore
 
 MATCH_IOU = 0.5  # a region belongs to the object it overlaps most, from this IoU on
@@ -37,14 +38,6 @@ def object_labels(boxes_json: Path) -> dict[int, tuple[np.ndarray, list[dict[str
     return {i: (np.asarray(b, np.float64), t) for i, (b, t) in by_image.items()}
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU (N, K) of boxes ``a`` (N, 4) and ``b`` (K, 4), x1 y1 x2 y2."""
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(-1)
-    area_a, area_b = (np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1) for x in (a, b))
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-12)
-
-
 def labelled_regions(store: FeatureStore, image_ids: np.ndarray, labels: dict
                      ) -> tuple[np.ndarray, list[dict[str, str]]]:
     """(features (R, d) float32, labels) of every valid region of ``image_ids`` that matches an
@@ -57,7 +50,8 @@ def labelled_regions(store: FeatureStore, image_ids: np.ndarray, labels: dict
         if image_id not in labels or n == 0:
             continue
         objects, names = labels[image_id]
-        iou = box_iou(got["boxes"][i, :n].astype(np.float64), objects)  # (n, K)
+        iou = box_iou(torch.from_numpy(got["boxes"][i, :n].astype(np.float64)),
+                      torch.from_numpy(objects)).numpy()  # (n, K)
         for j in np.flatnonzero(iou.max(1) >= MATCH_IOU).tolist():
             feats.append(got["region_features"][i, j].astype(np.float32))
             tags.append(names[int(iou[j].argmax())])
