@@ -19,7 +19,13 @@ from pkd.cli import main
 from pkd.data import synth as synth_module
 from pkd.data.normalize import normalize_answer
 from pkd.data.synth import SPLITS, SynthConfig, generate
-from pkd.data.synth_questions import ANSWER_TYPE, QUESTION_TYPES, shifted_favourite, train_favourite
+from pkd.data.synth_questions import (
+    ANSWER_TYPE,
+    DIRECT_TYPES,
+    QUESTION_TYPES,
+    shifted_favourite,
+    train_favourite,
+)
 from pkd.data.synth_scene import COLORS, SHAPES
 from pkd.errors import PkdError
 
@@ -81,7 +87,7 @@ def test_vqa_files_have_the_exact_v2_layout(bench):
         assert meta["splits"][split]["questions"] == len(qs["questions"])
         assert meta["splits"][split]["images"] == len({q["image_id"] for q in qs["questions"]})
     assert load(out / "synth_meta.json") == json.loads(json.dumps(meta))
-    assert meta["seed"] == 3 and meta["config"]["train_images"] == 360 and meta["version"] == "4"
+    assert meta["seed"] == 3 and meta["config"]["train_images"] == 360 and meta["version"] == "5"
 
 
 def test_images_boxes_and_ids(bench):
@@ -245,7 +251,8 @@ def test_answer_prior_is_shifted_in_test_only(bench, question_type):
     freq = {}
     for split in ("train", "val", "test", "test_iid"):
         counts, n = shares(data[split][1], question_type)
-        assert n >= (30 if split == "val" else 60), (split, n)
+        need = (30 if split == "val" else 60) // (2 if question_type in DIRECT_TYPES else 1)
+        assert n >= need, (split, n)  # the direct families keep 0.4 x as many questions
         freq[split] = counts[top] / n
         if split == "test" and question_type != "is there a":  # the test favourite (target 0.5;
             # "how many": the per-image cap keeps fewer questions of crowded scenes, so "3" and
@@ -310,13 +317,15 @@ def test_cli_writes_the_benchmark(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(synth_module.PRESETS, "quick", small)  # keep the CLI run small
     out = tmp_path / "bench"
     args = ["data", "synth", str(out), "--seed", "5", "--train-images", "10", "--val-images", "3",
-            "--test-images", "4", "--caption-images", "4", "--image-size", "48"]
+            "--test-images", "4", "--caption-images", "4", "--image-size", "48",
+            "--direct-weight", "0.7"]
     assert main(args) == 0
     assert "test_comp" in capsys.readouterr().out
     meta = load(out / "synth_meta.json")
     assert meta["seed"] == 5 and meta["splits"]["test_iid"]["images"] == 4
     assert meta["splits"]["test_comp"]["images"] == 4 and meta["detection"]["val"]["images"] == 2
-    assert meta["config"]["image_size"] == 48
+    assert meta["config"]["image_size"] == 48 and meta["config"]["direct_weight"] == 0.7
     assert main(args) == 0  # an earlier synth output may be regenerated in place
     assert main(["data", "synth", str(out), "--bias", "1.5"]) == 2
+    assert main(["data", "synth", str(out), "--direct-weight", "0"]) == 2
     assert main(["data", "synth", str(out), "--preset", "huge"]) == 2

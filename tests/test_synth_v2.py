@@ -21,6 +21,7 @@ from pkd.data.synth import (
     keep_probabilities,
     sample_split,
 )
+from pkd.data.synth_questions import DIRECT_TYPES, weighted
 from pkd.data.synth_scene import COLORS, SHAPES, SIZES
 from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError
@@ -217,3 +218,37 @@ def test_full_preset_sizes_without_rendering():
     assert questions["train"] >= 30_000, questions
     assert all(questions[s] >= 10_000 for s in EVAL_SPLITS), questions
     assert set(PRIOR) == set(SPLITS)
+
+
+def test_weighted_scales_only_the_direct_families_by_hand():
+    keep = {"what color is the": {"red": 0.5, "blue": 0.2}, "how many": {"1": 0.4},
+            "what is the color of the": {"red": 0.1}}
+    assert weighted(keep, 0.25) == {"what color is the": {"red": 0.125, "blue": 0.05},
+                                    "how many": {"1": 0.4}, "what is the color of the": {"red": 0.1}}
+    assert weighted(keep, 1.0) == keep
+    with pytest.raises(PkdError, match="direct_weight must be in"):
+        SynthConfig(direct_weight=0.0).validate()
+
+
+def test_direct_weight_thins_the_direct_families_and_keeps_their_prior():
+    """Sampled as generate() does (no rendering): halving the direct families' weight about
+    halves their share of the train questions and leaves their answer shares as they were."""
+    def counts(cfg):
+        items = sample_split(cfg, "train", keep_probabilities(cfg), set())
+        return Counter((q.question_type, q.answer) for i in items for q in i.questions)
+
+    base = dict(train_images=1500, pilot_scenes=1000)
+    full = counts(SynthConfig(direct_weight=1.0, **base))  # v4: equal shares
+    thin = counts(SynthConfig(direct_weight=0.5, **base))
+
+    def n(c, t):
+        return sum(v for (u, _), v in c.items() if u == t)
+
+    def top(c, t):  # share of the type's commonest answer (its train favourite)
+        return max(v for (u, _), v in c.items() if u == t) / n(c, t)
+
+    for t in DIRECT_TYPES:  # relative to an undirected family: ~0.5 (each image keeps <= 3)
+        ratio = (n(thin, t) / n(thin, "how many")) / (n(full, t) / n(full, "how many"))
+        assert 0.4 < ratio < 0.6, (t, ratio)
+        assert abs(top(thin, t) - top(full, t)) < 0.06, (t, top(full, t), top(thin, t))
+    assert n(thin, "what is the color of the") > 1.05 * n(full, "what is the color of the")

@@ -27,6 +27,8 @@ def synth(
     image_size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
     questions_per_image: Annotated[int | None, typer.Option(help="at most this many per image")] = None,
     bias: Annotated[float | None, typer.Option(help="share of each type's favourite answer")] = None,
+    direct_weight: Annotated[float | None, typer.Option(
+        help="share of questions the direct colour / shape families keep (1 = v4's equal mix)")] = None,
 ) -> None:
     """Write the synthetic benchmark (VQA v2 files, PNGs, boxes, captions, detection corpus)."""
     from pkd.data.synth import SynthConfig, generate
@@ -34,7 +36,8 @@ def synth(
     given = {"train_images": train_images, "val_images": val_images, "test_images": test_images,
              "test_comp_images": test_images, "test_iid_images": test_images,
              "caption_images": caption_images, "image_size": image_size,
-             "questions_per_image": questions_per_image, "bias": bias}
+             "questions_per_image": questions_per_image, "bias": bias,
+             "direct_weight": direct_weight}
     cfg = SynthConfig.preset(preset, seed=seed, **{k: v for k, v in given.items() if v is not None})
     meta = generate(cfg, out)
     for split, info in meta["splits"].items():

@@ -42,12 +42,13 @@ from pkd.data.synth_questions import (
     estimate_base,
     human_answers,
     target_prior,
+    weighted,
 )
 from pkd.data.synth_scene import ALL_COMBOS, COLORS, SHAPES, Scene, render_scene, sample_scene
 from pkd.errors import PkdError
 from pkd.progress import track
 
-SYNTH_VERSION = "4"
+SYNTH_VERSION = "5"
 SPLITS = ("train", "val", "test", "test_comp", "test_iid")
 EVAL_SPLITS = ("test", "test_comp", "test_iid")
 PRIOR = {"train": "train", "val": "train", "test": "test", "test_comp": "uniform",
@@ -79,6 +80,7 @@ class SynthConfig:
     heldout: tuple[str, ...] = HELDOUT  # "colour shape" pairs never in VQA train/val/test/test_iid
     questions_per_image: int = 3  # at most this many questions per VQA image (1..9)
     candidates_per_type: int = 5  # candidate questions per family and scene before acceptance
+    direct_weight: float = 0.4  # the direct colour / shape families keep this share of questions (v5)
     bias: float = 0.75  # share of the train favourite in train (VQA-CP-strength prior)
     test_bias: float = 0.5  # share of the test favourite (a middle answer) in test
     yes_no_bias: float = 0.85  # share of "yes" in train; test and test_comp are 50 / 50
@@ -122,6 +124,7 @@ class SynthConfig:
             (0 < self.test_bias and self.test_bias + 2 * self.rare < 1,
              "need 0 < test_bias, test_bias + 2 * rare < 1"),
             (0.5 < self.yes_no_bias < 1, "yes_no_bias must be in (0.5, 1)"),
+            (0 < self.direct_weight <= 1, "direct_weight must be in (0, 1]"),
             (0 <= self.answer_noise <= 1 and 0 <= self.answer_variation <= 1,
              "answer_noise and answer_variation must be in [0, 1]"),
         ]
@@ -148,8 +151,8 @@ class SynthConfig:
 
 PRESETS = {  # SynthConfig fields that differ from the defaults (= quick)
     "quick": {},
-    "full": {"train_images": 13200, "val_images": 2000, "test_images": 5000,
-             "test_comp_images": 5000, "test_iid_images": 4400, "caption_images": 10000,
+    "full": {"train_images": 14400, "val_images": 2000, "test_images": 5000,
+             "test_comp_images": 5000, "test_iid_images": 4900, "caption_images": 10000,
              "detection_train_images": 8000, "detection_val_images": 1000},
 }
 
@@ -190,7 +193,8 @@ def keep_probabilities(cfg: SynthConfig) -> dict[str, dict[str, dict[str, float]
         target = {t: target_prior(t, prior, cfg.max_objects, cfg.bias, cfg.yes_no_bias, cfg.rare,
                                 cfg.test_bias)
                   for t in QUESTION_TYPES}
-        keep[prior] = acceptance(base, target, per_type=prior == "uniform")
+        keep[prior] = weighted(acceptance(base, target, per_type=prior == "uniform"),
+                               cfg.direct_weight)
     return keep
 
 
