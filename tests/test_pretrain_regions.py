@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from pkd.errors import PkdError
+from pkd.pipeline.boxes import box_iou
 from pkd.train.pretrain.detection import load_detection_split
 from pkd.train.pretrain.regions import (
     RegionHeads,
     RegionPretrainConfig,
-    pairwise_iou,
     pretrain_regions,
     region_losses,
     sample_rois,
@@ -76,10 +76,10 @@ def test_attribute_loss_is_zero_without_foreground_and_uses_the_class_embedding(
     torch.testing.assert_close(logits, torch.tensor([[0.0, 2.0], [0.0, 2.0]]))
 
 
-def test_pairwise_iou_by_hand():
+def test_rois_use_the_pipeline_box_iou_by_hand():
     a = torch.tensor([[0.0, 0, 2, 2]])
     b = torch.tensor([[1.0, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6]])
-    torch.testing.assert_close(pairwise_iou(a, b), torch.tensor([[1 / 7, 1.0, 0.0]]))
+    torch.testing.assert_close(box_iou(a, b), torch.tensor([[1 / 7, 1.0, 0.0]]))
 
 
 def test_sample_rois_labels_and_determinism(tmp_path):
@@ -93,12 +93,12 @@ def test_sample_rois_labels_and_determinism(tmp_path):
     torch.testing.assert_close(rois, again[0])
     torch.testing.assert_close(rois[:2], boxes)  # ground truth first
     jit = rois[2:6]
-    iou = pairwise_iou(jit, boxes)[torch.arange(4), torch.tensor([0, 1, 0, 1])]
+    iou = box_iou(jit, boxes)[torch.arange(4), torch.tensor([0, 1, 0, 1])]
     assert torch.equal(classes[2:6], torch.where(iou >= 0.5, labels.repeat(2), 0))
     assert torch.equal(attrs["color"][:6], colors["color"].repeat(3))
     background = rois[6:]
     assert len(background) <= 3 and (classes[6:] == 0).all()
-    assert (pairwise_iou(background, boxes) < 0.3).all()
+    assert (box_iou(background, boxes) < 0.3).all()
     assert (rois >= 0).all() and (rois <= 64).all()
 
 

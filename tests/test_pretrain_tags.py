@@ -59,14 +59,20 @@ def test_tag_loss_golden_value():
     assert float(tag_loss(head, image, tags).detach()) == pytest.approx(expected, rel=1e-6)
 
 
-def test_pretrain_with_tags_saves_a_plain_model_and_changes_it(tmp_path):
-    from safetensors.torch import load_file
-
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny synthetic benchmark (24 caption images), shared by the two runs below."""
     from pkd.data.synth import SynthConfig, generate
 
-    data = tmp_path / "synth"
+    out = tmp_path_factory.mktemp("tags") / "synth"
     generate(SynthConfig(train_images=4, val_images=2, test_images=2, test_iid_images=2,
-                         caption_images=24, pilot_scenes=100), data)
+                         caption_images=24, pilot_scenes=100), out)
+    return out
+
+
+def test_pretrain_with_tags_saves_a_plain_model_and_changes_it(tmp_path, data):
+    from safetensors.torch import load_file
+
     size = P.ModelSize(hidden=32, layers=1, heads=2, patch_size=8, proj_dim=16, vocab_size=200)
     cfg = P.PretrainConfig(data, tmp_path / "plain", size=size, epochs=2, batch_size=8,
                            eval_fraction=0.25, threads=1)
@@ -81,15 +87,11 @@ def test_pretrain_with_tags_saves_a_plain_model_and_changes_it(tmp_path):
         replace(cfg, tag_weight=-1.0).validate()
 
 
-def test_cli_passes_the_objective_options_and_refuses_bad_ones(tmp_path, capsys):
+def test_cli_passes_the_objective_options_and_refuses_bad_ones(tmp_path, capsys, data):
     import json
 
     from pkd.cli import main
-    from pkd.data.synth import SynthConfig, generate
 
-    data = tmp_path / "synth"
-    generate(SynthConfig(train_images=4, val_images=2, test_images=2, test_iid_images=2,
-                         caption_images=16, pilot_scenes=100), data)
     args = ["pretrain", "--data", str(data), "--epochs", "1", "--batch-size", "8", "--hidden",
             "32", "--layers", "1", "--heads", "2", "--proj-dim", "16", "--threads", "1"]
     assert main([*args, "--out", str(tmp_path / "m"), "--tag-weight", "0.5",

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from pkd.cores import torch_threads, usable_cores
 from pkd.errors import PkdError
+from pkd.pipeline.boxes import box_iou
 from pkd.progress import track
 from pkd.roi import pool_regions
 from pkd.train.pretrain.config import config_dict
@@ -179,16 +180,6 @@ def region_losses(out: dict, labels: Tensor, attributes: dict[str, Tensor],
 
 # --- RoIs -------------------------------------------------------------------------------------
 
-def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU (N, M) of x1y1x2y2 boxes: intersection / union (0 where the union is empty)."""
-    low = torch.maximum(a[:, None, :2], b[None, :, :2])
-    high = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (high - low).clamp(min=0).prod(2)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-
-
 def sample_rois(boxes: Tensor, labels: Tensor, attributes: dict[str, Tensor], width: float,
                 height: float, cfg: RegionPretrainConfig, generator: torch.Generator
                 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -204,13 +195,13 @@ def sample_rois(boxes: Tensor, labels: Tensor, attributes: dict[str, Tensor], wi
     limit = torch.tensor([width, height, width, height])
     jit = torch.minimum(jit.clamp(min=0), limit)
     source = torch.arange(len(boxes)).repeat(cfg.jitter_per_box)
-    kept = pairwise_iou(jit, boxes)[torch.arange(len(jit)), source] >= 0.5  # (N * j,)
+    kept = box_iou(jit, boxes)[torch.arange(len(jit)), source] >= 0.5  # (N * j,)
     count = 4 * cfg.background_per_image
     wh = (0.1 + 0.4 * torch.rand((count, 2), generator=generator)) * limit[:2]
     xy = torch.rand((count, 2), generator=generator) * (limit[:2] - wh)
     cand = torch.cat([xy, xy + wh], 1)
     if len(boxes):
-        cand = cand[pairwise_iou(cand, boxes).max(1).values < 0.3]
+        cand = cand[box_iou(cand, boxes).max(1).values < 0.3]
     cand = cand[: cfg.background_per_image]
     rois = torch.cat([boxes, jit, cand])
     classes = torch.cat([labels, torch.where(kept, labels[source], 0),
@@ -363,5 +354,5 @@ def pretrain_regions(cfg: RegionPretrainConfig) -> dict:
 
 __all__ = ["RECIPE", "SIZES", "RegionBackboneSize", "RegionHeads", "RegionPretrainConfig",
            "batch_features", "build_backbone", "corpus_record", "epoch_batches",
-           "evaluate_regions", "fit_regions", "pairwise_iou", "pretrain_regions",
+           "evaluate_regions", "fit_regions", "pretrain_regions",
            "region_losses", "sample_rois"]
