@@ -124,6 +124,8 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     assert cross.data.predicted != configs["pkd"].data.predicted  # its own cache
     assert set(MAIN_METHODS) | set(ABLATIONS) <= set(KNOWN)
     assert configs["pkd-mkd3"].method.pkd.lambda_mkd == 3.0
+    assert configs["pkd-lmh"].method.pkd.vqa_loss == "lmh" and reference_of("pkd-lmh") == "lmh"
+    assert configs["pkd-lmh"].data.predicted == configs["pkd"].data.predicted  # one stage 1
     assert {n: configs[n].method.name for n in ("question-only", "rubi", "lmh")} == {
         "question-only": "question-only", "rubi": "rubi", "lmh": "lmh"}
     assert configs["baseline-foundation"].model.use_foundation_features is True
@@ -367,7 +369,7 @@ def test_presets_quick_and_full():
     assert quick.synth == SynthConfig() and (quick.seeds, quick.methods) == (1, MAIN_METHODS)
     assert full.synth == SynthConfig.preset("full") and full.seeds == 5
     assert set(FULL_METHODS) == (set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS) | set(ABLATIONS)
-                                 | {"pkd-cross"})
+                                 | {"pkd-cross", "pkd-lmh"})
     assert full.methods == FULL_METHODS and full.preset == "full"
     assert DemoConfig.of("full", Path("f"), seeds=2).seeds == 2
     from pkd.errors import PkdError

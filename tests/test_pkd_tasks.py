@@ -27,7 +27,7 @@ STAGE1_TERMS = {"loss", "itm_loss", "div_loss"}
 STAGE2_ALL = {"loss", "vqa_loss", "mkd_loss", "logits"}
 # distinct loss weights (none 1 = the fixed weight of L_vqa), so each term's weight is checked
 LAMBDAS = {"lambda_mkd": 0.25, "lambda_itm": 0.5, "lambda_div": 3.0}
-WEIGHTS = {"vqa_loss": 1.0, "mkd_loss": 0.25, "itm_loss": 0.5, "div_loss": 3.0}
+WEIGHTS = {"vqa_loss": 1.0, "mkd_loss": 0.25, "itm_loss": 0.5, "div_loss": 3.0, "entropy_loss": 0.36}
 
 
 @pytest.fixture(scope="module", params=["clip", "blip"])
@@ -264,3 +264,35 @@ def test_mkd_fraction_reads_the_first_items_pairs_only(clip_head, stage1_dir):
                         torch.cat([torch.ones_like(valid), valid]))
     assert seen == [4]
     torch.testing.assert_close(got, want)
+
+
+def test_lmh_base_with_a_flat_prior_is_bce_plus_the_entropy_of_a_zero_bias(head, stage1_dir):
+    """vqa_loss=lmh: p = 1/2 everywhere gives b = log(1/2 + t) - log(1/2 + t) = 0, so L_lm is
+    the plain BCE of D's logits and H = H(σ(0)) = log 2; an informative prior moves L_lm."""
+    import math
+
+    from pkd.train.tasks.pkd import pkd_stage2_task
+
+    cfg = config("pkd", predictors=stage1_dir, vqa_loss="lmh")
+    batch = {**make_batch(), "question_type": torch.tensor([0, 1, 0, 1])}
+    flat = torch.full((3, ANSWERS), 0.5)
+    task = pkd_stage2_task(cfg, vqa_model(cfg), setup_for(head), prior=flat)
+    out = task(batch)
+    assert set(out) == STAGE2_ALL | {"entropy_loss"}
+    bce = task.vqa(out["logits"], batch["targets"])
+    torch.testing.assert_close(out["vqa_loss"], bce)
+    torch.testing.assert_close(out["entropy_loss"], torch.tensor(math.log(2)))
+    assert_weighted_sum(out, {"vqa_loss", "mkd_loss", "entropy_loss"})
+    peaked = torch.full((3, ANSWERS), 0.01)
+    peaked[:, 0] = 0.97
+    mixin = pkd_stage2_task(cfg, vqa_model(cfg), setup_for(head), prior=peaked)
+    biased = mixin(batch)
+    assert abs(biased["vqa_loss"].item() - bce.item()) > 1e-3
+    biased["loss"].backward()  # the gate learns: L_lm reaches it through g · b
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixin.lmh.parameters())
+    assert not any(k.startswith("lmh.") for k in mixin.model.state_dict())  # not in best/
+    with pytest.raises(ValueError, match="needs the training prior"):
+        pkd_stage2_task(cfg, vqa_model(cfg), setup_for(head))
+    with pytest.raises(ValueError, match="needs the training prior"):
+        pkd_stage2_task(config("pkd", predictors=stage1_dir), vqa_model(cfg), setup_for(head),
+                        prior=flat)

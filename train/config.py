@@ -194,6 +194,7 @@ class PKDConfig:
     predictor_heads: int = allowed(4, ge=1)  # attention heads of the predictors' layers (ours)
     predictor_inputs: Literal["both", "cross"] = "both"  # both: P_v(q, r), P_t(r, q); cross: P_v(q) image-like features from the question, P_t(r) caption-like text from the regions (METHODS.md alternative)
     blip_text_entry: Literal["hidden", "embeddings"] = "hidden"  # BLIP ITM input of t~ (ours)
+    vqa_loss: Literal["bce", "lmh"] = "bce"  # D's answer loss: UpDn's soft-score BCE, or LMH's learned mixin with the training prior (PKD as a plug-in on a debiasing base; settings in method.lmh)
 
 
 @dataclass

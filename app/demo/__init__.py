@@ -39,7 +39,8 @@ ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictor
              "distillvlm-att", "distillvlm-nce", "distillvlm-kd")
 SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature (--methods)
           "distillvlm-queue256", "distillvlm-queue16384",  # DistillVLM queue size (4096: main)
-          "pkd-cross")  # PKD reading: P_v(q), P_t(r) (each side from the other modality only)
+          "pkd-cross",  # PKD reading: P_v(q), P_t(r) (each side from the other modality only)
+          "pkd-lmh")  # PKD as a plug-in on LMH (D trained with LMH's loss; paired to lmh)
 # DistillVLM's alignment ablation (--methods): the teacher adapted on its own (simulated)
 # detector's regions, distilled with tokens paired by position (method.distill.alignment=index)
 ALIGNMENT = ("teacher-own", "distillvlm-unaligned")
@@ -48,7 +49,7 @@ CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothi
 KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *ALIGNMENT, *DEBIAS, *CONTROLS)
 # the README's table; ~2,000 s per seed on a 2-core EPYC at full size (the sweeps would add
 # ~130 s each per seed: ask for them with --methods)
-FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS, "pkd-cross")
+FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS, "pkd-cross", "pkd-lmh")
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
@@ -251,6 +252,7 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-mkd0.3": {**pkd, "method.pkd.lambda_mkd": 0.3},
         "pkd-mkd3": {**pkd, "method.pkd.lambda_mkd": 3.0},
         "pkd-kdT1": {**pkd, "method.pkd.kd_temperature": 1.0},
+        "pkd-lmh": {**pkd, "method.pkd.vqa_loss": "lmh"},  # same stage 1 and cache as pkd
         "predictors-cross": {**PKD, "method.name": "pkd-predictors",
                              "method.pkd.predictor_inputs": "cross",
                              "run.epochs": max(1, cfg.train_epochs // 2)},
@@ -455,6 +457,7 @@ REFERENCE: dict[str, str | None] = {
     "distillvlm-kd": "student", "distillvlm-queue256": "student",
     "distillvlm-queue16384": "student",
     "teacher-own": "teacher", "distillvlm-unaligned": "distillvlm",  # the alignment ablation
+    "pkd-lmh": "lmh",  # PKD on a debiasing base: its gain over that base
 }
 
 

@@ -14,6 +14,11 @@ Stage 2, :class:`PKDTask` (``method.name = "pkd"``)::
 
     L = L_vqa + λ_mkd · L_mkd  [+ λ_itm · L_itm + λ_div · L_div   if finetune_predictors]
 
+``L_vqa`` is UpDn's soft-score BCE (``vqa_loss = "bce"``) or, with ``vqa_loss = "lmh"``, the
+learned-mixin +H loss of :mod:`pkd.train.tasks.lmh` on D's logits and ``joint`` with the training
+answer prior (``L_lm + w_H · H``; gate and smoothing training-only, as in the ``lmh`` method):
+PKD as a plug-in on a debiasing base, as OOD-VQA papers report methods on top of LMH.
+
 - predictors from the stage-1 checkpoint ``method.pkd.predictors``, frozen (eval, no grad)
   unless ``finetune_predictors`` (then a missing checkpoint means: trained jointly from scratch);
 - memory fusion (:mod:`pkd.train.models.memory`) is the VQA model's ``feature_fusion`` hook; after
@@ -57,6 +62,7 @@ from pkd.errors import PkdError
 from pkd.train.checkpoint import load_checkpoint, load_weights
 from pkd.train.config import PKDConfig, TrainConfig
 from pkd.train.foundation_head import FoundationHead
+from pkd.train.losses.debias import LMHLoss
 from pkd.train.losses.divergence import FeatureDivergence, pool_tokens
 from pkd.train.losses.itm import MatchingBCE, negative_partners
 from pkd.train.losses.model_kd import BinaryKL
@@ -64,6 +70,7 @@ from pkd.train.losses.vqa import VQALoss
 from pkd.train.models.itm_head import ITMHead, PairProjector
 from pkd.train.models.memory import FeatureMemory, PKDFeatureFusion
 from pkd.train.models.predictors import PREDICTED_TEXT, PREDICTED_VISION, CrossModalPredictors
+from pkd.train.tasks.lmh import training_prior
 from pkd.train.tasks.method import FrozenOutside, Method
 
 NEEDS_TOKENS = "PKD reads foundation tokens: data.foundation_image / foundation_text stores " \
@@ -188,8 +195,11 @@ class PKDTask(_FrozenHeadTask):
 
     def __init__(self, model: nn.Module, cfg: PKDConfig, head: FoundationHead | None = None,
                  predictors: CrossModalPredictors | None = None,
-                 projector: PairProjector | None = None, itm_head: ITMHead | None = None):
+                 projector: PairProjector | None = None, itm_head: ITMHead | None = None,
+                 lmh: LMHLoss | None = None, prior: torch.Tensor | None = None):
         super().__init__(head)
+        if (lmh is None) != (prior is None):
+            raise ValueError("the LMH answer loss needs the training prior (and vice versa)")
         if predictors is not None and head is None:
             raise ValueError("PKD predictors need the foundation matching head")
         if (itm_head is None) != (projector is None) or (
@@ -202,6 +212,9 @@ class PKDTask(_FrozenHeadTask):
         self.finetune = predictors is not None and cfg.finetune_predictors
         self.objective = PredictorObjective(cfg)
         self.vqa, self.mkd = VQALoss(), BinaryKL(cfg.kd_temperature)
+        self.lmh = lmh  # training-only gate / smoothing of vqa_loss = "lmh" (not in best/)
+        if prior is not None:  # derived from the training split at every start, not saved
+            self.register_buffer("prior", prior.float(), persistent=False)
         self.cfg = cfg
         if predictors is not None and not self.finetune:
             predictors.requires_grad_(False).eval()
@@ -224,16 +237,25 @@ class PKDTask(_FrozenHeadTask):
             if self.finetune:
                 terms["itm_loss"], terms["div_loss"] = self.objective(self.head, pred, batch)
         out = self.model(batch)  # the memory hook reads earlier batches only
-        terms["vqa_loss"] = self.vqa(out["logits"], batch["targets"])
+        terms.update(self.answer_loss(out, batch))
         if self.itm_head is not None:
             terms["mkd_loss"] = self.model_kd(pred, batch, embeds)
         if pred is not None and self.training:
             self.remember(embeds, batch)
         c = self.cfg
         weights = {"vqa_loss": 1.0, "mkd_loss": c.lambda_mkd, "itm_loss": c.lambda_itm,
-                   "div_loss": c.lambda_div}
+                   "div_loss": c.lambda_div,
+                   "entropy_loss": self.lmh.entropy_weight if self.lmh is not None else 0.0}
         loss = sum(weights[k] * v for k, v in terms.items())
         return {"loss": loss, **terms, "logits": out["logits"]}
+
+    def answer_loss(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+        """``{vqa_loss}`` (BCE) or, with the LMH base, ``{vqa_loss: L_lm, entropy_loss: H}``."""
+        if self.lmh is None:
+            return {"vqa_loss": self.vqa(out["logits"], batch["targets"])}
+        parts = self.lmh(out["logits"], out["joint"], self.prior[batch["question_type"]],
+                         batch["targets"])
+        return {"vqa_loss": parts["vqa_loss"], "entropy_loss": parts["entropy"]}
 
     def predict(self, batch: dict) -> tuple[Predicted, tuple[torch.Tensor, torch.Tensor]]:
         """(``ṽ, t̃``, their unit foundation embeddings ``(e_v, e_t)`` (B, d_e) each): read from
@@ -374,9 +396,18 @@ def pkd_stage1_task(cfg: TrainConfig, setup: PKDSetup) -> PKDPredictorTask:
     return PKDPredictorTask(build_predictors(cfg.method.pkd, setup), setup.head, cfg.method.pkd)
 
 
-def pkd_stage2_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup) -> PKDTask:
-    """Stage 2 around ``model`` (its memory hook attached here unless it already has one)."""
+def pkd_stage2_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup,
+                    prior: torch.Tensor | None = None) -> PKDTask:
+    """Stage 2 around ``model`` (its memory hook attached here unless it already has one);
+    ``prior`` (K + 1, A): the training answer prior the LMH base needs (``vqa_loss = "lmh"``)."""
     p = cfg.method.pkd
+    if (p.vqa_loss == "lmh") != (prior is not None):
+        raise ValueError("method.pkd.vqa_loss=lmh needs the training prior (and only it)")
+    lmh = None
+    if prior is not None:
+        c = cfg.method.lmh
+        lmh = LMHLoss(model.joint_dim, c.entropy_weight, c.smooth, c.smooth_init,
+                      c.constant_smooth)
     predictors = head = projector = itm_head = None
     if p.use_predictors:
         head = setup.head
@@ -395,7 +426,7 @@ def pkd_stage2_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup) -> PKDT
             itm_head = ITMHead(model.joint_dim)
     if not isinstance(model.feature_fusion, PKDFeatureFusion):
         attach_pkd_fusion(model, p, head.embed_dim if head is not None else None)
-    return PKDTask(model, p, head, predictors, projector, itm_head)
+    return PKDTask(model, p, head, predictors, projector, itm_head, lmh, prior)
 
 
 def pkd_setup(cfg: TrainConfig, stores, num_words: int, needs_head: bool) -> PKDSetup:
@@ -493,12 +524,19 @@ class PKD(Method):
     def attach(self, model: nn.Module, cfg, foundation_dim: int | None) -> None:
         attach_pkd_fusion(model, cfg.method.pkd, foundation_dim)
 
-    def task(self, cfg, model: nn.Module, pkd: PKDSetup | None = None) -> PKDTask:
-        return pkd_stage2_task(cfg, model, _need_setup(cfg, pkd))
+    def task(self, cfg, model: nn.Module, pkd: PKDSetup | None = None,
+             prior: torch.Tensor | None = None) -> PKDTask:
+        return pkd_stage2_task(cfg, model, _need_setup(cfg, pkd), prior)
 
     def build_task(self, cfg, model, vocabs, stores) -> PKDTask:
         setup = pkd_setup(cfg, stores, len(vocabs.words), cfg.method.pkd.use_predictors)
-        task = self.task(cfg, model, pkd=setup)
+        prior = None
+        if cfg.method.pkd.vqa_loss == "lmh":
+            from pkd.train.prepare import split_batches  # prepare imports the tasks
+
+            train, _ = split_batches(cfg, cfg.data.train_split, vocabs, stores, teacher=True)
+            _, prior = training_prior(train, len(vocabs.answers), cfg.method.lmh.prior_eps)
+        task = self.task(cfg, model, pkd=setup, prior=prior)
         if getattr(stores, "predicted", None) is not None and task.predictors is not None:
             from pkd.train.predicted_cache import check_predicted_store, weights_digest
 
