@@ -116,7 +116,7 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     def resolved(name):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
-    configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross")
+    configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross", "predictors-mmd")
                if n not in CONTROLS}  # no run
     cross = configs["pkd-cross"]
     assert cross.method.pkd.predictor_inputs == "cross" == configs["predictors-cross"].method.pkd.predictor_inputs
@@ -126,6 +126,12 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     assert configs["pkd-mkd3"].method.pkd.lambda_mkd == 3.0
     assert configs["pkd-lmh"].method.pkd.vqa_loss == "lmh" and reference_of("pkd-lmh") == "lmh"
     assert configs["pkd-lmh"].data.predicted == configs["pkd"].data.predicted  # one stage 1
+    assert configs["pkd-memory-train"].method.pkd.memory_at_test is False
+    assert configs["pkd-memory-train"].data.predicted == configs["pkd"].data.predicted
+    mmd = configs["pkd-mmd"]
+    assert mmd.method.pkd.divergence == "mmd" == configs["predictors-mmd"].method.pkd.divergence
+    assert mmd.method.pkd.predictors.endswith("predictors-mmd-seed1")
+    assert mmd.data.predicted not in (configs["pkd"].data.predicted, configs["pkd-cross"].data.predicted)
     assert {n: configs[n].method.name for n in ("question-only", "rubi", "lmh")} == {
         "question-only": "question-only", "rubi": "rubi", "lmh": "lmh"}
     assert configs["baseline-foundation"].model.use_foundation_features is True

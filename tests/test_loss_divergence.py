@@ -1,4 +1,4 @@
-"""L_div options (kl / cosine / mse), masking and pooling, by hand."""
+"""L_div options (kl / cosine / mse / mmd), masking and pooling, by hand."""
 
 from __future__ import annotations
 
@@ -66,3 +66,23 @@ def test_bad_arguments():
         FeatureDivergence("l1")
     with pytest.raises(ValueError, match="pool them first"):
         FeatureDivergence()(torch.zeros(1, 2, 3), torch.zeros(1, 4, 3))
+
+
+def test_mmd_by_hand_and_blind_to_which_item_is_which():
+    """Y = {0, 2}: σ² = 4 / 2 = 2; X = {0, 0}: MMD² = 1 + (1 + k₄)/2 - (1 + k₄) = (1 - k₄)/2
+    with k₄ = (e^{-4/2} + e^{-4/4} + e^{-4/8}) / 3 (bandwidths σ² · {1/2, 1, 2})."""
+    target = torch.tensor([[[0.0]], [[2.0]]])  # (B=2, T=1, d=1)
+    pred = torch.zeros(2, 1, 1, requires_grad=True)
+    k4 = (math.exp(-2) + math.exp(-1) + math.exp(-0.5)) / 3
+    got = FeatureDivergence("mmd")(pred, target)
+    assert got.item() == pytest.approx((1 - k4) / 2, rel=1e-5)
+    got.backward()
+    assert pred.grad is not None
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 4), torch.randn(6, 3, 4)
+    mmd, mse = FeatureDivergence("mmd"), FeatureDivergence("mse")
+    perm = torch.tensor([5, 4, 3, 2, 1, 0])
+    torch.testing.assert_close(mmd(x[perm], y), mmd(x, y))  # pairs nothing
+    assert abs(mse(x[perm], y).item() - mse(x, y).item()) > 1e-3  # item-wise does
+    assert mmd(y[perm], y).item() == pytest.approx(0.0, abs=1e-6)
+    assert mmd(x, y).item() > 0.01

@@ -103,7 +103,7 @@ def stage1_dir(head, tmp_path_factory) -> str:
     return stage1(head, tmp_path_factory.mktemp("pkd"))[1]
 
 
-@pytest.mark.parametrize("div", ["kl", "cosine", "mse"])
+@pytest.mark.parametrize("div", ["kl", "cosine", "mse", "mmd"])
 def test_stage1_forward_backward(head, div):
     cfg = config("pkd-predictors", divergence=div)
     task = build_task(cfg, vqa_model(cfg), pkd=setup_for(head))
@@ -199,6 +199,33 @@ def test_memory_fills_in_training_only_and_model_runs_alone(clip_head, tmp_path)
              if k not in ("vision_tokens", "text_tokens", "text_mask", "input_ids")}
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(plain)["logits"], task.model(plain)["logits"])
+
+
+def test_memory_at_test_false_reads_the_memory_in_training_only(clip_head, tmp_path):
+    """memory_at_test=false: the same filled memory changes D's logits in training mode only;
+    in eval D equals the same weights with the memory emptied."""
+    _, stage1_dir = stage1(clip_head, tmp_path)
+    outs = {}
+    for at_test in (True, False):
+        cfg = config("pkd", predictors=stage1_dir, memory_at_test=at_test)
+        task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+        task.train()
+        task(make_batch(0))  # fills the memory
+        plain = {k: v for k, v in make_batch(3).items()
+                 if k not in ("vision_tokens", "text_tokens", "text_mask", "input_ids")}
+        with torch.no_grad():
+            trained = task.model(plain)["logits"]
+            task.model.eval()
+            with_memory = task.model(plain)["logits"]
+            task.fusion.memory.queue.count.zero_()  # empty memory: the fusion is the identity
+            empty = task.model(plain)["logits"]
+        outs[at_test] = (trained, with_memory, empty)
+    t_on, eval_on, empty_on = outs[True]
+    t_off, eval_off, empty_off = outs[False]
+    torch.testing.assert_close(t_on, t_off)  # training: both read the memory
+    assert (eval_on - empty_on).abs().max() > 1e-4  # default: the memory moves test answers
+    torch.testing.assert_close(eval_off, empty_off)  # training only: it does not
+    assert (t_off - eval_off).abs().max() > 1e-4
 
 
 def test_padded_items_are_not_remembered(clip_head, tmp_path):

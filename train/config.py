@@ -176,7 +176,7 @@ class PKDConfig:
     lambda_mkd: float = allowed(1.0, ge=0)  # weight of the model-level KD loss L_mkd (ours)
     lambda_itm: float = allowed(1.0, ge=0)  # weight of the predictors' ITM loss L_itm (ours)
     lambda_div: float = allowed(1.0, ge=0)  # weight of the feature divergence loss L_div (ours)
-    divergence: Literal["kl", "cosine", "mse"] = "kl"  # D(predicted, cached foundation) (ours)
+    divergence: Literal["kl", "cosine", "mse", "mmd"] = "kl"  # D(predicted, cached foundation): item-wise kl / cosine / mse, or mmd between the batch's pooled predicted and cached features (distribution matching, METHODS.md alternative) (ours)
     div_temperature: float = allowed(1.0, gt=0)  # softmax temperature of the "kl" divergence (ours)
     kd_temperature: float = allowed(1.0, gt=0)  # temperature T of the two-class ITM KL in L_mkd (ours)
     mkd_fraction: float = allowed(1.0, gt=0, le=1)  # share of a (shuffled) batch whose predicted pairs L_mkd reads: its first ceil(f*B) items (cost: D runs on 2*ceil(f*B) pairs) (ours)
@@ -186,6 +186,7 @@ class PKDConfig:
     predictor_tokens: int = allowed(0, ge=0)  # predicted tokens P' / L' (0 = as many as the cached store) (ours)
     use_predictors: bool = True  # ablation: train / use the cross-modal feature predictors
     use_memory: bool = True  # ablation: fuse the memory into region and word features
+    memory_at_test: bool = True  # D reads the memory at evaluation too (false: training only, a regulariser; METHODS.md alternative)
     use_model_kd: bool = True  # ablation: model-level distillation through the ITM head
     finetune_predictors: bool = False  # stage 2 also trains predictors with L_itm + L_div
     foundation_model: str = ""  # model dir of the frozen matching head ("" = the store's model)

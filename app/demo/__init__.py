@@ -40,7 +40,9 @@ ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictor
 SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature (--methods)
           "distillvlm-queue256", "distillvlm-queue16384",  # DistillVLM queue size (4096: main)
           "pkd-cross",  # PKD reading: P_v(q), P_t(r) (each side from the other modality only)
-          "pkd-lmh")  # PKD as a plug-in on LMH (D trained with LMH's loss; paired to lmh)
+          "pkd-lmh",  # PKD as a plug-in on LMH (D trained with LMH's loss; paired to lmh)
+          "pkd-mmd",  # PKD reading: L_div as distribution matching (batch MMD), own stage 1
+          "pkd-memory-train")  # PKD reading: D reads the memory in training only
 # DistillVLM's alignment ablation (--methods): the teacher adapted on its own (simulated)
 # detector's regions, distilled with tokens paired by position (method.distill.alignment=index)
 ALIGNMENT = ("teacher-own", "distillvlm-unaligned")
@@ -253,6 +255,12 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-mkd3": {**pkd, "method.pkd.lambda_mkd": 3.0},
         "pkd-kdT1": {**pkd, "method.pkd.kd_temperature": 1.0},
         "pkd-lmh": {**pkd, "method.pkd.vqa_loss": "lmh"},  # same stage 1 and cache as pkd
+        "pkd-memory-train": {**pkd, "method.pkd.memory_at_test": False},
+        "predictors-mmd": {**PKD, "method.name": "pkd-predictors", "method.pkd.divergence": "mmd",
+                           "run.epochs": max(1, cfg.train_epochs // 2)},
+        "pkd-mmd": {**pkd, "method.pkd.divergence": "mmd",
+                    "method.pkd.predictors": run_dir(cfg, "predictors-mmd", seed),
+                    "data.predicted": paths.store(f"predicted-mmd-seed{seed}.zarr")},
         "predictors-cross": {**PKD, "method.name": "pkd-predictors",
                              "method.pkd.predictor_inputs": "cross",
                              "run.epochs": max(1, cfg.train_epochs // 2)},
@@ -282,7 +290,8 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
 
 
 NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",),  # runs a method builds on
-         "pkd-cross": ("predictors-cross",), "distillvlm-unaligned": ("teacher-own",)}
+         "pkd-cross": ("predictors-cross",), "pkd-mmd": ("predictors-mmd",),
+         "distillvlm-unaligned": ("teacher-own",)}
 
 
 def needs(name: str) -> tuple[str, ...]:

@@ -13,6 +13,16 @@ axis (d), with ``p`` the cached and ``x`` the predicted token:
 - ``mse``: ``(1/d) Σ_d (x_d - p_d)²``.
 
 Then averaged over the valid tokens of the batch. The cached side is a constant (detached).
+
+``mmd`` (METHODS.md's *distribution matching* reading) pairs nothing: each item's tokens are
+mean-pooled over its valid tokens, giving ``X = {x_i}`` (predicted) and ``Y = {y_j}`` (cached),
+``B`` vectors each, compared as two samples by the (biased) squared maximum mean discrepancy
+
+    MMD² = mean_ij k(x_i, x_j) + mean_ij k(y_i, y_j) - 2 mean_ij k(x_i, y_j),
+    k(a, b) = (1/3) Σ_{s ∈ {1/2, 1, 2}} exp(-‖a - b‖² / (2 s σ²)),  σ² = mean_{i≠j} ‖y_i - y_j‖² / 2
+
+(σ from the cached sample, a constant): zero when the predicted features have the cached ones'
+distribution over the batch, whichever item each came from.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("kl", "cosine", "mse")
+KINDS = ("kl", "cosine", "mse", "mmd")
+MMD_SCALES = (0.5, 1.0, 2.0)  # kernel bandwidths, times σ²
 
 
 def pool_tokens(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -32,8 +43,23 @@ def pool_tokens(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
     return (x * w).sum(dim=1, keepdim=True) / w.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
+def mmd2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Biased MMD² of samples ``x`` (n, d) and ``y`` (m, d) (module docstring); ``y`` is the
+    reference sample: it sets σ and gets no gradient."""
+    x, y = x.float(), y.detach().float()
+    yy = torch.cdist(y, y).pow(2)
+    m = len(y)
+    sigma2 = (yy.sum() / max(1, m * (m - 1)) / 2).clamp(min=1e-6)
+
+    def k(d2: torch.Tensor) -> torch.Tensor:
+        return sum(torch.exp(-d2 / (2 * s * sigma2)) for s in MMD_SCALES) / len(MMD_SCALES)
+
+    return (k(torch.cdist(x, x).pow(2)).mean() + k(yy).mean()
+            - 2 * k(torch.cdist(x, y).pow(2)).mean())
+
+
 class FeatureDivergence(nn.Module):
-    """Token-wise ``D`` of the module docstring, ``kind`` in kl | cosine | mse."""
+    """``D`` of the module docstring, ``kind`` in kl | cosine | mse (token-wise) | mmd (batch)."""
 
     def __init__(self, kind: str = "kl", temperature: float = 1.0):
         super().__init__()
@@ -57,6 +83,8 @@ class FeatureDivergence(nn.Module):
     def forward(self, predicted: torch.Tensor, target: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``predicted``, ``target`` (B, T, d), ``mask`` (B, T) bool of valid tokens -> scalar."""
+        if self.kind == "mmd":
+            return mmd2(pool_tokens(predicted, mask)[:, 0], pool_tokens(target, mask)[:, 0])
         if predicted.shape != target.shape:
             raise ValueError(f"predicted {tuple(predicted.shape)} and cached "
                              f"{tuple(target.shape)} tokens differ (pool them first)")

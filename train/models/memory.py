@@ -20,6 +20,9 @@ registered submodule, so the memory is part of ``model.state_dict()`` and runs a
 without the foundation model or the predictors). Its :meth:`~PKDFeatureFusion.substitute` context
 replaces the embedded words / regions by given features for one forward (the model-level KD pass
 on predicted pairs, :mod:`pkd.train.tasks.pkd`); the memory fusion still applies to them.
+With ``at_test=False`` (``method.pkd.memory_at_test``, an ablation of the reading) the fusion
+runs in training mode only: evaluation (validation and test) sees ``x`` unchanged, so D answers
+from its own inputs and the memory acts as a training-time regulariser.
 """
 
 from __future__ import annotations
@@ -91,9 +94,10 @@ class GatedMemoryFusion(nn.Module):
 class PKDFeatureFusion(nn.Module):
     """The VQA model's ``feature_fusion`` hook: optional substitution, then memory fusion."""
 
-    def __init__(self, memory: FeatureMemory | None, word_dim: int, region_dim: int):
+    def __init__(self, memory: FeatureMemory | None, word_dim: int, region_dim: int,
+                 at_test: bool = True):
         super().__init__()
-        self.memory = memory
+        self.memory, self.at_test = memory, at_test
         self.word_fusion = self.region_fusion = None
         if memory is not None:
             self.word_fusion = GatedMemoryFusion(word_dim, memory.dim)
@@ -114,7 +118,7 @@ class PKDFeatureFusion(nn.Module):
                 region_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._substitute is not None:
             words, regions = self._substitute
-        if self.memory is None:
+        if self.memory is None or not (self.training or self.at_test):
             return words, regions
         memory = self.memory.content().to(words.device)  # (M, d)
         return (self.word_fusion(words, word_mask, memory),

@@ -384,7 +384,8 @@ def attach_pkd_fusion(model: nn.Module, cfg: PKDConfig, embed_dim: int | None
     if cfg.use_memory:
         size = cfg.memory_size if cfg.use_predictors else 0
         memory = FeatureMemory(size, pkd_memory_dim(cfg, model, embed_dim), cfg.learnable_slots)
-    hook = PKDFeatureFusion(memory, model.word_feature_dim, model.region_feature_dim)
+    hook = PKDFeatureFusion(memory, model.word_feature_dim, model.region_feature_dim,
+                            at_test=cfg.memory_at_test)
     model.feature_fusion = hook  # a registered submodule: saved with the model
     return hook
 
