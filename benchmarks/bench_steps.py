@@ -5,7 +5,7 @@ tiny foundation model, stores, PKD stage-1 predictors, adapted DistillVLM teache
 then, for each method, a :class:`pkd.train.loop.Trainer` exactly as ``pkd train`` builds it, and
 times on the same training batches:
 
-PKD stage 2 is timed as the demo runs it (8 pooled predicted tokens, ``L_mkd`` on a quarter of
+PKD stage 2 is timed as the demo runs it (8 pooled predicted tokens, ``L_mkd`` on an eighth of
 each batch, frozen stage-1 outputs read from the ``predicted`` store), with the predictors run
 online, and in the reading before these (every token, full ``L_mkd``, online).
 

@@ -58,3 +58,13 @@ def test_partners_invalid_when_everything_matches():
     pi, valid = negative_partners(torch.tensor([[0.0], [0.0], [1.0]]))
     assert valid.tolist() == [True, True, True] and pi.tolist() == [2, 2, pi[2].item()]
     assert pi[2].item() in (0, 1)
+
+
+def test_partners_compare_whole_rows_of_token_keys():
+    """(B, T, d) keys: items are the same image only when every token is equal."""
+    keys = torch.zeros(3, 2, 2)
+    keys[1, 1, 0] = 1.0  # item 1 differs from item 0 in its second token only
+    keys[2] = keys[0]  # item 2 is item 0's image
+    pi, valid = negative_partners(keys)
+    assert valid.all() and pi.tolist() == [1, pi[1].item(), 1]
+    assert pi[1].item() in (0, 2)

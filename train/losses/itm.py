@@ -39,6 +39,12 @@ class MatchingBCE(nn.Module):
         return pos + (neg * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def _row_ids(keys: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: equal ids exactly for equal rows of ``keys`` (B, ...) (sorted unique rows:
+    O(B d log B), not the (B, B, d) comparison)."""
+    return torch.unique(keys.reshape(keys.shape[0], -1), dim=0, return_inverse=True)[1]
+
+
 def negative_partners(image_keys: torch.Tensor, text_keys: torch.Tensor | None = None,
                       generator: torch.Generator | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,11 +54,11 @@ def negative_partners(image_keys: torch.Tensor, text_keys: torch.Tensor | None =
     text (e.g. ``image_embeds``, ``text_embeds``). Invalid items point at themselves.
     """
     b = image_keys.shape[0]
-    flat = image_keys.reshape(b, -1)
-    allowed = ~(flat[:, None, :] == flat[None, :, :]).all(-1)  # (B, B) different image
+    image = _row_ids(image_keys)
+    allowed = image[:, None] != image[None, :]  # (B, B) different image
     if text_keys is not None:
-        tflat = text_keys.reshape(b, -1)
-        allowed &= ~(tflat[:, None, :] == tflat[None, :, :]).all(-1)
+        text = _row_ids(text_keys)
+        allowed &= text[:, None] != text[None, :]
     noise = torch.rand(b, b, generator=generator, device=image_keys.device) + 1.0  # (B, B) > 0
     choice = (noise * allowed).argmax(dim=1)  # (B,) uniform among allowed
     valid = allowed.any(dim=1)
