@@ -375,7 +375,7 @@ def test_presets_quick_and_full():
     assert quick.synth == SynthConfig() and (quick.seeds, quick.methods) == (1, MAIN_METHODS)
     assert full.synth == SynthConfig.preset("full") and full.seeds == 5
     assert set(FULL_METHODS) == (set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS) | set(ABLATIONS)
-                                 | {"pkd-cross", "pkd-lmh"})
+                                 | {"pkd-lmh"})
     assert full.methods == FULL_METHODS and full.preset == "full"
     assert DemoConfig.of("full", Path("f"), seeds=2).seeds == 2
     from pkd.errors import PkdError
@@ -393,7 +393,7 @@ def test_a_data_folder_of_another_size_is_refused(tmp_path):
     saved = json.loads(json.dumps(asdict(SynthConfig())))  # the quick benchmark's config
     check_same_benchmark(saved, DemoConfig.of("quick", tmp_path), tmp_path)  # same: accepted
     with pytest.raises(PkdError, match=r"generated with train_images=1500, this demo \(full\) "
-                                       r"needs 13200; give another --out"):
+                                       r"needs 14400; give another --out"):
         check_same_benchmark(saved, DemoConfig.of("full", tmp_path), tmp_path)
 
 

@@ -35,23 +35,27 @@ if TYPE_CHECKING:
 
 SPLITS = ("test", "test_comp", "test_iid")  # prior shift, held-out combinations, train priors
 MAIN_METHODS = ("baseline", "pkd", "student", "teacher", "distillvlm")
-ABLATIONS = ("baseline-foundation", "pkd-memory", "pkd-model-kd", "pkd-predictors-off",
+ABLATIONS = ("pkd-memory", "pkd-model-kd", "pkd-predictors-off",
              "distillvlm-att", "distillvlm-nce", "distillvlm-kd")
 SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature (--methods)
-          "distillvlm-queue256", "distillvlm-queue16384",  # DistillVLM queue size (4096: main)
-          "pkd-cross",  # PKD reading: P_v(q), P_t(r) (each side from the other modality only)
-          "pkd-lmh",  # PKD as a plug-in on LMH (D trained with LMH's loss; paired to lmh)
-          "pkd-mmd",  # PKD reading: L_div as distribution matching (batch MMD), own stage 1
-          "pkd-memory-train")  # PKD reading: D reads the memory in training only
+          "distillvlm-queue256", "distillvlm-queue16384")  # DistillVLM queue size (4096: main)
+# Other readings of PKD (METHODS.md) and a reference row (--methods, in the full run's folder
+# after it: ~55 min more at full size on a 2-core EPYC)
+READINGS = ("pkd-cross",  # P_v(q), P_t(r): each side from the other modality only
+            "pkd-mmd",  # L_div as distribution matching (batch MMD), its own stage 1
+            "pkd-memory-train",  # D reads the memory in training only
+            # reference, not a method: the foundation model's embeddings as D's extra inputs
+            "baseline-foundation")
 # DistillVLM's alignment ablation (--methods): the teacher adapted on its own (simulated)
 # detector's regions, distilled with tokens paired by position (method.distill.alignment=index)
 ALIGNMENT = ("teacher-own", "distillvlm-unaligned")
 DEBIAS = ("question-only", "rubi", "lmh")  # reference debiasing methods on UpDn (--methods)
 CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothing trained
-KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *ALIGNMENT, *DEBIAS, *CONTROLS)
-# the README's table; ~2,000 s per seed on a 2-core EPYC at full size (the sweeps would add
-# ~130 s each per seed: ask for them with --methods)
-FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS, "pkd-cross", "pkd-lmh")
+KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *READINGS, *ALIGNMENT, *DEBIAS, *CONTROLS,
+         "pkd-lmh")
+# the README's table (pkd demo --preset full): the main rows, the reference debiasing rows, the
+# ablations and PKD on LMH (D trained with LMH's loss, paired to lmh)
+FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS, "pkd-lmh")
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
