@@ -4,7 +4,9 @@ Ground floor (``pkd.roi``): the region extraction (``pkd.pipeline.backbones``, r
 ``pkd.pipeline.roi_align``) and the region-backbone pre-training (``pkd.train.pretrain.regions``)
 pool through this one implementation, so training and extraction see the same features. It also
 holds :func:`resized_size` (the image processor's resize rule without crop) and
-:func:`pool_regions` (boxes in pixels -> map coordinates -> RoIAlign -> mean / grid pooling).
+:func:`pool_regions` (boxes in pixels -> map coordinates -> RoIAlign -> mean / grid pooling),
+and the box overlap :func:`box_iou` (re-exported by ``pkd.pipeline.boxes``) that region
+pre-training samples RoIs with and the store probe matches regions with.
 
 For a box ``(x1, y1, x2, y2)`` in image pixels and an output grid of ``oh x ow`` bins:
 
@@ -194,3 +196,18 @@ def pool_regions(fmaps: Tensor, boxes: Sequence[Tensor], sizes: Sequence[tuple[f
     if grid:
         return torch.nn.functional.adaptive_avg_pool2d(pooled, grid).flatten(1)
     return pooled.mean(dim=(2, 3))  # (N, C)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """``(x2 - x1) * (y2 - y1)``, zero for inverted boxes."""
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU ``(N, M)`` = intersection / (area_a + area_b - intersection); 0 where the
+    union is empty."""
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)  # (N, M)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pkd.roi import box_iou  # on the ground floor: region pre-training uses it too
+
 ArrayLike = Tensor | np.ndarray
 
 
@@ -43,21 +45,6 @@ def box_geometry(boxes: ArrayLike, width: float, height: float) -> Tensor:
     scale = torch.tensor([width, height, width, height], dtype=b.dtype)
     norm = b / scale  # (N, 4)
     return torch.cat([norm, norm[:, 2:] - norm[:, :2]], dim=1)
-
-
-def box_area(boxes: Tensor) -> Tensor:
-    """``(x2 - x1) * (y2 - y1)``, zero for inverted boxes."""
-    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU ``(N, M)`` = intersection / (area_a + area_b - intersection); 0 where the
-    union is empty."""
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)  # (N, M)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def nms(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float) -> Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pkd.errors import PkdError
-from pkd.pipeline.boxes import box_iou
+from pkd.roi import box_iou
 from pkd.train.pretrain.detection import load_detection_split
 from pkd.train.pretrain.regions import (
     RegionHeads,

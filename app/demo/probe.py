@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pkd.errors import PkdError
-from pkd.pipeline.boxes import box_iou
+from pkd.roi import box_iou
 from pkd.stores import FeatureStore
 
 MATCH_IOU = 0.5  # a region belongs to the object it overlaps most, from this IoU on

@@ -50,9 +50,8 @@ from torch import Tensor, nn
 
 from pkd.cores import torch_threads, usable_cores
 from pkd.errors import PkdError
-from pkd.pipeline.boxes import box_iou
 from pkd.progress import track
-from pkd.roi import pool_regions
+from pkd.roi import box_iou, pool_regions
 from pkd.train.pretrain.config import config_dict
 from pkd.train.pretrain.detection import (
     DetectionSplit,
