@@ -18,7 +18,7 @@ from PIL import Image
 from pkd.cli import main
 from pkd.data import synth as synth_module
 from pkd.data.normalize import normalize_answer
-from pkd.data.synth import SPLITS, SynthConfig, generate
+from pkd.data.synth import SPLITS, SynthConfig, generate, sample_all
 from pkd.data.synth_questions import (
     ANSWER_TYPE,
     DIRECT_TYPES,
@@ -318,14 +318,48 @@ def test_cli_writes_the_benchmark(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench"
     args = ["data", "synth", str(out), "--seed", "5", "--train-images", "10", "--val-images", "3",
             "--test-images", "4", "--caption-images", "4", "--image-size", "48",
-            "--direct-weight", "0.7"]
+            "--direct-weight", "0.7", "--caption-relations"]
     assert main(args) == 0
     assert "test_comp" in capsys.readouterr().out
     meta = load(out / "synth_meta.json")
     assert meta["seed"] == 5 and meta["splits"]["test_iid"]["images"] == 4
     assert meta["splits"]["test_comp"]["images"] == 4 and meta["detection"]["val"]["images"] == 2
     assert meta["config"]["image_size"] == 48 and meta["config"]["direct_weight"] == 0.7
+    assert meta["config"]["caption_relations"] is True
     assert main(args) == 0  # an earlier synth output may be regenerated in place
     assert main(["data", "synth", str(out), "--bias", "1.5"]) == 2
     assert main(["data", "synth", str(out), "--direct-weight", "0"]) == 2
     assert main(["data", "synth", str(out), "--preset", "huge"]) == 2
+
+
+def named(scene, name: str):
+    """The one object of ``scene`` that "[size] colour shape" names (asserts it is unique)."""
+    *size, color, shape = name.split()
+    hits = [o for o in scene.objects if (o.color, o.shape) == (color, shape)
+            and (not size or o.size == size[0])]
+    assert len(hits) == 1, name
+    return hits[0]
+
+
+def test_relational_captions_state_a_relation_that_holds_and_only_it():
+    """caption_relations: the sentence names two objects uniquely and the one relation their
+    boxes stand in; the default corpus states none."""
+    from pkd.data.synth_formats import caption_sentences
+    from pkd.data.synth_questions import RELATIONS, related
+
+    cfg = SynthConfig(caption_images=300, pilot_scenes=300)
+    scenes = [i.scene for i in sample_all(cfg)["captions"]]
+    plain = [caption_sentences(s, np.random.default_rng(0), 2) for s in scenes[:50]]
+    assert not any(" is " in c.split(":")[1] for cs in plain for c in cs)
+    stated = 0
+    rng = np.random.default_rng(1)
+    for scene in scenes:
+        for caption in caption_sentences(scene, rng, 2, relations=True):
+            m = re.search(r"\. the ((?:small |large )?\w+ \w+) is (left of|right of|above|below) "
+                          r"the ((?:small |large )?\w+ \w+)\.$", caption)
+            if m is None:
+                continue
+            stated += 1
+            other, anchor = named(scene, m.group(1)), named(scene, m.group(3))
+            assert [r for r in RELATIONS if related(anchor, other, r)] == [m.group(2)], caption
+    assert stated > 0.7 * 2 * len(scenes)

@@ -29,6 +29,8 @@ def synth(
     bias: Annotated[float | None, typer.Option(help="share of each type's favourite answer")] = None,
     direct_weight: Annotated[float | None, typer.Option(
         help="share of questions the direct colour / shape families keep (1 = v4's equal mix)")] = None,
+    caption_relations: Annotated[bool, typer.Option(
+        help="each caption also states one spatial relation that holds")] = False,
 ) -> None:
     """Write the synthetic benchmark (VQA v2 files, PNGs, boxes, captions, detection corpus)."""
     from pkd.data.synth import SynthConfig, generate
@@ -37,7 +39,7 @@ def synth(
              "test_comp_images": test_images, "test_iid_images": test_images,
              "caption_images": caption_images, "image_size": image_size,
              "questions_per_image": questions_per_image, "bias": bias,
-             "direct_weight": direct_weight}
+             "direct_weight": direct_weight, "caption_relations": caption_relations or None}
     cfg = SynthConfig.preset(preset, seed=seed, **{k: v for k, v in given.items() if v is not None})
     meta = generate(cfg, out)
     for split, info in meta["splits"].items():

@@ -74,6 +74,7 @@ class SynthConfig:
     test_iid_images: int = 600  # images of the test_iid split (train prior)
     caption_images: int = 2000  # images of the unbiased caption corpus
     captions_per_image: int = 2  # captions per caption image
+    caption_relations: bool = False  # each caption also states one spatial relation that holds
     caption_max_objects: int = 4  # objects per caption image, 1..this, P(n) ∝ n
     detection_train_images: int = 1000  # images of detection/instances_train.json
     detection_val_images: int = 200  # images of detection/instances_val.json
@@ -293,7 +294,8 @@ def _write_captions(cfg: SynthConfig, out: Path, items: list[Item]) -> int:
     rng = _rng(cfg, "captions", 1)
     anns = [{"id": item.image_id * 10 + k, "image_id": item.image_id, "caption": text}
             for item in items for k, text in
-            enumerate(fmt.caption_sentences(item.scene, rng, cfg.captions_per_image))]
+            enumerate(fmt.caption_sentences(item.scene, rng, cfg.captions_per_image,
+                                            cfg.caption_relations))]
     _render(cfg, "captions", items, out / "images")
     images = [fmt.image_entry(i.image_id, cfg.image_size) for i in items]
     _write_json(out / "captions.json", fmt.captions_file(images, anns))

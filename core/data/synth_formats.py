@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pkd.data.synth_questions import RELATIONS, related
 from pkd.data.synth_scene import COLORS, SHAPES, SIZES, Scene, SceneObject
 
 INFO = {
@@ -87,11 +88,43 @@ def _listing(objects: list[SceneObject]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def caption_sentences(scene: Scene, rng: np.random.Generator, n: int) -> list[str]:
+def _unique_name(scene: Scene, obj: SceneObject) -> str | None:
+    """"blue square" when no other object is a blue square, else "small blue square" when that
+    is unique, else None."""
+    for parts in ((obj.color, obj.shape), (obj.size, obj.color, obj.shape)):
+        same = [o for o in scene.objects if (o.color, o.shape) == (obj.color, obj.shape)
+                and (len(parts) == 2 or o.size == obj.size)]
+        if len(same) == 1:
+            return " ".join(parts)
+    return None
+
+
+def relation_sentence(scene: Scene, rng: np.random.Generator) -> str | None:
+    """"the blue square is right of the red circle." for a random (object, relation, anchor),
+    both named uniquely (:func:`_unique_name`), among the ordered pairs that stand in exactly
+    one relation (``related``), so each other relation word makes the sentence false; None
+    when there is no such pair."""
+    options = []
+    for a in scene.objects:
+        for o in scene.objects:
+            held = [r for r in RELATIONS if o is not a and related(a, o, r)]
+            names = (_unique_name(scene, o), _unique_name(scene, a))
+            if len(held) == 1 and None not in names:
+                options.append((names[0], held[0], names[1]))
+    if not options:
+        return None
+    o, r, a = options[int(rng.integers(len(options)))]
+    return f"the {o} is {r} the {a}."
+
+
+def caption_sentences(scene: Scene, rng: np.random.Generator, n: int,
+                      relations: bool = False) -> list[str]:
     """``n`` captions naming every object's size, colour and shape, and the object count.
 
     Caption k (k even): "two objects: a small red circle and a large blue square." (left to right);
     caption k (k odd): "there are two objects: ..." with the objects in a random order.
+    ``relations``: each caption ends with one :func:`relation_sentence` ("... the blue square is
+    right of the red circle."), drawn uniformly among the pairs that stand in one relation.
     """
     count = len(scene.objects)
     noun = "object" if count == 1 else "objects"
@@ -105,4 +138,6 @@ def caption_sentences(scene: Scene, rng: np.random.Generator, n: int) -> list[st
             shuffled = [scene.objects[i] for i in rng.permutation(count)]
             verb = "is" if count == 1 else "are"
             out.append(f"there {verb} {word} {noun}: {_listing(shuffled)}.")
+        if relations and (extra := relation_sentence(scene, rng)) is not None:
+            out[-1] = f"{out[-1]} {extra}"
     return out

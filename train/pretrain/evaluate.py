@@ -14,12 +14,16 @@ import re
 
 import torch
 
+from pkd.data.synth_questions import RELATIONS
 from pkd.data.synth_scene import COLORS, SHAPES, SIZES
 from pkd.train.pretrain.corpus import CaptionCorpus, PixelNormalizer, TokenizedCaptions
 from pkd.train.pretrain.model import encode_images, encode_texts, pair_logits
 
-# Probe name -> the words that replace each other in a caption (the synthetic attributes).
-PROBE_WORDS = {"color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES)}
+# Probe name -> the words that replace each other in a caption (the synthetic attributes; count:
+# the object count word, "one object" reads "two object" when replaced; relation: only in
+# captions with relations, SynthConfig.caption_relations)
+PROBE_WORDS = {"color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES),
+               "count": ("one", "two", "three", "four"), "relation": RELATIONS}
 
 
 def retrieval_recall(similarity: torch.Tensor, positives: torch.Tensor | None = None,
