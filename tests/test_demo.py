@@ -392,6 +392,11 @@ def test_a_data_folder_of_another_size_is_refused(tmp_path):
 
     saved = json.loads(json.dumps(asdict(SynthConfig())))  # the quick benchmark's config
     check_same_benchmark(saved, DemoConfig.of("quick", tmp_path), tmp_path)  # same: accepted
+    older = {k: v for k, v in saved.items() if k != "caption_relations"}  # before the field
+    check_same_benchmark(older, DemoConfig.of("quick", tmp_path), tmp_path)  # its default
+    with pytest.raises(PkdError, match="generated with caption_relations=True"):
+        check_same_benchmark({**saved, "caption_relations": True}, DemoConfig.of("quick", tmp_path),
+                             tmp_path)
     with pytest.raises(PkdError, match=r"generated with train_images=1500, this demo \(full\) "
                                        r"needs 14400; give another --out"):
         check_same_benchmark(saved, DemoConfig.of("full", tmp_path), tmp_path)

@@ -160,15 +160,20 @@ def prepare(cfg: DemoConfig) -> Paths:
 
 def check_same_benchmark(saved: dict, cfg: DemoConfig, where: Path) -> None:
     """Refuse a data folder generated with another :class:`SynthConfig` (e.g. the quick size
-    when ``--preset full`` is asked), naming the first field that differs."""
+    when ``--preset full`` is asked), naming the first field that differs. A field the saved
+    config lacks was added later within the same ``SYNTH_VERSION``, whose default reproduces
+    the earlier output: it counts as its default."""
     from dataclasses import asdict
 
+    from pkd.data.synth import SynthConfig
     from pkd.errors import PkdError
 
     wanted = json.loads(json.dumps(asdict(cfg.synth)))  # tuples -> lists, as in the file
+    defaults = json.loads(json.dumps(asdict(SynthConfig())))
     for key, value in wanted.items():
-        if saved.get(key) != value:
-            raise PkdError(f"{where}: generated with {key}={saved.get(key)!r}, this demo "
+        got = saved.get(key, defaults[key])
+        if got != value:
+            raise PkdError(f"{where}: generated with {key}={got!r}, this demo "
                            f"({cfg.preset}) needs {value!r}; give another --out folder")
 
 
