@@ -40,7 +40,8 @@ ABLATIONS = ("pkd-memory", "pkd-model-kd", "pkd-predictors-off",
 SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature (--methods)
           "distillvlm-queue256", "distillvlm-queue16384")  # DistillVLM queue size (4096: main)
 # Other readings of PKD (METHODS.md) and a reference row (--methods, in the full run's folder
-# after it: ~55 min more at full size on a 2-core EPYC)
+# after it; at full size each PKD reading adds about one stage-2 run per seed, pkd-cross and
+# pkd-mmd a stage-1 run and its cache too)
 READINGS = ("pkd-cross",  # P_v(q), P_t(r): each side from the other modality only
             "pkd-mmd",  # L_div as distribution matching (batch MMD), its own stage 1
             "pkd-memory-train",  # D reads the memory in training only
