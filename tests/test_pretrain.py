@@ -86,7 +86,7 @@ def test_probe_variants_replace_one_occurrence_at_a_time():
 
 
 def test_relation_and_count_probes_replace_their_words():
-    from pkd.train.pretrain.evaluate import PROBE_WORDS
+    from pkd.train.pretrain.evaluate import ZERO_SHOT_PROBES as PROBE_WORDS
 
     caption = "two objects: a small red circle and a large blue square. the blue square is left of the red circle."
     (texts, true), = P.probe_variants(caption, PROBE_WORDS["relation"])
@@ -164,7 +164,8 @@ def test_pretrain_run_metrics_loss_and_determinism(synth_dir, tmp_path):
     saved = json.loads((cfg.out_dir / P.METRICS_FILE).read_text())
     assert saved["retrieval"] == metrics["retrieval"] and saved["family"] == "clip"
     assert set(saved["retrieval"]) >= {"i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "chance_r1"}
-    assert set(saved["probes"]) == {"color", "shape", "size"}
+    assert set(saved["probes"]) == {"color", "shape", "size", "count", "relation"}
+    assert saved["probes"]["relation"]["n"] == 0  # this corpus states no relation
     assert saved["probes"]["color"]["n"] > 0 and saved["probes"]["color"]["chance"] == 100 / 6
     assert saved["data"]["heldout_images"] == 10 and saved["seconds"] > 0
     assert saved["config"]["size"]["hidden"] == 32

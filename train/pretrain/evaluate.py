@@ -19,11 +19,13 @@ from pkd.data.synth_scene import COLORS, SHAPES, SIZES
 from pkd.train.pretrain.corpus import CaptionCorpus, PixelNormalizer, TokenizedCaptions
 from pkd.train.pretrain.model import encode_images, encode_texts, pair_logits
 
-# Probe name -> the words that replace each other in a caption (the synthetic attributes; count:
-# the object count word, "one object" reads "two object" when replaced; relation: only in
-# captions with relations, SynthConfig.caption_relations)
-PROBE_WORDS = {"color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES),
-               "count": ("one", "two", "three", "four"), "relation": RELATIONS}
+# Probe name -> the words that replace each other in a caption: the synthetic attributes (also
+# the groups of the swapped hard negatives, pkd.train.pretrain.negatives) ...
+PROBE_WORDS = {"color": tuple(COLORS), "shape": SHAPES, "size": tuple(SIZES)}
+# ... and, probed only, the object count word ("one object" reads "two object" when replaced)
+# and the spatial relation (only in captions that state one, SynthConfig.caption_relations)
+ZERO_SHOT_PROBES = {**PROBE_WORDS, "count": ("one", "two", "three", "four"),
+                    "relation": RELATIONS}
 
 
 def retrieval_recall(similarity: torch.Tensor, positives: torch.Tensor | None = None,
@@ -110,5 +112,5 @@ def evaluate_heldout(model, family: str, corpus: CaptionCorpus, tokens: Tokenize
     first_captions = [corpus.captions[i][0] for i in eval_idx.tolist()]
     probes = {name: evaluate_probe(model, family, image_feats, vision, first_captions,
                                    tokenizer, words)
-              for name, words in PROBE_WORDS.items()}
+              for name, words in ZERO_SHOT_PROBES.items()}
     return {"retrieval": retrieval, "probes": probes}
