@@ -104,13 +104,13 @@ def relation_sentence(scene: Scene, rng: np.random.Generator) -> str | None:
     both named uniquely (:func:`_unique_name`), among the ordered pairs that stand in exactly
     one relation (``related``), so each other relation word makes the sentence false; None
     when there is no such pair."""
+    named = [(o, n) for o in scene.objects if (n := _unique_name(scene, o)) is not None]
     options = []
-    for a in scene.objects:
-        for o in scene.objects:
+    for a, a_name in named:
+        for o, o_name in named:
             held = [r for r in RELATIONS if o is not a and related(a, o, r)]
-            names = (_unique_name(scene, o), _unique_name(scene, a))
-            if len(held) == 1 and None not in names:
-                options.append((names[0], held[0], names[1]))
+            if len(held) == 1:
+                options.append((o_name, held[0], a_name))
     if not options:
         return None
     o, r, a = options[int(rng.integers(len(options)))]
