@@ -44,7 +44,9 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
         assert 0.0 <= row["overall"] <= 100.0
         assert set(row["perAnswerType"]) <= {"yes/no", "number", "other"}
         assert row["ms_per_question"] > 0 and 0 <= row["prior"] <= 100
+        assert row["perQuestionType"] and all(0 <= v <= 100 for v in row["perQuestionType"].values())
     assert (cfg.out / "results.png").stat().st_size > 0
+    assert "### test_comp" in (cfg.out / "results_families.md").read_text()
     assert_markdown_matches(cfg.out, seeds=1)
     assert saved["models"]["baseline"] > 0
     stages = saved["stage_seconds"]
@@ -62,6 +64,8 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
     assert gold["test"] < gold["test_iid"]  # the favourites are rare in the shifted split
 
     assert scores(again["rows"]) == scores(results["rows"])
+    assert again["rows"] == results["rows"]  # the finished run's rows were reused, not re-scored
+    assert (cfg.out / "runs" / "baseline-seed0" / "demo_rows.json").is_file()
 
 
 def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monkeypatch):

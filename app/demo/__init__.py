@@ -7,8 +7,8 @@ foundation features, student regions and aligned teacher regions into stores -> 
 ``results.png``. Every stage is resumable: re-running the command skips what is done.
 
 ``results.json``: ``{"elapsed_s": float, "rows": [{"method", "seed", "split", "overall",
-"perAnswerType", "ms_per_question", "prior", "prior_gold"}]}`` (percent, official metric; model
-forward time per question while evaluating; share of answers that are the training favourite of
+"perAnswerType", "perQuestionType", "ms_per_question", "prior", "prior_gold"}]}`` (percent,
+official metric; model forward time per question while evaluating; share of answers that are the training favourite of
 their question type, and the share of gold answers that are — :mod:`pkd.data.prior`) plus
 ``"models"`` (parameter counts), ``"region_probes"`` (linear-probe accuracy of shape and colour
 from each regions store, :mod:`pkd.demo.probe`) and ``"stage_seconds"`` (wall time of each stage in
@@ -345,16 +345,30 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
 
 
 def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
+    """One row per split of a finished run (official metric, inference time, prior shares,
+    per answer and question type); reused from ``RUN/demo_rows.json`` while the run and the split
+    files are unchanged (:mod:`pkd.demo.row_cache`)."""
+    from pkd.data.vqa import dataset_files
+    from pkd.demo.row_cache import cached_rows
+    from pkd.train.config import load_config
     from pkd.train.predict import evaluate_checkpoint
 
-    rows = []
-    for split in SPLITS:
-        metrics, _ = evaluate_checkpoint(run, split)
-        rows.append({"method": name, "seed": seed, "split": split,
-                     "overall": metrics["overall"], "perAnswerType": metrics["perAnswerType"],
-                     "ms_per_question": metrics["inference"]["ms_per_question"],
-                     "prior": metrics["prior"]["prior"], "prior_gold": metrics["prior"]["gold"]})
-    return rows
+    data = load_config(run / "config.yaml").data
+    inputs = [f for split in SPLITS for f in dataset_files(Path(data.root), data.dataset, split)]
+
+    def compute() -> list[dict]:
+        rows = []
+        for split in SPLITS:
+            metrics, _ = evaluate_checkpoint(run, split)
+            rows.append({"method": name, "seed": seed, "split": split,
+                         "overall": metrics["overall"], "perAnswerType": metrics["perAnswerType"],
+                         "perQuestionType": metrics["perQuestionType"],
+                         "ms_per_question": metrics["inference"]["ms_per_question"],
+                         "prior": metrics["prior"]["prior"],
+                         "prior_gold": metrics["prior"]["gold"]})
+        return rows
+
+    return cached_rows(run, inputs, compute)
 
 
 def control_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> list[dict]:
@@ -379,7 +393,8 @@ def control_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> list[di
         metrics = evaluate_files(qpath, apath, out)
         prior = prior_agreement({r["question_id"]: r["answer"] for r in results}, anns, favourites)
         rows.append({"method": name, "seed": seed, "split": split, "overall": metrics["overall"],
-                     "perAnswerType": metrics["perAnswerType"], "ms_per_question": 0.0,
+                     "perAnswerType": metrics["perAnswerType"],
+                     "perQuestionType": metrics["perQuestionType"], "ms_per_question": 0.0,
                      "prior": prior["prior"], "prior_gold": prior["gold"]})
     return rows
 
@@ -424,13 +439,19 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def save_results(results: dict, out: Path) -> None:
-    """``results.json``, ``results.md`` (:func:`results_markdown`) and ``results.png`` in ``out``.
+    """``results.json``, ``results.md`` (:func:`results_markdown`), ``results_families.md``
+    (per question family, :mod:`pkd.demo.families`) and ``results.png`` in ``out``.
 
     Sets ``results["summary"]`` to :func:`summarize` of its rows first, so the file carries the
     intervals and paired differences of exactly the rows it holds."""
+    from pkd.demo.families import FAMILIES_FILE, families_markdown
+
     results["summary"] = summarize(results["rows"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(results_markdown(results))
+    families = families_markdown(results)
+    if families:  # rows with per-question-type scores (pkd.demo.families)
+        (out / FAMILIES_FILE).write_text(families)
     plot_results(results, out / "results.png")
 
 
