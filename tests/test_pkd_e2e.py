@@ -179,3 +179,42 @@ def test_predicted_store_with_finetuned_predictors_is_a_config_error(pkd_data, t
                                                  "method.pkd.finetune_predictors": True})
     assert main(["train", *args]) == 2
     assert "data.predicted" in capsys.readouterr().err
+
+
+def test_probe_predicted_scores_another_split_and_stage2_refuses_its_store(pkd_data, tmp_path,
+                                                                           capsys):
+    """``pkd stores probe-predicted``: the frozen predictors predict another split into a store
+    beside ``data.predicted`` (its producer names the split), retrieval and answer probes are
+    reported per split; stage 2 refuses that store as its training cache in one line."""
+    run, store = tmp_path / "run", tmp_path / "predicted.zarr"
+    assert main(["train", *_stage2(pkd_data, run)]) == 0
+    config = str(run / "config.yaml")
+    assert main(["extract", "predicted", config, f"data.predicted={store}"]) == 0
+    out = tmp_path / "probe.json"
+    assert main(["stores", "probe-predicted", config, f"data.predicted={store}",
+                 "--splits", "val", "--json", str(out)]) == 0
+    val = FeatureStore.open(tmp_path / "predicted-val.zarr", kind="predicted")
+    train = FeatureStore.open(store, kind="predicted")
+    assert val.complete and val.spec.producer["split"] == "val"
+    assert train.spec.producer["split"] == "train"
+    assert val.spec.producer["predictors_digest"] == train.spec.producer["predictors_digest"]
+    data = pkd_data[0]
+    assert set(val.ids.tolist()) == {q.question_id
+                                     for q, _ in load_split(*dataset_files(data, "synth", "val"))}
+    result = json.loads(out.read_text())
+    r = result["retrieval"]["val"]
+    assert r["images"] == 16 and r["chance_r1"] == pytest.approx(100 / 16)
+    assert all(0 <= r[q]["r1"] <= r[q]["r5"] <= 100 for q in
+               ("predicted image e_v", "predicted text e_t", "question e_Q"))
+    probes = result["probes"]["val"]
+    assert set(probes) == {"predicted pair", "foundation pair", "prior"}
+    assert all(0 <= v <= 100 for acc in probes.values() for v in acc.values())
+    assert "val: answer probe prior" in capsys.readouterr().out
+    stamp = (tmp_path / "predicted-val.zarr" / "ids").stat().st_mtime_ns
+    assert main(["stores", "probe-predicted", config, f"data.predicted={store}",
+                 "--splits", "val"]) == 0
+    assert (tmp_path / "predicted-val.zarr" / "ids").stat().st_mtime_ns == stamp  # reused
+    capsys.readouterr()
+    bad = _stage2(pkd_data, tmp_path / "bad", **{"data.predicted": tmp_path / "predicted-val.zarr"})
+    assert main(["train", *bad]) == 2
+    assert "predictions of split 'val', stage 2 trains on 'train'" in capsys.readouterr().err

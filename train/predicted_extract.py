@@ -3,7 +3,8 @@
 Driven by the stage-2 ``pkd`` config: the predictors of ``method.pkd.predictors``, the frozen
 foundation head of the foundation stores, the training split joined with the regions and
 foundation stores (tokens included), and the store goes to ``data.predicted``
-(:mod:`pkd.train.predicted_cache`). The vocabularies are the stage-1 run's, as in stage 2.
+(:mod:`pkd.train.predicted_cache`); ``split`` names another split to predict (its ``producer``
+records which). The vocabularies are the stage-1 run's, as in stage 2.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pkd.train.tasks.pkd import PKD, build_predictors, load_predictors, pkd_setu
 
 
 def extract_predicted(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,
-                      device: str = "cpu") -> Path:
-    """Cache ṽ, t̃, their embeddings and the positive teacher logit for the training split."""
+                      device: str = "cpu", split: str | None = None) -> Path:
+    """Cache ṽ, t̃, their embeddings and the positive teacher logit for the training split
+    (what stage 2 reads), or for ``split`` (another split's questions, for probes of what the
+    predictors carry: :mod:`pkd.demo.probe_predicted`)."""
     p = cfg.method.pkd
     path = out or cfg.data.predicted
     if not isinstance(method_of(cfg), PKD) or not path or not p.predictors:
@@ -37,14 +40,14 @@ def extract_predicted(cfg: TrainConfig, out: str | None = None, overwrite: bool 
     stores = open_stores(base)
     setup = pkd_setup(base, stores, len(v.words), True)
     predictors = load_predictors(build_predictors(p, setup), p.predictors).eval()
-    _, batches = split_batches(base, base.data.train_split, v, stores, foundation_tokens=True,
-                               teacher=True)
+    split = split or base.data.train_split
+    _, batches = split_batches(base, split, v, stores, foundation_tokens=True, teacher=True)
     head = setup.head
     producer = {"predictors": str(Path(p.predictors).resolve()),
                 "predictors_digest": weights_digest(predictors),
                 "foundation_image": stores.foundation_image.spec.producer,
                 "regions": stores.regions.spec.producer,
-                "vocab": config_hash([v.answers.answers, v.words.words])}
+                "vocab": config_hash([v.answers.answers, v.words.words]), "split": split}
     spec = predicted_store_spec((predictors.vision.queries.shape[0], head.vision_dim),
                                 (predictors.text.queries.shape[0], head.text_dim),
                                 head.embed_dim, producer)

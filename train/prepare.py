@@ -120,13 +120,18 @@ def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
         check_complete(store, d.allow_incomplete, purpose)
         return store
 
+    predicted = opened(d.predicted, "predicted", "predicted" in teachers)
+    made_for = predicted.spec.producer.get("split") if predicted is not None else None
+    if made_for is not None and made_for != d.train_split:  # pkd extract predicted --split
+        raise PkdError(f"{d.predicted}: predictions of split {made_for!r}, stage 2 trains on "
+                       f"{d.train_split!r}; give the training split's store")
     return Stores(
         regions=opened(d.regions, "regions"),
         foundation_image=opened(d.foundation_image, "foundation_image", foundation),
         foundation_text=opened(d.foundation_text, "foundation_text", foundation),
         teacher_regions=opened(d.teacher_regions, "regions", "teacher_regions" in teachers),
         teacher=opened(d.teacher, "teacher", "teacher" in teachers),
-        predicted=opened(d.predicted, "predicted", "predicted" in teachers),
+        predicted=predicted,
     )
 
 

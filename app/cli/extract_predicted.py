@@ -14,11 +14,14 @@ def predicted(
     out: Annotated[str | None, typer.Option(help="store to write (default data.predicted)")] = None,
     overwrite: Annotated[bool, typer.Option(help="delete an existing store first")] = False,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+    split: Annotated[str | None, typer.Option(
+        help="split to predict (default: the training split, what stage 2 reads)")] = None,
 ) -> None:
     """Run the frozen predictors and foundation head over the training split into a predicted
     store (stage 2 then reads it instead of running them every step)."""
     from pkd.train.config import load_config
     from pkd.train.predicted_extract import extract_predicted
 
-    path = extract_predicted(load_config(config, overrides or []), out, overwrite, device=device)
+    path = extract_predicted(load_config(config, overrides or []), out, overwrite, device=device,
+                             split=split)
     typer.echo(f"predicted store written: {path}")

@@ -10,7 +10,7 @@ import typer
 
 from pkd.errors import PkdError
 
-app = typer.Typer(help="Feature stores: info, probe, import-h5, import-tsv.", no_args_is_help=True)
+app = typer.Typer(help="Feature stores: info, probe, probe-predicted, import-h5, import-tsv.", no_args_is_help=True)
 MAX_LISTED = 20  # failed images printed by import-h5 (`pkd stores info` lists them all)
 
 
@@ -43,6 +43,33 @@ def probe(
     for attr, r in result.items():
         typer.echo(f"{attr}: {r['accuracy']:.1f}% on {r['regions']} {eval_split} regions "
                    f"(chance {r['chance']:.1f}%, majority class {r['majority']:.1f}%)")
+
+
+@app.command("probe-predicted")
+def probe_predicted(
+    config: Annotated[Path, typer.Argument(help="A stage-2 pkd config (RUN/config.yaml).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to score.")] = "test,test_comp,test_iid",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result here.")] = None,
+) -> None:
+    """What PKD's predicted features carry: own-image retrieval and answer probes per question
+    family, against the real foundation embeddings and the training prior."""
+    from pkd.demo.probe_predicted import probe_run
+    from pkd.train.config import load_config
+
+    names = tuple(s.strip() for s in splits.split(",") if s.strip())
+    result = probe_run(load_config(config, overrides or []), names)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+    for split, r in result["retrieval"].items():
+        typer.echo(f"{split}: own image R@1 / R@5 among {r['images']} images (chance "
+                   f"{r['chance_r1']:.2f} / {r['chance_r5']:.2f}%): " + "; ".join(
+                       f"{name} {v['r1']:.2f} / {v['r5']:.2f}" for name, v in r.items()
+                       if isinstance(v, dict)))
+    for split, by_source in result["probes"].items():
+        for source, acc in by_source.items():
+            cells = ", ".join(f"{t} {v:.1f}" for t, v in acc.items() if t != "all")
+            typer.echo(f"{split}: answer probe {source}: {acc['all']:.1f}% ({cells})")
 
 
 @app.command("import-h5")
