@@ -166,11 +166,11 @@ def test_validation_and_evaluation_join_only_what_the_forward_reads(bench, tmp_p
         open_stores(feeds, evaluation=True)  # its forward reads image_embeds
 
 
-def test_recorded_foundation_dim(tmp_path):
-    from pkd.train.prepare import recorded_foundation_dim
+def test_recorded_foundation_dims(tmp_path):
+    from pkd.train.prepare import recorded_foundation_dims
 
-    assert recorded_foundation_dim(tmp_path) is None
+    assert recorded_foundation_dims(tmp_path) is None
     (tmp_path / "stores.json").write_text(json.dumps(
         {"regions": {"producer": {}, "dims": {"feature_dim": 16}},
-         "foundation_image": {"producer": {}, "dims": {"embed_dim": 24}}}))
-    assert recorded_foundation_dim(tmp_path) == 24
+         "foundation_image": {"producer": {}, "dims": {"embed_dim": 24, "vision_dim": 32}}}))
+    assert recorded_foundation_dims(tmp_path) == {"embed_dim": 24, "vision_dim": 32}

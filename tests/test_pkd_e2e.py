@@ -69,7 +69,9 @@ def test_stage1_logs_predictor_losses_and_no_validation(pkd_data):
 
 @pytest.mark.parametrize("ablation", [{}, {"method.pkd.use_memory": False},
                                       {"method.pkd.use_model_kd": False},
-                                      {"method.pkd.vqa_loss": "lmh"}])
+                                      {"method.pkd.vqa_loss": "lmh"},
+                                      {"method.pkd.memory_holds": "features"},
+                                      {"method.pkd.finetune_predictors": True}])
 def test_stage2_trains_and_evaluates_without_the_foundation_model(pkd_data, tmp_path, ablation):
     run = tmp_path / "stage2"
     assert main(["train", *_stage2(pkd_data, run, **ablation)]) == 0
@@ -77,6 +79,8 @@ def test_stage2_trains_and_evaluates_without_the_foundation_model(pkd_data, tmp_
     train_rows = [r for r in rows if r["split"] == "train"]
     assert ("mkd_loss" in train_rows[0]) == ablation.get("method.pkd.use_model_kd", True)
     assert ("entropy_loss" in train_rows[0]) == (ablation.get("method.pkd.vqa_loss") == "lmh")
+    finetune = ablation.get("method.pkd.finetune_predictors", False)
+    assert ("itm_loss" in train_rows[0]) == ("div_loss" in train_rows[0]) == finetune
     assert (run / "words.json").read_text() == (pkd_data[3] / "words.json").read_text()
     # the test split has no foundation features: every test question is still answered
     assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 0

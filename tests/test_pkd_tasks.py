@@ -14,7 +14,7 @@ from pkd.train.config import MethodConfig, ModelConfig, PKDConfig, TrainConfig
 from pkd.train.foundation_head import FoundationHead
 from pkd.train.models import build_model
 from pkd.train.tasks import PKDPredictorTask, PKDSetup, PKDTask, build_task
-from pkd.train.tasks.pkd import attach_pkd_fusion
+from pkd.train.tasks.pkd import Predicted, attach_pkd_fusion, pooled_features
 
 torch.set_num_threads(1)
 
@@ -193,7 +193,7 @@ def test_memory_fills_in_training_only_and_model_runs_alone(clip_head, tmp_path)
     state = task.model.state_dict()
     assert "feature_fusion.memory.queue.vectors" in state
     fresh = vqa_model(cfg)
-    attach_pkd_fusion(fresh, cfg.method.pkd, embed_dim=64)
+    attach_pkd_fusion(fresh, cfg.method.pkd, {"embed_dim": 64})
     fresh.load_state_dict(state)
     plain = {k: v for k, v in make_batch(3).items()
              if k not in ("vision_tokens", "text_tokens", "text_mask", "input_ids")}
@@ -226,6 +226,36 @@ def test_memory_at_test_false_reads_the_memory_in_training_only(clip_head, tmp_p
     assert (eval_on - empty_on).abs().max() > 1e-4  # default: the memory moves test answers
     torch.testing.assert_close(eval_off, empty_off)  # training only: it does not
     assert (t_off - eval_off).abs().max() > 1e-4
+
+
+def test_pooled_features_by_hand():
+    vision = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1, 2, 2): d_v = 2
+    text = torch.tensor([[[1.0, 1.0, 1.0], [3.0, 5.0, 7.0], [9.0, 9.0, 9.0]]])  # d_t = 3
+    mask = torch.tensor([[True, True, False]])  # the third text token is padding
+    rows = pooled_features(Predicted(vision, text, mask), 3)
+    torch.testing.assert_close(rows, torch.tensor([[2.0, 3.0, 0.0], [2.0, 3.0, 4.0]]))
+
+
+def test_memory_holding_the_predicted_features_themselves(clip_head, tmp_path):
+    """memory_holds=features: the rows are the token means of ṽ and t̃ (width max(d_v, d_t)),
+    not unit-norm embeddings, and a fresh model sized from the store dims loads the state."""
+    _, stage1_dir = stage1(clip_head, tmp_path)
+    cfg = config("pkd", predictors=stage1_dir, memory_holds="features")
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(clip_head))
+    width = max(clip_head.vision_dim, clip_head.text_dim)
+    queue = task.fusion.memory.queue
+    assert queue.vectors.shape[1] == width
+    task.train()
+    batch = make_batch(0)
+    pred, _ = task.predict(batch)
+    task(batch)
+    torch.testing.assert_close(queue.vectors[:2 * B], pooled_features(pred, width))
+    fresh = vqa_model(cfg)
+    dims = {"embed_dim": 64, "vision_dim": clip_head.vision_dim, "text_dim": clip_head.text_dim}
+    attach_pkd_fusion(fresh, cfg.method.pkd, dims)
+    fresh.load_state_dict(task.model.state_dict())
+    with pytest.raises(PkdError, match="vision_dim and text_dim"):
+        attach_pkd_fusion(vqa_model(cfg), cfg.method.pkd, {"embed_dim": 64})
 
 
 def test_padded_items_are_not_remembered(clip_head, tmp_path):

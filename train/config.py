@@ -186,6 +186,7 @@ class PKDConfig:
     predictor_tokens: int = allowed(0, ge=0)  # predicted tokens P' / L' (0 = as many as the cached store) (ours)
     use_predictors: bool = True  # ablation: train / use the cross-modal feature predictors
     use_memory: bool = True  # ablation: fuse the memory into region and word features
+    memory_holds: Literal["embeddings", "features"] = "embeddings"  # memory rows: the foundation head's unit-norm embeddings e_v, e_t of the predicted features, or the predicted features themselves (token means of ṽ and t̃, zero-padded to max(d_v, d_t); METHODS.md alternative)
     memory_at_test: bool = True  # D reads the memory at evaluation too (false: training only, a regulariser; METHODS.md alternative)
     use_model_kd: bool = True  # ablation: model-level distillation through the ITM head
     finetune_predictors: bool = False  # stage 2 also trains predictors with L_itm + L_div

@@ -32,7 +32,7 @@ from pkd.train.prepare import (
     build_run_model,
     check_provenance,
     open_stores,
-    recorded_foundation_dim,
+    recorded_foundation_dims,
     split_batches,
     vocabs,
 )
@@ -53,7 +53,7 @@ def load_run(run_dir: Path, which: str = "best"):
     v = vocabs(cfg, run_dir, create=False)
     stores = open_stores(cfg, evaluation=True)  # what the model's forward reads, no more
     check_provenance(run_dir, stores)
-    model = build_run_model(cfg, v, stores, recorded_foundation_dim(run_dir))
+    model = build_run_model(cfg, v, stores, recorded_foundation_dims(run_dir))
     root = run_dir / ("best" if which == "best" else "ckpt")
     weights, _ = ck.load_checkpoint(root, expected_config=cfg)
     if which != "best":  # a training checkpoint holds the whole task: keep the model's part

@@ -267,37 +267,40 @@ def val_split_name(cfg: TrainConfig) -> str:
     return CARVED_VAL if cfg.data.val_fraction > 0 else cfg.data.val_split
 
 
-def model_dims(stores: Stores, foundation_dim: int | None = None) -> tuple[int, int | None]:
-    """(region feature dim, foundation embedding dim or None) from the store attributes;
-    ``foundation_dim`` stands in when no foundation_image store is open (evaluation)."""
+def model_dims(stores: Stores, foundation_dims: dict | None = None
+               ) -> tuple[int, dict | None]:
+    """(region feature dim, the foundation_image store's dims — ``embed_dim``, ``vision_dim``,
+    ``text_dim``, ... — or None) from the store attributes; ``foundation_dims`` stands in when no
+    foundation_image store is open (evaluation)."""
     region_dim = int(stores.regions.spec.dims["feature_dim"])
-    fdim = foundation_dim
+    dims = foundation_dims
     if stores.foundation_image is not None:
-        fdim = int(stores.foundation_image.spec.dims["embed_dim"])
-    return region_dim, fdim
+        dims = {k: int(v) for k, v in stores.foundation_image.spec.dims.items()}
+    return region_dim, dims
 
 
-def recorded_foundation_dim(run_dir: Path) -> int | None:
-    """The foundation ``embed_dim`` a run was trained with (``stores.json``), or None: sizes
-    PKD's memory at evaluation without opening the foundation stores."""
+def recorded_foundation_dims(run_dir: Path) -> dict | None:
+    """The foundation_image store's dims a run was trained with (``stores.json``), or None: size
+    D's foundation inputs and PKD's memory at evaluation without opening the foundation stores."""
     path = Path(run_dir) / "stores.json"
     if not path.is_file():
         return None
     dims = json.loads(path.read_text()).get("foundation_image", {}).get("dims", {})
-    return int(dims["embed_dim"]) if "embed_dim" in dims else None
+    return {k: int(v) for k, v in dims.items()} if "embed_dim" in dims else None
 
 
 
 def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores,
-                    foundation_dim: int | None = None) -> nn.Module:
+                    foundation_dims: dict | None = None) -> nn.Module:
     """The VQA model a run trains (the teacher for ``teacher-adapt``), sized from the stores
-    (``foundation_dim``: the embedding size when no foundation store is open, evaluation).
+    (``foundation_dims``: the foundation store's dims when none is open, evaluation).
 
     The method attaches what is part of the model's own state (PKD stage 2: its memory fusion).
     """
     model_cfg = run_config(cfg).model
-    region_dim, fdim = model_dims(stores, foundation_dim)
+    region_dim, dims = model_dims(stores, foundation_dims)
+    fdim = dims["embed_dim"] if dims else None
     model = build_model(model_cfg, len(v.words), len(v.answers), region_dim,
                         fdim if model_cfg.use_foundation_features else None)
-    method_of(cfg).attach(model, cfg, fdim)
+    method_of(cfg).attach(model, cfg, dims)
     return method_of(cfg).vqa_model(cfg, model)

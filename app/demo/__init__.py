@@ -45,6 +45,8 @@ SWEEPS = ("pkd-mkd0.3", "pkd-mkd3", "pkd-kdT1",  # PKD loss weight / temperature
 READINGS = ("pkd-cross",  # P_v(q), P_t(r): each side from the other modality only
             "pkd-mmd",  # L_div as distribution matching (batch MMD), its own stage 1
             "pkd-memory-train",  # D reads the memory in training only
+            "pkd-memory-features",  # the memory holds ṽ, t̃ themselves, not their embeddings
+            "pkd-finetune",  # predictors fine-tuned jointly in stage 2 (L_itm, L_div kept on)
             # reference, not a method: the foundation model's embeddings as D's extra inputs
             "baseline-foundation")
 # DistillVLM's alignment ablation (--methods): the teacher adapted on its own (simulated)
@@ -266,6 +268,9 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-kdT1": {**pkd, "method.pkd.kd_temperature": 1.0},
         "pkd-lmh": {**pkd, "method.pkd.vqa_loss": "lmh"},  # same stage 1 and cache as pkd
         "pkd-memory-train": {**pkd, "method.pkd.memory_at_test": False},
+        "pkd-memory-features": {**pkd, "method.pkd.memory_holds": "features"},
+        # stage 2 trains the predictors too (L_itm, L_div on): no cache of their outputs
+        "pkd-finetune": {**pkd, "method.pkd.finetune_predictors": True, "data.predicted": '""'},
         "predictors-mmd": {**PKD, "method.name": "pkd-predictors", "method.pkd.divergence": "mmd",
                            "run.epochs": max(1, cfg.train_epochs // 2)},
         "pkd-mmd": {**pkd, "method.pkd.divergence": "mmd",

@@ -5,7 +5,8 @@ features (:class:`~pkd.train.losses.queue.TokenQueue`: registered buffers ``vect
 ``ptr``, ``count``, so it is saved with the model and all-gathered across ranks) plus
 ``learnable_slots`` trainable rows. The trainer writes the foundation head's unit-norm
 embeddings of ``ṽ`` and ``t̃`` (``d = d_e``, the space of the stores' ``image_embeds`` /
-``text_embeds``) **after** the VQA forward of each step, so the memory holds earlier batches
+``text_embeds``; ``method.pkd.memory_holds=features``: the predicted features' token means,
+``d = max(d_v, d_t)``) **after** the VQA forward of each step, so the memory holds earlier batches
 only (as at test time). Writes happen only in training mode and never from padded items.
 
 :class:`GatedMemoryFusion`, one for word and one for region features::

@@ -13,7 +13,7 @@ one literal mapping in :mod:`pkd.train.tasks`) instead of comparing names:
 | ``ddp_unused_parameters`` | ``False`` | parameters without gradient in some steps (DDP) |
 | ``built_models(cfg)`` | ``[("model", cfg.model)]`` | config validation: the models it builds |
 | ``problems(cfg)`` | ``[]`` | config validation: its own rules between fields |
-| ``attach(model, cfg, foundation_dim)`` | nothing | parts of the VQA model's own saved state |
+| ``attach(model, cfg, foundation_dims)`` | nothing | parts of the VQA model's own saved state |
 | ``vqa_model(cfg, model)`` | ``model`` | the VQA model trained, saved in ``best/`` and evaluated (question-only: no image) |
 | ``task(cfg, model, **parts)`` | — | the task (model + losses) from loaded parts |
 | ``build_task(cfg, model, vocabs, stores)`` | ``task(cfg, model)`` | loads the parts, then ``task`` |
@@ -59,7 +59,7 @@ class Method:
         """(dotted key, problem) of the method's own rules between config fields."""
         return []
 
-    def attach(self, model: nn.Module, cfg: TrainConfig, foundation_dim: int | None) -> None:
+    def attach(self, model: nn.Module, cfg: TrainConfig, foundation_dims: dict | None) -> None:
         return None
 
     def vqa_model(self, cfg: TrainConfig, model: nn.Module) -> nn.Module:

@@ -23,7 +23,8 @@ PKD as a plug-in on a debiasing base, as OOD-VQA papers report methods on top of
   unless ``finetune_predictors`` (then a missing checkpoint means: trained jointly from scratch);
 - memory fusion (:mod:`pkd.train.models.memory`) is the VQA model's ``feature_fusion`` hook; after
   each training forward the unit-norm foundation embeddings of this batch's ``ṽ`` and ``t̃``
-  (``F.embed_image`` / ``F.embed_text``) are written to the FIFO memory (valid items only);
+  (``F.embed_image`` / ``F.embed_text``) — or, with ``memory_holds="features"``, their token
+  means (:func:`pooled_features`) — are written to the FIFO memory (valid items only);
 - ``L_mkd`` (losses/model_kd.py) on predicted pairs: positives ``(ṽ_i, t̃_i)`` and negatives
   ``(ṽ_i, t̃_π(i))``; the teacher is ``F(ṽ, t̃)``, the student ``ITMHead(joint)`` of D run on the
   pair projected into its word / region spaces (:mod:`pkd.train.models.itm_head`) with the memory
@@ -241,7 +242,7 @@ class PKDTask(_FrozenHeadTask):
         if self.itm_head is not None:
             terms["mkd_loss"] = self.model_kd(pred, batch, embeds)
         if pred is not None and self.training:
-            self.remember(embeds, batch)
+            self.remember(pred, embeds, batch)
         c = self.cfg
         weights = {"vqa_loss": 1.0, "mkd_loss": c.lambda_mkd, "itm_loss": c.lambda_itm,
                    "div_loss": c.lambda_div,
@@ -317,15 +318,33 @@ class PKDTask(_FrozenHeadTask):
         return self.itm_head(joint)
 
     @torch.no_grad()
-    def remember(self, embeds: tuple[torch.Tensor, torch.Tensor], batch: dict) -> None:
-        """Write this batch's unit-norm ``ṽ`` / ``t̃`` embeddings ``(e_v, e_t)`` to the memory
-        (valid items)."""
+    def remember(self, pred: Predicted, embeds: tuple[torch.Tensor, torch.Tensor],
+                 batch: dict) -> None:
+        """Write this batch's rows to the memory (valid items): the unit-norm embeddings
+        ``(e_v, e_t)`` of ``ṽ`` / ``t̃``, or with ``memory_holds="features"`` the predicted
+        features themselves, :func:`pooled_features`."""
         memory = self.fusion.memory
         if memory is None:
             return
         valid = batch["question_mask"].any(1) & batch["region_mask"].any(1)  # (B,) not padding
-        rows = torch.cat([embeds[0], embeds[1]]).float()  # (2B, d_e)
+        if self.cfg.memory_holds == "features":
+            rows = pooled_features(pred, memory.dim)  # (2B, max(d_v, d_t))
+        else:
+            rows = torch.cat([embeds[0], embeds[1]]).float()  # (2B, d_e)
         memory.write(rows, torch.cat([valid, valid]))
+
+
+def pooled_features(pred: Predicted, width: int) -> torch.Tensor:
+    """Memory rows of the predicted features themselves (2B, width): the token mean of ``ṽ``
+    then the mean of ``t̃`` over its valid tokens, each zero-padded to ``width``::
+
+        m_v = (1/P') Σ_p ṽ_p,      m_t = Σ_l mask_l t̃_l / max(1, Σ_l mask_l)
+    """
+    v = pred.vision.float().mean(1)  # (B, d_v)
+    mask = pred.text_mask.float()  # (B, L')
+    t = (pred.text.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    pad = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (v, t)]
+    return torch.cat(pad)  # (2B, width)
 
 
 def mkd_items(batch_size: int, fraction: float) -> int:
@@ -364,16 +383,20 @@ def load_predictors(predictors: CrossModalPredictors, path: str) -> CrossModalPr
     return predictors
 
 
-def pkd_memory_dim(cfg: PKDConfig, model: nn.Module, embed_dim: int | None) -> int:
-    """Memory width: the foundation embedding size d_e, or D's ``joint_dim`` without predictors."""
+def pkd_memory_dim(cfg: PKDConfig, model: nn.Module, dims: dict | None) -> int:
+    """Memory width: the foundation embedding size d_e (``memory_holds="embeddings"``), the wider
+    of the predicted token widths max(d_v, d_t) (``"features"``), or D's ``joint_dim`` without
+    predictors; ``dims``: the foundation_image store's dims."""
     if not cfg.use_predictors:
         return model.joint_dim
-    if not embed_dim:
-        raise PkdError("data.foundation_image: PKD's memory needs the foundation embed_dim")
-    return embed_dim
+    need = ("embed_dim",) if cfg.memory_holds == "embeddings" else ("vision_dim", "text_dim")
+    if not dims or any(k not in dims for k in need):
+        raise PkdError(f"data.foundation_image: PKD's memory needs the foundation {' and '.join(need)}")
+    return dims["embed_dim"] if cfg.memory_holds == "embeddings" else max(
+        dims["vision_dim"], dims["text_dim"])
 
 
-def attach_pkd_fusion(model: nn.Module, cfg: PKDConfig, embed_dim: int | None
+def attach_pkd_fusion(model: nn.Module, cfg: PKDConfig, dims: dict | None
                       ) -> PKDFeatureFusion:
     """Set ``model.feature_fusion`` to the PKD hook (call before loading a stage-2 model's
     weights for evaluation, too: the memory is part of the model's state)."""
@@ -383,7 +406,7 @@ def attach_pkd_fusion(model: nn.Module, cfg: PKDConfig, embed_dim: int | None
     memory = None
     if cfg.use_memory:
         size = cfg.memory_size if cfg.use_predictors else 0
-        memory = FeatureMemory(size, pkd_memory_dim(cfg, model, embed_dim), cfg.learnable_slots)
+        memory = FeatureMemory(size, pkd_memory_dim(cfg, model, dims), cfg.learnable_slots)
     hook = PKDFeatureFusion(memory, model.word_feature_dim, model.region_feature_dim,
                             at_test=cfg.memory_at_test)
     model.feature_fusion = hook  # a registered submodule: saved with the model
@@ -426,7 +449,8 @@ def pkd_stage2_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup,
                                       model.word_feature_dim)
             itm_head = ITMHead(model.joint_dim)
     if not isinstance(model.feature_fusion, PKDFeatureFusion):
-        attach_pkd_fusion(model, p, head.embed_dim if head is not None else None)
+        attach_pkd_fusion(model, p, None if head is None else {
+            "embed_dim": head.embed_dim, "vision_dim": head.vision_dim, "text_dim": head.text_dim})
     return PKDTask(model, p, head, predictors, projector, itm_head, lmh, prior)
 
 
@@ -522,8 +546,8 @@ class PKD(Method):
         return ((predictor_problems(p) if p.use_predictors else []) + memory_problems(p)
                 + cached)
 
-    def attach(self, model: nn.Module, cfg, foundation_dim: int | None) -> None:
-        attach_pkd_fusion(model, cfg.method.pkd, foundation_dim)
+    def attach(self, model: nn.Module, cfg, foundation_dims: dict | None) -> None:
+        attach_pkd_fusion(model, cfg.method.pkd, foundation_dims)
 
     def task(self, cfg, model: nn.Module, pkd: PKDSetup | None = None,
              prior: torch.Tensor | None = None) -> PKDTask:
