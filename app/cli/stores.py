@@ -69,7 +69,8 @@ def probe_predicted(
     for split, by_source in result["probes"].items():
         for source, acc in by_source.items():
             cells = ", ".join(f"{t} {v:.1f}" for t, v in acc.items() if t != "all")
-            typer.echo(f"{split}: answer probe {source}: {acc['all']:.1f}% ({cells})")
+            overall = "n/a" if acc["all"] is None else f"{acc['all']:.1f}%"
+            typer.echo(f"{split}: answer probe {source}: {overall} ({cells})")
 
 
 @app.command("import-h5")

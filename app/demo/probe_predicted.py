@@ -14,7 +14,8 @@ extract predicted --split``). Two questions, per split:
 2. **Answer probes**: per question family (question type), a multinomial logistic regression
    (:func:`pkd.demo.probe.fit_probe`, standardised inputs) from each source to the answer,
    fitted on the training split, scored (exact answer, % of questions) on each split; answers the
-   training split never gives for that family count as misses. Sources: ``predicted pair``
+   training split never gives for that family count as misses (question types the training
+   split lacks are not scored). Sources: ``predicted pair``
    ``[e_v; e_t]`` (what the memory rows hold), ``foundation pair`` ``[e_I; e_Q]`` (the real
    foundation embeddings of the item: what the predictors stand in for) and ``prior`` (the
    family's most frequent training answer). A predicted pair that matches the foundation pair
