@@ -8,8 +8,9 @@ foundation features, student regions and aligned teacher regions into stores -> 
 
 ``results.json``: ``{"elapsed_s": float, "rows": [{"method", "seed", "split", "overall",
 "perAnswerType", "perQuestionType", "ms_per_question", "prior", "prior_gold"}]}`` (percent,
-official metric; model forward time per question while evaluating; share of answers that are the training favourite of
-their question type, and the share of gold answers that are — :mod:`pkd.data.prior`) plus
+official metric; model forward time per question while evaluating; share of answers that are
+the training favourite of their question type, and the share of gold answers that are —
+:mod:`pkd.data.prior`) plus
 ``"models"`` (parameter counts), ``"region_probes"`` (linear-probe accuracy of shape and colour
 from each regions store, :mod:`pkd.demo.probe`) and ``"stage_seconds"`` (wall time of each stage in
 this invocation; a resumed stage costs ~0) and ``"summary"`` (:func:`summarize`: per method and

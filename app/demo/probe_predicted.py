@@ -101,7 +101,8 @@ def answer_probes(train: dict, evals: dict[str, dict]) -> dict[str, dict[str, di
     from pkd.demo.probe import fit_probe
 
     hits = {s: {src: {} for src in SOURCES} for s in evals}
-    train_types = np.array(train["type"])
+    train_types = np.asarray(train["type"])
+    eval_types = {split: np.asarray(f["type"]) for split, f in evals.items()}  # once per split
     for qtype in sorted(set(train["type"])):
         rows = np.flatnonzero(train_types == qtype)
         answers = sorted({train["answer"][i] for i in rows})
@@ -113,7 +114,7 @@ def answer_probes(train: dict, evals: dict[str, dict]) -> dict[str, dict[str, di
             mean, std = x.mean(0), x.std(0) + 1e-6
             probe = fit_probe((x - mean) / std, y, len(answers))
             for split, f in evals.items():
-                mine = np.flatnonzero(np.array(f["type"]) == qtype)
+                mine = np.flatnonzero(eval_types[split] == qtype)
                 with torch.no_grad():
                     xe = torch.from_numpy((_pair(f, source)[mine] - mean) / std)
                     guess = probe(xe).argmax(1).numpy() if len(mine) else np.zeros(0, int)
@@ -122,7 +123,7 @@ def answer_probes(train: dict, evals: dict[str, dict]) -> dict[str, dict[str, di
                                                               strict=True)]
         for split, f in evals.items():
             hits[split]["prior"][qtype] = [f["answer"][i] == favourite
-                                           for i in np.flatnonzero(np.array(f["type"]) == qtype)]
+                                           for i in np.flatnonzero(eval_types[split] == qtype)]
     out = {}
     for split, by_source in hits.items():
         out[split] = {}
