@@ -14,6 +14,7 @@ from pkd.demo import (
     KNOWN,
     MAIN_METHODS,
     OWN_REGIONS,
+    SPLITS,
     DemoConfig,
     Paths,
     delta_cell,
@@ -78,17 +79,25 @@ def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monke
     synth = SynthConfig(train_images=40, val_images=12, test_images=12, test_iid_images=12,
                         test_comp_images=12, detection_train_images=8, detection_val_images=4,
                         caption_images=24, pilot_scenes=400)
-    cfg = DemoConfig(out=tmp_path / "demo", methods=("pkd",), synth=synth, pretrain_epochs=1,
-                     train_epochs=1)
+    cfg = DemoConfig(out=tmp_path / "demo", methods=("pkd", "pkd-item"), synth=synth,
+                     pretrain_epochs=1, train_epochs=1)
     read = []
     predict = PKDTask.predict
     monkeypatch.setattr(PKDTask, "predict", lambda self, batch: read.append(
         "predicted_vision" in batch) or predict(self, batch))
     results = run_demo(cfg)
-    assert {r["method"] for r in results["rows"]} == {"pkd"}
+    assert {r["method"] for r in results["rows"]} == {"pkd", "pkd-item"}
     store = FeatureStore.open(cfg.out / "stores" / "predicted-seed0.zarr", kind="predicted")
     assert store.complete and store.spec.dims["vision_tokens"] == 8
     assert read and all(read)
+    # the item reading: the same frozen predictors predicted every split D is validated and
+    # scored on, and its rows were scored on them
+    for split in ("val", *SPLITS):
+        made = FeatureStore.open(cfg.out / "stores" / f"predicted-seed0-{split}.zarr",
+                                 kind="predicted")
+        assert made.complete and made.spec.producer["split"] == split
+        assert made.spec.producer["predictors_digest"] == store.spec.producer["predictors_digest"]
+    assert {r["split"] for r in results["rows"] if r["method"] == "pkd-item"} == set(SPLITS)
 
 
 def test_demo_alignment_ablation_rows_run_on_the_teachers_own_boxes(tmp_path):
@@ -140,6 +149,15 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
         "question-only": "question-only", "rubi": "rubi", "lmh": "lmh"}
     assert configs["baseline-foundation"].model.use_foundation_features is True
     assert configs["baseline"].model.use_foundation_features is False
+    for item in ("pkd-item", "pkd-item-full"):  # D fed its item's predicted e_v, e_t
+        m = configs[item].model
+        assert (m.use_foundation_features, m.foundation_inputs) == (True, "predicted")
+        assert configs[item].data.predicted == configs["pkd"].data.predicted  # pkd's stage 1
+    p = configs["pkd-item"].method.pkd
+    assert (p.use_memory, p.use_model_kd) == (False, False)  # L_vqa only: the item reading alone
+    p = configs["pkd-item-full"].method.pkd
+    assert (p.use_memory, p.use_model_kd) == (True, True)
+    assert configs["baseline-foundation"].model.foundation_inputs == "real"
     assert configs["pkd-memory"].method.pkd.use_memory is False
     assert configs["pkd-model-kd"].method.pkd.use_model_kd is False
     assert configs["pkd-predictors-off"].method.pkd.use_predictors is False

@@ -44,6 +44,7 @@ def _train_questions(data: Path) -> int:
     ("data.max_question_length=0", "data.max_question_length: 0 is not >= 1"),
     ("method.distill.tau=0", "method.distill.tau: 0.0 is not > 0"),
     ("model.use_foundation_features=true", "true needs data.foundation_image"),
+    ("model.foundation_inputs=predicted", "'predicted' needs model.use_foundation_features=true"),
 ])
 def test_bad_config_value_is_one_line_and_writes_nothing(bench, tmp_path, capsys, bad, expected):
     data, regions = bench

@@ -167,3 +167,26 @@ def test_direct_classes_and_errors():
     del batch["image_embeds"]
     with pytest.raises(PkdError, match="image_embeds"):
         make("updn", foundation=True)(batch)
+
+
+@pytest.mark.parametrize("arch", ["updn", "fusion"])
+def test_predicted_foundation_inputs_are_read_instead_of_the_real_ones(arch):
+    """``foundation_inputs=predicted``: the same weights read ``predicted_image_embed`` /
+    ``predicted_text_embed`` (PKD's e_v, e_t); the real embeddings are then ignored."""
+    real = make(arch, foundation=True)
+    cfg = tiny(arch, foundation=True)
+    cfg.foundation_inputs = "predicted"
+    item = build_model(cfg, WORDS, ANSWERS, REGION_DIM, FOUNDATION_DIM).eval()
+    item.load_state_dict(real.state_dict())  # same parameters: only the inputs differ
+    batch = make_batch()
+    swapped = {**{k: v for k, v in batch.items() if k not in ("image_embeds", "text_embeds")},
+               "predicted_image_embed": batch["image_embeds"],
+               "predicted_text_embed": batch["text_embeds"]}
+    with torch.no_grad():
+        torch.testing.assert_close(item(swapped)["logits"], real(batch)["logits"])
+        junk = {**swapped, "image_embeds": 100 + batch["image_embeds"]}  # not read
+        torch.testing.assert_close(item(junk)["logits"], real(batch)["logits"])
+        moved = {**swapped, "predicted_image_embed": batch["image_embeds"] + 1}
+        assert not torch.allclose(item(moved)["logits"], real(batch)["logits"])
+    with pytest.raises(PkdError, match="batch has no 'predicted_image_embed'"):
+        item(batch)

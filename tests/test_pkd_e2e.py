@@ -222,3 +222,58 @@ def test_probe_predicted_scores_another_split_and_stage2_refuses_its_store(pkd_d
     bad = _stage2(pkd_data, tmp_path / "bad", **{"data.predicted": tmp_path / "predicted-val.zarr"})
     assert main(["train", *bad]) == 2
     assert "predictions of split 'val', stage 2 trains on 'train'" in capsys.readouterr().err
+
+
+def test_item_reading_feeds_d_each_splits_predictions(pkd_data, tmp_path, capsys):
+    """``model.foundation_inputs=predicted``: D's foundation inputs are its own item's predicted
+    ``e_v``, ``e_t``; the frozen predictors run once per split into ``<stem>-<split>.zarr``
+    (regions and question only: the test split has no foundation features at all), training
+    validates on the val split's store, evaluation reads the evaluated split's, and a missing
+    store, one of another split or of other predictors is refused in one line."""
+    data, regions, root, _ = pkd_data
+    pooled = {"method.pkd.predictor_hidden": 32, "method.pkd.predictor_layers": 1,
+              "method.pkd.predictor_tokens": 4}
+    stage1, other = tmp_path / "stage1", tmp_path / "stage1b"
+    for run, seed in ((stage1, 0), (other, 5)):
+        assert main(["train", *train_overrides(data, regions, run, **_foundation(root), **pooled,
+                                               **{"method.name": "pkd-predictors",
+                                                  "run.max_steps": 2, "run.seed": seed})]) == 0
+    store = tmp_path / "predicted.zarr"
+    item = {**pooled, "method.pkd.predictors": stage1, "data.predicted": store,
+            "model.use_foundation_features": True, "model.foundation_inputs": "predicted",
+            "method.pkd.use_memory": False, "method.pkd.use_model_kd": False}
+    run = tmp_path / "item"
+    args = _stage2(pkd_data, run, **item)
+    config = tmp_path / "item.yaml"  # what pkd extract predicted reads: the run's own config
+    config.write_text(yaml.safe_dump({}))
+    over = [a for a in args if a.split("=", 1)[0] not in ("run.out_dir",)]
+    # the training store covers the carved validation share too
+    assert main(["extract", "predicted", str(config), *over, "data.val_fraction=0.25"]) == 0
+    train_ids = {q.question_id for q, _ in load_split(*dataset_files(data, "synth", "train"))}
+    assert set(FeatureStore.open(store, kind="predicted").ids.tolist()) == train_ids
+    assert main(["train", *args]) == 2  # no val predictions yet
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'predicted-val.zarr'}: no predictions of split 'val'" in err
+    for split in ("val", "test"):
+        assert main(["extract", "predicted", str(config), *over, "--split", split]) == 0
+    made = FeatureStore.open(tmp_path / "predicted-test.zarr", kind="predicted")
+    assert made.complete and made.spec.producer["split"] == "test"
+    assert set(made.ids.tolist()) == {q.question_id for q, _ in _test_questions(data)}
+    assert main(["train", *args]) == 0
+    from pkd.train.checkpoint import load_checkpoint
+
+    weights, _ = load_checkpoint(run / "best")
+    assert any(k.startswith("foundation_net.") for k in weights)  # D's input layer for e_v, e_t
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 0
+    assert len(json.loads((run / "results_test.json").read_text())) == len(made.ids)
+    # another split's predictions, then other predictors' predictions, under the test name
+    test_store = tmp_path / "predicted-test.zarr"
+    capsys.readouterr()
+    assert main(["extract", "predicted", str(config), *over, "--split", "val", "--overwrite",
+                 "--out", str(test_store)]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 2
+    assert "predictions of split 'val', not 'test'" in capsys.readouterr().err
+    assert main(["extract", "predicted", str(config), *over, "--split", "test", "--overwrite",
+                 f"method.pkd.predictors={other}"]) == 0
+    assert main(["evaluate", "--checkpoint", str(run), "--split", "test"]) == 2
+    assert f"{test_store}: made by other predictors" in capsys.readouterr().err

@@ -140,6 +140,7 @@ class ModelConfig:
     dropout: float = allowed(0.1, ge=0, lt=1)  # dropout in attention / hidden layers
     classifier_dropout: float = allowed(0.5, ge=0, lt=1)  # dropout inside the answer classifier MLP
     use_foundation_features: bool = False  # also feed cached image_embeds / text_embeds
+    foundation_inputs: Literal["real", "predicted"] = "real"  # with use_foundation_features: the foundation model's embeddings of the real image and question (foundation stores), or PKD's predicted e_v, e_t (data.predicted: the frozen predictors' outputs, cached per split by pkd extract predicted --split)
     encoder: str = allowed("native", pattern=ENCODER, means="'native' or 'hf:PATH'")  # "native" plain-torch encoder, or "hf:PATH" a transformers BERT-family checkpoint (fusion)
 
 
@@ -419,8 +420,15 @@ def _cross_field_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
             out.append((f"{key}.max_positions",
                         f"{mc.max_positions} is not >= data.max_question_length + 2 = "
                         f"{d.max_question_length + 2} ([CLS], the question, [SEP])"))
+        if mc.foundation_inputs == "predicted" and not mc.use_foundation_features:
+            out.append((f"{key}.foundation_inputs", "'predicted' needs "
+                        f"{key}.use_foundation_features=true (they are D's foundation inputs)"))
+        if mc.use_foundation_features and mc.foundation_inputs == "predicted" and not d.predicted:
+            out.append((f"{key}.foundation_inputs", "'predicted' needs data.predicted (a store "
+                        "of pkd extract predicted, frozen predictors)"))
         for store in ("foundation_image", "foundation_text"):
-            if mc.use_foundation_features and not getattr(d, store):
+            if mc.use_foundation_features and mc.foundation_inputs == "real" \
+                    and not getattr(d, store):
                 out.append((f"{key}.use_foundation_features",
                              f"true needs data.{store} (a store of pkd extract foundation)"))
     return out + method.problems(cfg)

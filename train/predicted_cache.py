@@ -48,6 +48,14 @@ BATCH_KEYS = {  # store array -> batch key
 }
 
 
+def predicted_store_path(train_store: str | Path, split: str) -> Path:
+    """The store of ``split``'s predictions beside the training split's ``train_store``:
+    ``<stem>-<split>.zarr`` (written by ``pkd extract predicted --split``; read by the probes
+    and, with ``model.foundation_inputs=predicted``, to validate and evaluate on ``split``)."""
+    train_store = Path(train_store)
+    return train_store.with_name(f"{train_store.stem}-{split}.zarr")
+
+
 def weights_digest(module: nn.Module) -> str:
     """First 16 hex digits of sha256 over ``module``'s state (names, shapes, float32 bytes)."""
     h = hashlib.sha256()

@@ -2,9 +2,11 @@
 
 Driven by the stage-2 ``pkd`` config: the predictors of ``method.pkd.predictors``, the frozen
 foundation head of the foundation stores, the training split joined with the regions and
-foundation stores (tokens included), and the store goes to ``data.predicted``
-(:mod:`pkd.train.predicted_cache`); ``split`` names another split to predict (its ``producer``
-records which). The vocabularies are the stage-1 run's, as in stage 2.
+foundation stores (tokens included; with ``data.val_fraction > 0`` its carved validation share
+too), and the store goes to ``data.predicted`` (:mod:`pkd.train.predicted_cache`); ``split``
+names another split to predict (its ``producer`` records which; the store goes beside
+``data.predicted`` as ``<stem>-<split>.zarr`` unless ``out`` is given). The vocabularies are the
+stage-1 run's, as in stage 2.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from pathlib import Path
 from pkd.errors import PkdError
 from pkd.stores.schema import config_hash
 from pkd.train.config import TrainConfig
-from pkd.train.predicted_cache import cache_predicted, predicted_store_spec, weights_digest
+from pkd.train.data import Stores
+from pkd.train.predicted_cache import (
+    cache_predicted,
+    predicted_store_path,
+    predicted_store_spec,
+    weights_digest,
+)
 from pkd.train.prepare import open_stores, split_batches, vocab_source, vocabs
 from pkd.train.question_store import batches_by_id
 from pkd.train.tasks import method_of
@@ -28,25 +36,34 @@ def extract_predicted(cfg: TrainConfig, out: str | None = None, overwrite: bool 
     (what stage 2 reads), or for ``split`` (another split's questions, for probes of what the
     predictors carry: :mod:`pkd.demo.probe_predicted`)."""
     p = cfg.method.pkd
-    path = out or cfg.data.predicted
+    train_split = split in (None, cfg.data.train_split)
+    path = out or (cfg.data.predicted if train_split or not cfg.data.predicted
+                   else str(predicted_store_path(cfg.data.predicted, split)))
     if not isinstance(method_of(cfg), PKD) or not path or not p.predictors:
         raise PkdError("extract predicted: give a pkd (stage 2) config with data.predicted (the "
                        "store to write) and method.pkd.predictors (the stage-1 run)")
     if not p.use_predictors or p.finetune_predictors:
         raise PkdError("extract predicted: the cache holds frozen predictors' outputs "
                        "(needs method.pkd.use_predictors=true, finetune_predictors=false)")
-    base = replace(cfg, data=replace(cfg.data, predicted=""))  # the store is not there yet
+    # the store is not there yet; the training split's store covers its carved validation share
+    # too (model.foundation_inputs=predicted validates on it)
+    base = replace(cfg, data=replace(cfg.data, predicted="", val_fraction=0.0))
     v = vocabs(base, vocab_source(base), create=False)
     stores = open_stores(base)
     setup = pkd_setup(base, stores, len(v.words), True)
     predictors = load_predictors(build_predictors(p, setup), p.predictors).eval()
     split = split or base.data.train_split
+    made_from = {"foundation_image": stores.foundation_image.spec.producer,
+                 "regions": stores.regions.spec.producer}
+    if not train_split and p.predictor_tokens > 0:
+        # pooled predictors read the question and the regions only: another split needs no
+        # foundation features (PKD's test time has none); token-wise t̃ is cut to the real text
+        stores = Stores(regions=stores.regions)
     _, batches = split_batches(base, split, v, stores, foundation_tokens=True, teacher=True)
     head = setup.head
     producer = {"predictors": str(Path(p.predictors).resolve()),
                 "predictors_digest": weights_digest(predictors),
-                "foundation_image": stores.foundation_image.spec.producer,
-                "regions": stores.regions.spec.producer,
+                **made_from,
                 "vocab": config_hash([v.answers.answers, v.words.words]), "split": split}
     spec = predicted_store_spec((predictors.vision.queries.shape[0], head.vision_dim),
                                 (predictors.text.queries.shape[0], head.text_dim),
@@ -54,3 +71,26 @@ def extract_predicted(cfg: TrainConfig, out: str | None = None, overwrite: bool 
     return cache_predicted(predictors, head, p.predictor_tokens == 0, batches_by_id(batches),
                            batches.split.question_ids, path, spec, device=device,
                            overwrite=overwrite)
+
+
+def split_predictions(cfg: TrainConfig, split: str) -> Path:
+    """``split``'s predictions beside ``data.predicted`` (the training split's store, which must
+    exist), extracted unless a complete store of the same predictors is there: a partial one
+    resumes, a stale one (other predictors) is rebuilt."""
+    from pkd.stores.reader import FeatureStore
+
+    train_store = Path(cfg.data.predicted)
+    if not (train_store / "zarr.json").is_file():
+        raise PkdError(f"{train_store}: no predicted store (run pkd extract predicted first)")
+    digest = FeatureStore.open(train_store, kind="predicted").spec.producer.get(
+        "predictors_digest")
+    store = predicted_store_path(train_store, split)
+    made = FeatureStore.open(store, kind="predicted") if store.exists() else None
+    stale = made is not None and made.spec.producer.get("predictors_digest") != digest
+    if made is None or stale or not made.complete:  # a partial store resumes
+        extract_predicted(cfg, str(store), overwrite=stale, split=split)
+        made = FeatureStore.open(store, kind="predicted")
+        if made.spec.producer.get("predictors_digest") != digest:
+            raise PkdError(f"{train_store}: made by other predictors than the config's "
+                           f"method.pkd.predictors ({cfg.method.pkd.predictors})")
+    return store

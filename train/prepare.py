@@ -12,7 +12,9 @@ Training joins every configured store (the losses read foundation / teacher feat
 and evaluation join only what the VQA model's own forward reads (:func:`forward_stores`): the
 regions, and the foundation embeddings only with ``model.use_foundation_features``. So a PKD run
 (memory fusion inside the model; predictors and foundation head are training-only) evaluates on a
-split no foundation features were ever extracted for.
+split no foundation features were ever extracted for. With ``model.foundation_inputs=predicted``
+the foundation inputs are the frozen predictors' ``e_v``, ``e_t`` instead: each split then reads
+its own predicted store (:func:`split_predicted`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores import FeatureStore
 from pkd.stores.records import n_shards, shard_range
+from pkd.stores.schema import config_hash
 from pkd.train.config import TrainConfig
 from pkd.train.data import (
     SplitData,
@@ -43,6 +46,7 @@ from pkd.train.data import (
     load_split_data,
 )
 from pkd.train.models import build_model
+from pkd.train.predicted_cache import predicted_store_path
 from pkd.train.tasks import method_of
 from pkd.train.text import QuestionTokenizer
 
@@ -105,10 +109,11 @@ def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
     """
     if not cfg.data.regions:
         raise PkdError("data.regions: no regions store configured (pkd extract regions ...)")
+    predicted_inputs = reads_predicted(cfg)
     cfg = run_config(cfg)
     d = cfg.data
     teachers = () if evaluation else method_of(cfg).teacher_stores(cfg)
-    foundation = not evaluation or cfg.model.use_foundation_features
+    foundation = not evaluation or (cfg.model.use_foundation_features and not predicted_inputs)
 
     cache = d.chunk_cache_mib << 20
     purpose = "evaluate" if evaluation else "train"
@@ -120,7 +125,7 @@ def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
         check_complete(store, d.allow_incomplete, purpose)
         return store
 
-    predicted = opened(d.predicted, "predicted", "predicted" in teachers)
+    predicted = opened(d.predicted, "predicted", "predicted" in teachers or predicted_inputs)
     made_for = predicted.spec.producer.get("split") if predicted is not None else None
     if made_for is not None and made_for != d.train_split:  # pkd extract predicted --split
         raise PkdError(f"{d.predicted}: predictions of split {made_for!r}, stage 2 trains on "
@@ -170,10 +175,59 @@ def forward_stores(cfg: TrainConfig, stores: Stores) -> Stores:
     the foundation stores only with ``model.use_foundation_features`` (its ``image_embeds`` /
     ``text_embeds`` input). PKD's memory is part of the model; its predictors, foundation head
     and the foundation tokens serve the training losses only."""
-    keep = run_config(cfg).model.use_foundation_features
+    predicted = reads_predicted(cfg)
+    keep = run_config(cfg).model.use_foundation_features and not predicted
     return Stores(regions=stores.regions,
                   foundation_image=stores.foundation_image if keep else None,
-                  foundation_text=stores.foundation_text if keep else None)
+                  foundation_text=stores.foundation_text if keep else None,
+                  predicted=stores.predicted if predicted else None)
+
+
+def reads_predicted(cfg: TrainConfig) -> bool:
+    """Whether the VQA model's forward reads PKD's predicted embeddings
+    (``model.use_foundation_features`` with ``model.foundation_inputs=predicted``)."""
+    m = run_config(cfg).model
+    return m.use_foundation_features and m.foundation_inputs == "predicted"
+
+
+def split_predicted(cfg: TrainConfig, stores: Stores, split: str, v: Vocabs) -> FeatureStore:
+    """The predicted store the model's forward reads on ``split``: ``data.predicted`` for the
+    training split and its carved validation share, else ``<stem>-<split>.zarr`` beside it
+    (``pkd extract predicted --split``), which must hold that split's predictions, made by the
+    same predictors as the training store and with the run's vocabularies (one line if not)."""
+    d = cfg.data
+    train = stores.predicted
+    if train is None:
+        raise PkdError(f"{d.predicted or 'data.predicted'}: model.foundation_inputs=predicted "
+                       "needs the training split's predicted store (pkd extract predicted)")
+    _check_vocab(train, v)
+    if split in (d.train_split, CARVED_VAL):
+        return train
+    path = predicted_store_path(d.predicted, split)
+    if not (path / "zarr.json").is_file():
+        raise PkdError(f"{path}: no predictions of split {split!r} (model.foundation_inputs="
+                       f"predicted reads them: pkd extract predicted CONFIG --split {split})")
+    store = FeatureStore.open(path, kind="predicted", cache_bytes=d.chunk_cache_mib << 20)
+    check_complete(store, d.allow_incomplete, "evaluate")
+    made = store.spec.producer
+    if made.get("split") != split:
+        raise PkdError(f"{path}: predictions of split {made.get('split')!r}, not {split!r}")
+    digest = train.spec.producer.get("predictors_digest")
+    if made.get("predictors_digest") != digest:
+        raise PkdError(f"{path}: made by other predictors (weights digest "
+                       f"{made.get('predictors_digest')}) than {d.predicted} ({digest}); "
+                       f"re-run pkd extract predicted --split {split}")
+    _check_vocab(store, v)
+    return store
+
+
+def _check_vocab(store: FeatureStore, v: Vocabs) -> None:
+    """Refuse predictions made with other vocabularies (the predictors read word ids)."""
+    made = store.spec.producer.get("vocab")
+    mine = config_hash([v.answers.answers, v.words.words])
+    if made is not None and made != mine:
+        raise PkdError(f"{store.path}: predictions made with other vocabularies (hash {made}, "
+                       f"this run's {mine}); train on the stage-1 run's vocabularies")
 
 
 def store_provenance(stores: Stores) -> dict:
@@ -232,6 +286,8 @@ def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
     """
     if not teacher:
         stores = forward_stores(cfg, stores)
+        if stores.predicted is not None:  # model.foundation_inputs=predicted
+            stores = replace(stores, predicted=split_predicted(cfg, stores, split, v))
     carved = split == CARVED_VAL
     name = cfg.data.train_split if carved else split
     data = load_split_data(cfg.data.root, cfg.data.dataset, name, v.answers, v.words,
@@ -271,11 +327,13 @@ def model_dims(stores: Stores, foundation_dims: dict | None = None
                ) -> tuple[int, dict | None]:
     """(region feature dim, the foundation_image store's dims — ``embed_dim``, ``vision_dim``,
     ``text_dim``, ... — or None) from the store attributes; ``foundation_dims`` stands in when no
-    foundation_image store is open (evaluation)."""
+    foundation_image store is open (evaluation), else the predicted store's dims."""
     region_dim = int(stores.regions.spec.dims["feature_dim"])
     dims = foundation_dims
     if stores.foundation_image is not None:
         dims = {k: int(v) for k, v in stores.foundation_image.spec.dims.items()}
+    elif dims is None and stores.predicted is not None:  # its embed_dim, vision_dim, text_dim
+        dims = {k: int(v) for k, v in stores.predicted.spec.dims.items()}
     return region_dim, dims
 
 

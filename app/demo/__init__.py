@@ -48,6 +48,10 @@ READINGS = ("pkd-cross",  # P_v(q), P_t(r): each side from the other modality on
             "pkd-memory-train",  # D reads the memory in training only
             "pkd-memory-features",  # the memory holds ṽ, t̃ themselves, not their embeddings
             "pkd-finetune",  # predictors fine-tuned jointly in stage 2 (L_itm, L_div kept on)
+            # item reading: D fed its own item's predicted e_v, e_t (the frozen predictors run on
+            # every split, cached), as baseline-foundation is fed the real embeddings; L_vqa only
+            "pkd-item",
+            "pkd-item-full",  # the item reading with PKD's memory and L_mkd on too
             # reference, not a method: the foundation model's embeddings as D's extra inputs
             "baseline-foundation")
 # DistillVLM's alignment ablation (--methods): the teacher adapted on its own (simulated)
@@ -75,6 +79,9 @@ TEACHER = {"method.distill.teacher_model.arch": "fusion",
 PKD = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
        "method.pkd.memory_size": 256, "method.pkd.kd_temperature": 4.0,
        "method.pkd.predictor_tokens": 8, "method.pkd.mkd_fraction": 0.125}
+
+# PKD's item reading: D's foundation inputs are its own item's predicted embeddings e_v, e_t
+ITEM = {"model.use_foundation_features": True, "model.foundation_inputs": "predicted"}
 
 
 def _synth_defaults() -> SynthConfig:
@@ -272,6 +279,9 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-memory-features": {**pkd, "method.pkd.memory_holds": "features"},
         # stage 2 trains the predictors too (L_itm, L_div on): no cache of their outputs
         "pkd-finetune": {**pkd, "method.pkd.finetune_predictors": True, "data.predicted": '""'},
+        "pkd-item": {**pkd, **ITEM, "method.pkd.use_memory": False,
+                     "method.pkd.use_model_kd": False},
+        "pkd-item-full": {**pkd, **ITEM},
         "predictors-mmd": {**PKD, "method.name": "pkd-predictors", "method.pkd.divergence": "mmd",
                            "run.epochs": max(1, cfg.train_epochs // 2)},
         "pkd-mmd": {**pkd, "method.pkd.divergence": "mmd",
@@ -326,6 +336,7 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
     """Train one run (and what it builds on) unless it is finished; return its folder."""
     from pkd.train.config import load_config
     from pkd.train.loop import fit
+    from pkd.train.prepare import CARVED_VAL, reads_predicted, val_split_name
 
     for need in needs(name):
         train_run(cfg, paths, need, seed)
@@ -343,6 +354,13 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
 
         _stage(f"caching the frozen PKD predictors' outputs (seed {seed})")
         extract_predicted(tcfg)
+    if reads_predicted(tcfg):  # D reads e_v, e_t on every split it validates and is scored on
+        from pkd.train.predicted_extract import split_predictions
+
+        for split in dict.fromkeys((val_split_name(tcfg), *SPLITS)):
+            if split == CARVED_VAL:  # the training split's store covers it
+                continue
+            split_predictions(tcfg, split)
     if not (run / "ckpt" / "latest.json").is_file() or not (run / "done").is_file():
         _stage(f"training {name} (seed {seed})")
         fit(tcfg, resume=(run / "ckpt" / "latest.json").is_file())

@@ -156,7 +156,7 @@ def probe_run(cfg, splits: tuple[str, ...]) -> dict:
     (``data.predicted``) fits the probes; each of ``splits`` is predicted by the same frozen
     predictors into ``<data.predicted stem>-<split>.zarr`` beside it (``pkd extract predicted
     --split``; kept, reused when complete) and scored, with the foundation stores of the config."""
-    from pkd.train.predicted_extract import extract_predicted
+    from pkd.train.predicted_extract import split_predictions
 
     data = cfg.data
     if not data.predicted or not data.foundation_image or not data.foundation_text:
@@ -170,18 +170,8 @@ def probe_run(cfg, splits: tuple[str, ...]) -> dict:
         return split_features(store, Path(data.foundation_image), Path(data.foundation_text),
                               _labels(root, data.dataset, split))
 
-    digest = FeatureStore.open(train_store, kind="predicted").spec.producer.get(
-        "predictors_digest")
     evals = {}
     for split in splits:
-        store = train_store.with_name(f"{train_store.stem}-{split}.zarr")
-        made = FeatureStore.open(store, kind="predicted") if store.exists() else None
-        stale = made is not None and made.spec.producer.get("predictors_digest") != digest
-        if made is None or stale or not made.complete:  # a partial store resumes
-            extract_predicted(cfg, str(store), overwrite=stale, split=split)
-            made = FeatureStore.open(store, kind="predicted")
-            if made.spec.producer.get("predictors_digest") != digest:
-                raise PkdError(f"{train_store}: made by other predictors than the config's "
-                               f"method.pkd.predictors ({cfg.method.pkd.predictors})")
+        store = split_predictions(cfg, split)
         evals[split] = features(store, split)
     return probe_predicted(features(train_store, data.train_split), evals)

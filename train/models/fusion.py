@@ -7,7 +7,8 @@ Token sequence (T = 1 + L + 1 + N [+ 2]):
     word token   t_i = LN(E[w_i] + P[i] + S[0])                 (positions 1..L; [CLS] 0,
                                                                   [SEP] at len + 1)
     region token t_n = LN(W_r [feature_n; geometry_n] + S[1])   geometry = 6-d box (design.md)
-    foundation   t   = LN(W_f image_embeds + S[2]), LN(W_f' text_embeds + S[2])  (optional)
+    foundation   t   = LN(W_f image_embeds + S[2]), LN(W_f' text_embeds + S[2])  (optional;
+                       foundation_inputs=predicted: PKD's predicted e_v, e_t instead)
 
 ``S`` are token-type embeddings. The encoder is BERT's post-LN layer written in plain torch with
 *eager* attention, ``A = softmax(QK^T / sqrt(d_head))`` over the valid keys (key padding mask),
@@ -36,7 +37,7 @@ from torch import nn
 from pkd.train.config import ModelConfig
 from pkd.train.models.attention import MultiHeadAttention
 from pkd.train.models.hf_encoder import HFEncoder, hf_source
-from pkd.train.models.layers import FeatureFusion, question_lengths, require
+from pkd.train.models.layers import FOUNDATION_KEYS, FeatureFusion, question_lengths, require
 
 TEXT, REGION, FOUNDATION = 0, 1, 2  # token types
 CLS, SEP = 0, 1  # rows of the special-token embedding
@@ -85,6 +86,7 @@ class FusionTransformer(nn.Module):
             self.foundation_proj = nn.ModuleList(nn.Linear(foundation_dim, hidden)
                                                  for _ in range(2))  # image, text
             self.foundation_norm = nn.LayerNorm(hidden, eps=1e-12)
+        self.foundation_keys = FOUNDATION_KEYS[cfg.foundation_inputs]
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(
             EncoderLayer(hidden, cfg.num_heads, cfg.intermediate_size, cfg.dropout)
@@ -126,7 +128,7 @@ class FusionTransformer(nn.Module):
         """Two foundation tokens (B, 2, D) from ``image_embeds`` and ``text_embeds`` (B, De)."""
         why = "model.use_foundation_features"
         dtype = self.region_proj.weight.dtype
-        embeds = [require(batch, k, why).to(dtype) for k in ("image_embeds", "text_embeds")]
+        embeds = [require(batch, k, why).to(dtype) for k in self.foundation_keys]
         pairs = zip(self.foundation_proj, embeds, strict=True)
         tokens = torch.stack([proj(e) for proj, e in pairs], dim=1)  # (B, 2, D)
         tokens = tokens + self.type_embedding.weight[FOUNDATION]

@@ -59,6 +59,12 @@ def question_lengths(question_mask: torch.Tensor) -> torch.Tensor:
     return question_mask.sum(dim=1).clamp(min=1)
 
 
+FOUNDATION_KEYS = {  # model.foundation_inputs -> the batch keys of D's two foundation inputs
+    "real": ("image_embeds", "text_embeds"),  # foundation stores: e_I, e_Q
+    "predicted": ("predicted_image_embed", "predicted_text_embed"),  # predicted store: e_v, e_t
+}
+
+
 def require(batch: dict, key: str, why: str) -> torch.Tensor:
     """``batch[key]``, or a one-line :class:`PkdError` that says which setting needs it."""
     if key not in batch:

@@ -8,6 +8,7 @@ Follows the widely used re-implementation bottom-up-attention-vqa (Teney et al. 
     v     = Σ_n a_n r_n                                 attended regions     (B, Dr)
     joint = ReLU(W_q' q) ⊙ ReLU(W_v' v)                 joint embedding      (B, H)
     [+ ReLU(W_f [image_embeds; text_embeds])]           with use_foundation_features
+                                   (foundation_inputs=predicted: [e_v; e_t] of PKD's predictors)
     logits = W_2 Dropout(ReLU(W_1 joint))               answer scores        (B, A)
 
 All linear layers are weight-normed (scalar gain), as in the reference. Words are right-padded
@@ -27,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from pkd.train.config import ModelConfig
 from pkd.train.models.layers import (
+    FOUNDATION_KEYS,
     AnswerClassifier,
     FCNet,
     FeatureFusion,
@@ -74,6 +76,7 @@ class UpDn(nn.Module):
             if not foundation_dim:
                 raise ValueError("use_foundation_features needs foundation_dim")
             self.foundation_net = FCNet(2 * foundation_dim, hidden)
+        self.foundation_keys = FOUNDATION_KEYS[cfg.foundation_inputs]
         self.classifier = AnswerClassifier(hidden, 2 * hidden, num_answers, cfg.classifier_dropout)
         self.feature_fusion: FeatureFusion | None = None  # PKD memory fusion hook
 
@@ -103,8 +106,8 @@ class UpDn(nn.Module):
         joint = self.q_net(q) * self.v_net(v)  # (B, H)
         if self.foundation_net is not None:
             why = "model.use_foundation_features"
-            extra = torch.cat([require(batch, "image_embeds", why),
-                               require(batch, "text_embeds", why)], dim=-1)  # (B, 2 De)
+            extra = torch.cat([require(batch, k, why) for k in self.foundation_keys],
+                              dim=-1)  # (B, 2 De)
             joint = joint + self.foundation_net(extra.to(joint.dtype))
         return joint
 
