@@ -129,8 +129,8 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     def resolved(name):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
-    configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross", "predictors-mmd")
-               if n not in CONTROLS}  # no run
+    configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross", "predictors-mmd",
+                                        "predictors-emb") if n not in CONTROLS}  # no run
     cross = configs["pkd-cross"]
     assert cross.method.pkd.predictor_inputs == "cross" == configs["predictors-cross"].method.pkd.predictor_inputs
     assert cross.method.pkd.predictors.endswith("predictors-cross-seed1")
@@ -158,6 +158,13 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     p = configs["pkd-item-full"].method.pkd
     assert (p.use_memory, p.use_model_kd) == (True, True)
     assert configs["baseline-foundation"].model.foundation_inputs == "real"
+    emb = configs["pkd-item-emb"]
+    assert (emb.method.pkd.divergence_on, emb.method.pkd.divergence) == ("embeddings", "cosine")
+    assert emb.method.pkd.divergence_on == configs["predictors-emb"].method.pkd.divergence_on
+    assert emb.method.pkd.predictors.endswith("predictors-emb-seed1")
+    assert emb.model.foundation_inputs == "predicted"
+    assert emb.data.predicted not in (configs["pkd"].data.predicted, mmd.data.predicted)
+    assert configs["pkd"].method.pkd.divergence_on == "tokens"
     assert configs["pkd-memory"].method.pkd.use_memory is False
     assert configs["pkd-model-kd"].method.pkd.use_model_kd is False
     assert configs["pkd-predictors-off"].method.pkd.use_predictors is False

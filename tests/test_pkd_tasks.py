@@ -125,6 +125,32 @@ def test_stage1_pooled_mode(clip_head):
     assert torch.isfinite(out["loss"]) and task.predictors.vision.queries.shape[0] == 3
 
 
+def test_divergence_on_embeddings_compares_what_the_head_reads(head):
+    """``divergence_on=embeddings``: ``L_div = D(e_v, e_I) + D(e_t, e_Q)`` with the head's
+    embeddings of ṽ, t̃ against the cached ones; the cached tokens no longer enter it."""
+    from pkd.train.tasks.pkd import predicted_view
+
+    cfg = config("pkd-predictors", predictor_tokens=3, divergence="cosine",
+                 divergence_on="embeddings")
+    task = build_task(cfg, vqa_model(cfg), pkd=setup_for(head)).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        pred = predicted_view(task.predictors(batch), batch, tokenwise=False)
+        e_v, e_t = head.embed_image(pred.vision), head.embed_text(pred.text, pred.text_mask)
+        cos = torch.nn.functional.cosine_similarity
+        by_hand = ((1 - cos(e_v, batch["image_embeds"], dim=-1)).mean()
+                   + (1 - cos(e_t, batch["text_embeds"], dim=-1)).mean())
+        out = task(batch)
+        torch.testing.assert_close(out["div_loss"], by_hand)
+        moved = task({**batch, "vision_tokens": batch["vision_tokens"] + 1})  # L_itm reads them
+        torch.testing.assert_close(moved["div_loss"], out["div_loss"])
+        other = task({**batch, "image_embeds": -batch["image_embeds"]})
+        assert not torch.allclose(other["div_loss"], out["div_loss"])
+    out = task(batch)
+    out["loss"].backward()
+    assert all(p.grad is not None for p in task.predictors.parameters())
+
+
 def test_stage1_blip_needs_input_ids(tiny_blip_dir):
     head = FoundationHead.from_pretrained(tiny_blip_dir)
     cfg = config("pkd-predictors")

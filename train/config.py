@@ -178,6 +178,7 @@ class PKDConfig:
     lambda_itm: float = allowed(1.0, ge=0)  # weight of the predictors' ITM loss L_itm (ours)
     lambda_div: float = allowed(1.0, ge=0)  # weight of the feature divergence loss L_div (ours)
     divergence: Literal["kl", "cosine", "mse", "mmd"] = "kl"  # D(predicted, cached foundation): item-wise kl / cosine / mse, or mmd between the batch's pooled predicted and cached features (distribution matching, METHODS.md alternative) (ours)
+    divergence_on: Literal["tokens", "embeddings"] = "tokens"  # what L_div compares: the predicted tokens with the cached ones (pooled when predictor_tokens > 0), or the foundation head's unit-norm embeddings of them, D(e_v, e_I) + D(e_t, e_Q): the only part of ṽ, t̃ the CLIP head reads (METHODS.md: the divergence target) (ours)
     div_temperature: float = allowed(1.0, gt=0)  # softmax temperature of the "kl" divergence (ours)
     kd_temperature: float = allowed(1.0, gt=0)  # temperature T of the two-class ITM KL in L_mkd (ours)
     mkd_fraction: float = allowed(1.0, gt=0, le=1)  # share of a (shuffled) batch whose predicted pairs L_mkd reads: its first ceil(f*B) items (cost: D runs on 2*ceil(f*B) pairs) (ours)

@@ -52,6 +52,9 @@ READINGS = ("pkd-cross",  # P_v(q), P_t(r): each side from the other modality on
             # every split, cached), as baseline-foundation is fed the real embeddings; L_vqa only
             "pkd-item",
             "pkd-item-full",  # the item reading with PKD's memory and L_mkd on too
+            # the item reading on predictors whose L_div pins what the head reads: cosine of
+            # their embeddings to the real ones, D(e_v, e_I) + D(e_t, e_Q); its own stage 1
+            "pkd-item-emb",
             # reference, not a method: the foundation model's embeddings as D's extra inputs
             "baseline-foundation")
 # DistillVLM's alignment ablation (--methods): the teacher adapted on its own (simulated)
@@ -82,6 +85,8 @@ PKD = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
 
 # PKD's item reading: D's foundation inputs are its own item's predicted embeddings e_v, e_t
 ITEM = {"model.use_foundation_features": True, "model.foundation_inputs": "predicted"}
+# L_div on the foundation head's embeddings of ṽ, t̃ (cosine to the real item's e_I, e_Q)
+EMB = {"method.pkd.divergence_on": "embeddings", "method.pkd.divergence": "cosine"}
 
 
 def _synth_defaults() -> SynthConfig:
@@ -282,6 +287,12 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-item": {**pkd, **ITEM, "method.pkd.use_memory": False,
                      "method.pkd.use_model_kd": False},
         "pkd-item-full": {**pkd, **ITEM},
+        "predictors-emb": {**PKD, **EMB, "method.name": "pkd-predictors",
+                           "run.epochs": max(1, cfg.train_epochs // 2)},
+        "pkd-item-emb": {**pkd, **ITEM, **EMB, "method.pkd.use_memory": False,
+                         "method.pkd.use_model_kd": False,
+                         "method.pkd.predictors": run_dir(cfg, "predictors-emb", seed),
+                         "data.predicted": paths.store(f"predicted-emb-seed{seed}.zarr")},
         "predictors-mmd": {**PKD, "method.name": "pkd-predictors", "method.pkd.divergence": "mmd",
                            "run.epochs": max(1, cfg.train_epochs // 2)},
         "pkd-mmd": {**pkd, "method.pkd.divergence": "mmd",
@@ -317,6 +328,7 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
 
 NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",),  # runs a method builds on
          "pkd-cross": ("predictors-cross",), "pkd-mmd": ("predictors-mmd",),
+         "pkd-item-emb": ("predictors-emb",),
          "distillvlm-unaligned": ("teacher-own",)}
 
 

@@ -9,6 +9,13 @@ eval; ``.to()`` reaches it), ``P_v`` / ``P_t`` the predictors (:mod:`pkd.train.m
 Stage 1, :class:`PKDPredictorTask` (``method.name = "pkd-predictors"``)::
 
     L = λ_itm · L_itm + λ_div · L_div          (losses/itm.py, losses/divergence.py)
+    L_div = D(ṽ, v^F) + D(t̃, t^F)              divergence_on = "tokens" (pooled unless token-wise)
+          = D(e_v, e_I) + D(e_t, e_Q)          divergence_on = "embeddings":
+                                                 e_v = F.embed_image(ṽ), e_t = F.embed_text(t̃)
+
+With a CLIP head ``M(ṽ, t)`` and ``e_v`` read ṽ's first token only and ``e_t`` t̃'s last valid one,
+so pooled token-wise ``L_div`` leaves the tokens the head reads free (``L_itm`` then pulls ``e_v``
+toward the *question*); ``divergence_on = "embeddings"`` pins exactly what the head reads.
 
 Stage 2, :class:`PKDTask` (``method.name = "pkd"``)::
 
@@ -142,6 +149,7 @@ class PredictorObjective(nn.Module):
         super().__init__()
         self.itm, self.div = MatchingBCE(), FeatureDivergence(cfg.divergence, cfg.div_temperature)
         self.tokenwise = cfg.predictor_tokens == 0
+        self.on_embeddings = cfg.divergence_on == "embeddings"
 
     def forward(self, head: FoundationHead, pred: Predicted, batch: dict
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +163,18 @@ class PredictorObjective(nn.Module):
         b = v.shape[0]
         itm = (self.itm(real_text[:b], real_text[b:], valid)
                + self.itm(real_image[:b], real_image[b:], valid))
+        if self.on_embeddings:
+            return itm, self._embedding_divergence(head, pred, batch)
         return itm, self._divergence(pred, v, t, mask.bool())
+
+    def _embedding_divergence(self, head: FoundationHead, pred: Predicted, batch: dict
+                              ) -> torch.Tensor:
+        """``D(e_v, e_I) + D(e_t, e_Q)``: the head's unit-norm embeddings of ``ṽ``, ``t̃`` against
+        the cached ones of the item's real image and question, each as one token."""
+        e_v = head.embed_image(pred.vision)[:, None]  # (B, 1, d_e)
+        e_t = head.embed_text(pred.text, pred.text_mask)[:, None]
+        return (self.div(e_v, _need(batch, "image_embeds")[:, None].to(e_v.dtype))
+                + self.div(e_t, _need(batch, "text_embeds")[:, None].to(e_t.dtype)))
 
     def _divergence(self, pred: Predicted, v: torch.Tensor, t: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
