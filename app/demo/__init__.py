@@ -287,8 +287,10 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "pkd-item": {**pkd, **ITEM, "method.pkd.use_memory": False,
                      "method.pkd.use_model_kd": False},
         "pkd-item-full": {**pkd, **ITEM},
+        # twice the VQA epochs (full size: 6, the other stage-1 runs 1): after one epoch e_v's
+        # own-image R@1 is 0.8% of the 5,000 test images, after six 2.9% (chance 0.02%)
         "predictors-emb": {**PKD, **EMB, "method.name": "pkd-predictors",
-                           "run.epochs": max(1, cfg.train_epochs // 2)},
+                           "run.epochs": max(1, 2 * cfg.train_epochs)},
         "pkd-item-emb": {**pkd, **ITEM, **EMB, "method.pkd.use_memory": False,
                          "method.pkd.use_model_kd": False,
                          "method.pkd.predictors": run_dir(cfg, "predictors-emb", seed),
