@@ -92,3 +92,24 @@ def test_gradients_flow_through_the_frozen_head_into_the_predictors(family, requ
     assert p.vision.proj.weight.grad.abs().sum() > 0 and p.text.proj.weight.grad.abs().sum() > 0
     assert p.word_embedding.weight.grad.abs().sum() > 0
     assert all(w.grad is None for w in head.parameters())
+
+
+def test_a_null_key_lets_p_v_tell_one_region_from_two_copies_of_it():
+    """Softmax cross-attention averages the regions: the same region twice gives the same ṽ as
+    once (it cannot count). With ``null_key`` the weight left on the learned null token falls
+    as copies are added, so ṽ changes."""
+    batch = make_batch()
+    one = {**batch, "region_mask": torch.zeros(B, N, dtype=torch.bool)}
+    one["region_mask"][:, 0] = True
+    two = {**one, "region_mask": one["region_mask"].clone()}
+    two["region_mask"][:, 1] = True
+    for key in ("region_features", "region_geometry"):
+        two[key] = batch[key].clone()
+        two[key][:, 1] = two[key][:, 0]  # region 1 is a copy of region 0
+    plain, counting = predictors().eval(), predictors(null_key=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(one)[PREDICTED_VISION], plain(two)[PREDICTED_VISION])
+        assert not torch.allclose(counting(one)[PREDICTED_VISION],
+                                  counting(two)[PREDICTED_VISION], atol=1e-4)
+    assert sum(p.numel() for p in counting.parameters()) \
+        == sum(p.numel() for p in plain.parameters()) + 2 * 2 * 16  # one c_0 per block

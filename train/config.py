@@ -196,6 +196,7 @@ class PKDConfig:
     predictors: str = ""  # stage-1 (pkd-predictors) checkpoint the stage-2 predictors load
     predictor_hidden: int = allowed(256, ge=1)  # width of the predictors' transformer layers (ours)
     predictor_heads: int = allowed(4, ge=1)  # attention heads of the predictors' layers (ours)
+    predictor_null_key: bool = False  # a learned null token among the predictors' cross-attention keys, so the attended regions can carry how many match (a softmax average over regions cannot count) (ours)
     predictor_inputs: Literal["both", "cross"] = "both"  # both: P_v(q, r), P_t(r, q); cross: P_v(q) image-like features from the question, P_t(r) caption-like text from the regions (METHODS.md alternative)
     blip_text_entry: Literal["hidden", "embeddings"] = "hidden"  # BLIP ITM input of t~ (ours)
     vqa_loss: Literal["bce", "lmh"] = "bce"  # D's answer loss: UpDn's soft-score BCE, or LMH's learned mixin with the training prior (PKD as a plug-in on a debiasing base; settings in method.lmh)

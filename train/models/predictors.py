@@ -28,6 +28,12 @@ imitates a pre-training image–caption pair built from the two sides of a VQA i
 
 Attention is :class:`~pkd.train.models.attention.MultiHeadAttention` (a masked softmax), so
 padding never changes the output and a row without any valid key gives zeros (not NaN).
+
+``null_key`` (ours): a learned context token ``c_0`` joins every cross-attention's keys and
+values, ``CrossAttn(x, [c_0; context])``. Without it the attended vector is a convex average of
+the context, the same whatever the number of matching regions (softmax attention cannot count:
+Zhang et al., ICLR 2018); with it the weight left on ``c_0``, ``e^{s_0} / (e^{s_0} + Σ_n e^{s_n})``,
+falls as matching regions are added, so the output can carry how many there are.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ PREDICTED_VISION, PREDICTED_TEXT = "predicted_vision_tokens", "predicted_text_to
 class PredictorBlock(nn.Module):
     """Pre-LN block: self-attention, cross-attention to the context, MLP (module docstring)."""
 
-    def __init__(self, hidden: int, heads: int):
+    def __init__(self, hidden: int, heads: int, null_key: bool = False):
         super().__init__()
+        self.null = nn.Parameter(torch.zeros(1, 1, hidden)) if null_key else None  # c_0
         self.self_norm, self.cross_norm, self.mlp_norm = (nn.LayerNorm(hidden) for _ in range(3))
         self.self_attn, self.cross_attn = (MultiHeadAttention(hidden, heads, out_name="out")
                                            for _ in range(2))  # W_o named 'out'
@@ -53,6 +60,11 @@ class PredictorBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, context: torch.Tensor,
                 context_mask: torch.Tensor) -> torch.Tensor:
+        if self.null is not None:  # [c_0; context], c_0 always a valid key
+            b = context.shape[0]
+            context = torch.cat([self.null.expand(b, -1, -1).to(context.dtype), context], dim=1)
+            context_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool,
+                                                 device=context_mask.device), context_mask], 1)
         h = self.self_norm(x)
         x = x + self.self_attn(h, h, mask)[0]  # (B, T' + S, H)
         x = x + self.cross_attn(self.cross_norm(x), context, context_mask)[0]
@@ -62,10 +74,12 @@ class PredictorBlock(nn.Module):
 class TokenPredictor(nn.Module):
     """``num_tokens`` learned queries + primary tokens -> (B, num_tokens, out_dim)."""
 
-    def __init__(self, hidden: int, heads: int, layers: int, num_tokens: int, out_dim: int):
+    def __init__(self, hidden: int, heads: int, layers: int, num_tokens: int, out_dim: int,
+                 null_key: bool = False):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(num_tokens, hidden) * 0.02)  # (T', H)
-        self.blocks = nn.ModuleList(PredictorBlock(hidden, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(PredictorBlock(hidden, heads, null_key)
+                                    for _ in range(layers))
         self.norm = nn.LayerNorm(hidden)
         self.proj = nn.Linear(hidden, out_dim)
 
@@ -85,7 +99,7 @@ class CrossModalPredictors(nn.Module):
 
     def __init__(self, num_words: int, max_words: int, region_dim: int, vision_tokens: int,
                  vision_dim: int, text_tokens: int, text_dim: int, hidden: int = 256,
-                 heads: int = 4, layers: int = 2, inputs: str = "both"):
+                 heads: int = 4, layers: int = 2, inputs: str = "both", null_key: bool = False):
         super().__init__()
         if inputs not in ("both", "cross"):
             raise ValueError(f"predictor inputs must be 'both' or 'cross', got {inputs!r}")
@@ -95,8 +109,9 @@ class CrossModalPredictors(nn.Module):
         self.word_position = nn.Embedding(max_words, hidden)
         self.region_proj = nn.Linear(region_dim + 6, hidden)
         self.region_norm = nn.LayerNorm(hidden)
-        self.vision = TokenPredictor(hidden, heads, layers, vision_tokens, vision_dim)  # P_v
-        self.text = TokenPredictor(hidden, heads, layers, text_tokens, text_dim)  # P_t
+        self.vision = TokenPredictor(hidden, heads, layers, vision_tokens, vision_dim,
+                                     null_key)  # P_v
+        self.text = TokenPredictor(hidden, heads, layers, text_tokens, text_dim, null_key)  # P_t
 
     def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(word tokens (B, L, H), region tokens (B, N, H)) from the raw batch."""

@@ -384,7 +384,7 @@ def build_predictors(cfg: PKDConfig, setup: PKDSetup) -> CrossModalPredictors:
         vision_tokens=n or setup.vision_tokens, vision_dim=setup.head.vision_dim,
         text_tokens=n or setup.text_tokens, text_dim=setup.head.text_dim,
         hidden=cfg.predictor_hidden, heads=cfg.predictor_heads, layers=cfg.predictor_layers,
-        inputs=cfg.predictor_inputs)
+        inputs=cfg.predictor_inputs, null_key=cfg.predictor_null_key)
 
 
 def load_predictors(predictors: CrossModalPredictors, path: str) -> CrossModalPredictors:
