@@ -379,3 +379,22 @@ def test_lmh_base_with_a_flat_prior_is_bce_plus_the_entropy_of_a_zero_bias(head,
     with pytest.raises(ValueError, match="needs the training prior"):
         pkd_stage2_task(config("pkd", predictors=stage1_dir), vqa_model(cfg), setup_for(head),
                         prior=flat)
+
+
+def test_model_kd_feeds_d_the_pairs_embeddings_under_its_own_input_names(clip_head, stage1_dir):
+    """With ``model.foundation_inputs=predicted`` (the item reading) plus ``L_mkd``, D's pass over
+    the predicted pairs reads the pairs' embeddings under the predicted names too."""
+    from dataclasses import replace
+
+    for inputs in ("real", "predicted"):
+        model_cfg = replace(UPDN, use_foundation_features=True, foundation_inputs=inputs)
+        cfg = config("pkd", model=model_cfg, predictors=stage1_dir)
+        torch.manual_seed(0)
+        model = build_model(model_cfg, WORDS, ANSWERS, D_R, 64)
+        task = build_task(cfg, model, pkd=setup_for(clip_head))
+        batch = make_batch()
+        batch.update(predicted_image_embed=batch["image_embeds"],
+                     predicted_text_embed=batch["text_embeds"])
+        out = task(batch)
+        assert torch.isfinite(out["mkd_loss"]) and out["mkd_loss"] > 0
+        out["loss"].backward()

@@ -76,6 +76,7 @@ from pkd.train.losses.itm import MatchingBCE, negative_partners
 from pkd.train.losses.model_kd import BinaryKL
 from pkd.train.losses.vqa import VQALoss
 from pkd.train.models.itm_head import ITMHead, PairProjector
+from pkd.train.models.layers import FOUNDATION_KEYS
 from pkd.train.models.memory import FeatureMemory, PKDFeatureFusion
 from pkd.train.models.predictors import PREDICTED_TEXT, PREDICTED_VISION, CrossModalPredictors
 from pkd.train.tasks.lmh import training_prior
@@ -310,8 +311,10 @@ class PKDTask(_FrozenHeadTask):
             else:
                 teacher = self.head(v2, t2, m2)  # (2m,) M(ṽ, t̃)
         e_v, e_t = embeds
-        pair_embeds = {"image_embeds": _twice(e_v[:m]),
-                       "text_embeds": torch.cat([e_t[:m], e_t[pi]])}  # (2m, d_e) each
+        pair = (_twice(e_v[:m]), torch.cat([e_t[:m], e_t[pi]]))  # (2m, d_e) each
+        # the pair's embeddings under both input names D may read (model.foundation_inputs)
+        pair_embeds = {k: x for keys in FOUNDATION_KEYS.values()
+                       for k, x in zip(keys, pair, strict=True)}
         student = self.model_itm(v2, t2, m2, pair_embeds)  # (2m,) ITM_D(ṽ, t̃)
         weight = torch.cat([torch.ones_like(valid), valid])
         return self.mkd(student, teacher, weight)
