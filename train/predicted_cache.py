@@ -56,6 +56,13 @@ def predicted_store_path(train_store: str | Path, split: str) -> Path:
     return train_store.with_name(f"{train_store.stem}-{split}.zarr")
 
 
+def same_predictors(store: FeatureStore, train_store: FeatureStore) -> bool:
+    """Whether ``store`` holds predictions of the predictors that made ``train_store`` (the
+    ``predictors_digest`` of both producers)."""
+    return (store.spec.producer.get("predictors_digest")
+            == train_store.spec.producer.get("predictors_digest"))
+
+
 def weights_digest(module: nn.Module) -> str:
     """First 16 hex digits of sha256 over ``module``'s state (names, shapes, float32 bytes)."""
     h = hashlib.sha256()

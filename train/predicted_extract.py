@@ -22,6 +22,7 @@ from pkd.train.predicted_cache import (
     cache_predicted,
     predicted_store_path,
     predicted_store_spec,
+    same_predictors,
     weights_digest,
 )
 from pkd.train.prepare import open_stores, split_batches, vocab_source, vocabs
@@ -82,15 +83,14 @@ def split_predictions(cfg: TrainConfig, split: str) -> Path:
     train_store = Path(cfg.data.predicted)
     if not (train_store / "zarr.json").is_file():
         raise PkdError(f"{train_store}: no predicted store (run pkd extract predicted first)")
-    digest = FeatureStore.open(train_store, kind="predicted").spec.producer.get(
-        "predictors_digest")
+    train = FeatureStore.open(train_store, kind="predicted")
     store = predicted_store_path(train_store, split)
     made = FeatureStore.open(store, kind="predicted") if store.exists() else None
-    stale = made is not None and made.spec.producer.get("predictors_digest") != digest
+    stale = made is not None and not same_predictors(made, train)
     if made is None or stale or not made.complete:  # a partial store resumes
         extract_predicted(cfg, str(store), overwrite=stale, split=split)
         made = FeatureStore.open(store, kind="predicted")
-        if made.spec.producer.get("predictors_digest") != digest:
+        if not same_predictors(made, train):
             raise PkdError(f"{train_store}: made by other predictors than the config's "
                            f"method.pkd.predictors ({cfg.method.pkd.predictors})")
     return store

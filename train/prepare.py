@@ -46,7 +46,7 @@ from pkd.train.data import (
     load_split_data,
 )
 from pkd.train.models import build_model
-from pkd.train.predicted_cache import predicted_store_path
+from pkd.train.predicted_cache import predicted_store_path, same_predictors
 from pkd.train.tasks import method_of
 from pkd.train.text import QuestionTokenizer
 
@@ -212,10 +212,10 @@ def split_predicted(cfg: TrainConfig, stores: Stores, split: str, v: Vocabs) -> 
     made = store.spec.producer
     if made.get("split") != split:
         raise PkdError(f"{path}: predictions of split {made.get('split')!r}, not {split!r}")
-    digest = train.spec.producer.get("predictors_digest")
-    if made.get("predictors_digest") != digest:
+    if not same_predictors(store, train):
         raise PkdError(f"{path}: made by other predictors (weights digest "
-                       f"{made.get('predictors_digest')}) than {d.predicted} ({digest}); "
+                       f"{made.get('predictors_digest')}) than {d.predicted} "
+                       f"({train.spec.producer.get('predictors_digest')}); "
                        f"re-run pkd extract predicted --split {split}")
     _check_vocab(store, v)
     return store

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pkd.data.synth_questions import RELATIONS, related
+from pkd.data.synth_questions import RELATIONS, related, unique_name
 from pkd.data.synth_scene import COLORS, SHAPES, SIZES, Scene, SceneObject
 
 INFO = {
@@ -88,23 +88,12 @@ def _listing(objects: list[SceneObject]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def _unique_name(scene: Scene, obj: SceneObject) -> str | None:
-    """"blue square" when no other object is a blue square, else "small blue square" when that
-    is unique, else None."""
-    for parts in ((obj.color, obj.shape), (obj.size, obj.color, obj.shape)):
-        same = [o for o in scene.objects if (o.color, o.shape) == (obj.color, obj.shape)
-                and (len(parts) == 2 or o.size == obj.size)]
-        if len(same) == 1:
-            return " ".join(parts)
-    return None
-
-
 def relation_sentence(scene: Scene, rng: np.random.Generator) -> str | None:
     """"the blue square is right of the red circle." for a random (object, relation, anchor),
-    both named uniquely (:func:`_unique_name`), among the ordered pairs that stand in exactly
+    both named uniquely (:func:`~pkd.data.synth_questions.unique_name`), among the ordered pairs that stand in exactly
     one relation (``related``), so each other relation word makes the sentence false; None
     when there is no such pair."""
-    named = [(o, n) for o in scene.objects if (n := _unique_name(scene, o)) is not None]
+    named = [(o, n) for o in scene.objects if (n := unique_name(scene, o, "color", "shape")) is not None]
     options = []
     for a, a_name in named:
         for o, o_name in named:

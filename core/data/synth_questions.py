@@ -116,15 +116,17 @@ def shifted_favourite(question_type: str, max_objects: int) -> str:
     return answers[len(answers) // 2] if len(answers) > 2 else "yes"  # yes/no: balanced
 
 
-def _nameable(scene: Scene, obj: SceneObject, **attr: str) -> bool:
-    """True when ``attr`` (a shape or a colour), or ``attr`` plus the size, picks out ``obj``."""
-    same = [o for o in scene.objects if all(getattr(o, k) == v for k, v in attr.items())]
-    return len(same) == 1 or sum(o.size == obj.size for o in same) == 1
-
-
-def _size(scene: Scene, obj: SceneObject, **attr: str) -> str:
-    """Empty when ``attr`` alone picks out ``obj``, else its size and a space ("large ")."""
-    return "" if scene.count(**attr) == 1 else f"{obj.size} "
+def unique_name(scene: Scene, obj: SceneObject, *attrs: str) -> str | None:
+    """``obj``'s values of ``attrs`` ("blue square" for colour, shape) when they pick out ``obj``
+    alone in ``scene``, else with its size in front ("small blue square") when that does, else
+    None."""
+    words = [getattr(obj, a) for a in attrs]
+    same = [o for o in scene.objects if all(getattr(o, a) == getattr(obj, a) for a in attrs)]
+    if len(same) == 1:
+        return " ".join(words)
+    if sum(o.size == obj.size for o in same) == 1:
+        return " ".join([obj.size, *words])
+    return None
 
 
 def related(anchor: SceneObject, other: SceneObject, relation: str) -> bool:
@@ -142,13 +144,12 @@ def _relational(scene: Scene, question_type: str, focus: frozenset | None) -> li
     out = []
     for anchor in scene.objects:
         if question_type == REL_COLOR_Q:
-            if not _nameable(scene, anchor, shape=anchor.shape):
-                continue
-            name = f"{_size(scene, anchor, shape=anchor.shape)}{anchor.shape}"
+            name = unique_name(scene, anchor, "shape")
         else:
-            if not _nameable(scene, anchor, color=anchor.color):
-                continue
-            name = f"{_size(scene, anchor, color=anchor.color)}{anchor.color} object"
+            name = unique_name(scene, anchor, "color")
+            name = name and f"{name} object"
+        if name is None:
+            continue
         for relation in RELATIONS:
             others = [o for o in scene.objects if o is not anchor and related(anchor, o, relation)]
             if len(others) != 1:
@@ -173,11 +174,11 @@ def _family(scene: Scene, question_type: str, focus: frozenset | None) -> list[Q
         return _relational(scene, t, focus)
     objs = [o for o in scene.objects if focus is None or (o.shape, o.color) in focus]
     if t == COLOR_Q:  # the shape names one object, else the size and the shape do
-        return [Question(f"What color is the {_size(scene, o, shape=o.shape)}{o.shape}?", t,
-                         o.color) for o in objs if _nameable(scene, o, shape=o.shape)]
+        return [Question(f"What color is the {n}?", t, o.color) for o in objs
+                if (n := unique_name(scene, o, "shape")) is not None]
     if t == SHAPE_Q:
-        return [Question(f"What shape is the {_size(scene, o, color=o.color)}{o.color} object?",
-                         t, o.shape) for o in objs if _nameable(scene, o, color=o.color)]
+        return [Question(f"What shape is the {n} object?", t, o.shape) for o in objs
+                if (n := unique_name(scene, o, "color")) is not None]
     total = [] if focus is not None else [
         Question("How many objects are there?", t, str(len(scene.objects)))]
     return total + [Question(f"How many {c} objects are there?", t, str(scene.count(color=c)))
@@ -204,9 +205,9 @@ def _existence(scene: Scene, rng: np.random.Generator, per_type: int, heldout: f
             and (scene.count(color=c) or scene.count(shape=s))]
     options: dict[str, list] = {"yes": [], "no": []}
     for anchor in scene.objects:
-        if not _nameable(scene, anchor, shape=anchor.shape):
+        name = unique_name(scene, anchor, "shape")
+        if name is None:
             continue
-        name = f"{_size(scene, anchor, shape=anchor.shape)}{anchor.shape}"
         for relation in RELATIONS:
             there = {(o.shape, o.color) for o in scene.objects
                      if o is not anchor and related(anchor, o, relation)}
