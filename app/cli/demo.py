@@ -20,6 +20,9 @@ def demo(
     ablations: Annotated[bool, typer.Option(help="also run the ablation rows")] = False,
     methods: Annotated[str, typer.Option(
         help="comma-separated rows instead of the main methods; known: " + ", ".join(KNOWN))] = "",
+    jobs: Annotated[int, typer.Option(
+        min=1, help="runs trained side by side, one process each (file locks keep two "
+                    "processes off one run)")] = 1,
 ) -> None:
     """synth data -> pre-train foundation -> extract -> train -> evaluate; prints a table (also
     written to results.md)."""
@@ -29,7 +32,7 @@ def demo(
     cfg = DemoConfig.of(preset, out)
     rows = tuple(m.strip() for m in methods.split(",") if m.strip()) or cfg.methods
     rows += tuple(a for a in (ABLATIONS if ablations else ()) if a not in rows)
-    cfg.methods, cfg.seeds = rows, seeds or cfg.seeds
+    cfg.methods, cfg.seeds, cfg.jobs = rows, seeds or cfg.seeds, jobs
     results = run_demo(cfg)
     print_table(*results_table(results))
     where = results.get("machine", {})

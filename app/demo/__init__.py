@@ -13,7 +13,7 @@ the training favourite of their question type, and the share of gold answers tha
 :mod:`pkd.data.prior`) plus
 ``"models"`` (parameter counts), ``"region_probes"`` (linear-probe accuracy of shape and colour
 from each regions store, :mod:`pkd.demo.probe`) and ``"stage_seconds"`` (wall time of each stage in
-this invocation; a resumed stage costs ~0) and ``"summary"`` (:func:`summarize`: per method and
+this invocation, summed over the processes of ``--jobs``; a resumed stage costs ~0) and ``"summary"`` (:func:`summarize`: per method and
 split, ``mean``, ``ci_low``, ``ci_high`` — the 95% Student-t interval over seeds, None for one
 seed — ``n``, ``seeds``, and the paired difference of overall accuracy to the ``reference`` row
 on the same seeds, ``diff_mean``, ``diff_ci_low``, ``diff_ci_high``; :data:`REFERENCE`).
@@ -30,6 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pkd.demo.jobs import locked, run_tasks, threads_per_job
 
 if TYPE_CHECKING:
     from pkd.data.synth import SynthConfig
@@ -105,6 +107,7 @@ class DemoConfig:
     train_epochs: int = 10  # VQA training epochs per run
     batch_size: int = 64  # VQA training batch size
     preset: str = "quick"  # the size name printed with the results (see DemoConfig.of)
+    jobs: int = 1  # runs trained side by side, in processes (pkd.demo.jobs)
 
     @classmethod
     def of(cls, preset: str, out: Path, **overrides) -> DemoConfig:
@@ -257,6 +260,7 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
         "run.seed": seed, "run.out_dir": run_dir(cfg, name, seed), "run.epochs": cfg.train_epochs,
         "run.batch_size": cfg.batch_size, "run.eval_every": 0, "run.checkpoint_every": 0,
         "run.log_every": 20, "run.device": "auto", "optim.lr": 0.002,
+        **({"run.threads": threads_per_job(cfg.jobs)} if cfg.jobs > 1 else {}),
     }
     teacher_run = run_dir(cfg, "teacher", seed)
     distill = {**STUDENT, **TEACHER, "method.name": "distillvlm", "optim.lr": 0.0005,
@@ -350,36 +354,45 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
     """Train one run (and what it builds on) unless it is finished; return its folder."""
     from pkd.train.config import load_config
     from pkd.train.loop import fit
-    from pkd.train.prepare import CARVED_VAL, reads_predicted, val_split_name
 
     for need in needs(name):
         train_run(cfg, paths, need, seed)
     tcfg = load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, seed).items()])
     run = Path(tcfg.run.out_dir)
-    if (name.startswith("distillvlm") and not tcfg.method.distill.online_teacher
-            and not _complete(tcfg.data.teacher)):
-        from pkd.train.teacher_extract import extract_teacher
+    with locked(cfg.out, run.name):  # one process per run (pkd.demo.jobs)
+        if name.startswith("distillvlm") and not tcfg.method.distill.online_teacher:
+            with locked(cfg.out, Path(tcfg.data.teacher).name):  # shared by a seed's rows
+                if not _complete(tcfg.data.teacher):
+                    from pkd.train.teacher_extract import extract_teacher
 
-        _stage(f"caching the adapted teacher (seed {seed})")
-        extract_teacher(tcfg)
-    if (name.startswith("pkd") and tcfg.data.predicted and tcfg.method.pkd.use_predictors
-            and not _complete(tcfg.data.predicted)):
+                    _stage(f"caching the adapted teacher (seed {seed})")
+                    extract_teacher(tcfg)
+        if name.startswith("pkd") and tcfg.data.predicted and tcfg.method.pkd.use_predictors:
+            with locked(cfg.out, Path(tcfg.data.predicted).name):  # and its split stores
+                _predicted_stores(tcfg, seed)
+        if not (run / "ckpt" / "latest.json").is_file() or not (run / "done").is_file():
+            _stage(f"training {name} (seed {seed})")
+            fit(tcfg, resume=(run / "ckpt" / "latest.json").is_file())
+            (run / "done").write_text("")
+    return run
+
+
+def _predicted_stores(tcfg, seed: int) -> None:
+    """The frozen predictors' outputs on the training split (cached once), and on every split
+    D validates and is scored on when it reads them (``model.foundation_inputs=predicted``)."""
+    from pkd.train.prepare import CARVED_VAL, reads_predicted, val_split_name
+
+    if not _complete(tcfg.data.predicted):
         from pkd.train.predicted_extract import extract_predicted
 
         _stage(f"caching the frozen PKD predictors' outputs (seed {seed})")
         extract_predicted(tcfg)
-    if reads_predicted(tcfg):  # D reads e_v, e_t on every split it validates and is scored on
+    if reads_predicted(tcfg):
         from pkd.train.predicted_extract import split_predictions
 
         for split in dict.fromkeys((val_split_name(tcfg), *SPLITS)):
-            if split == CARVED_VAL:  # the training split's store covers it
-                continue
-            split_predictions(tcfg, split)
-    if not (run / "ckpt" / "latest.json").is_file() or not (run / "done").is_file():
-        _stage(f"training {name} (seed {seed})")
-        fit(tcfg, resume=(run / "ckpt" / "latest.json").is_file())
-        (run / "done").write_text("")
-    return run
+            if split != CARVED_VAL:  # the training split's store covers it
+                split_predictions(tcfg, split)
 
 
 def evaluate_run(run: Path, name: str, seed: int) -> list[dict]:
@@ -458,22 +471,42 @@ def run_demo(cfg: DemoConfig) -> dict:
            f"seed{'' if cfg.seeds == 1 else 's'}, {len(cfg.methods)} rows"
            + (" (the README's table: pkd demo --preset full)" if cfg.preset == "quick" else ""))
     paths = timed("prepare (data, pre-training, extraction)", lambda: prepare(cfg))
+    tasks = [(name, seed) for name in dict.fromkeys(cfg.methods) for seed in range(cfg.seeds)]
+    if cfg.jobs > 1:
+        _stage(f"{len(tasks)} (row, seed) tasks in {cfg.jobs} processes, "
+               f"{threads_per_job(cfg.jobs)} torch thread(s) each")
     rows = []
-    for name in cfg.methods:
-        for seed in range(cfg.seeds):
-            if name in CONTROLS:  # same rows on every seed, so paired differences line up
-                rows += timed("controls", lambda n=name, s=seed: control_rows(cfg, paths, n, s))
-                continue
-            for need in needs(name):
-                timed(f"{need}-seed{seed}", lambda n=need, s=seed: train_run(cfg, paths, n, s))
-            run = timed(f"{name}-seed{seed}", lambda n=name, s=seed: train_run(cfg, paths, n, s))
-            rows += timed("evaluation", lambda r=run, n=name, s=seed: evaluate_run(r, n, s))
+    for task_rows, task_seconds in run_tasks(tasks, cfg.jobs, table_rows, cfg, paths):
+        rows += task_rows
+        for key, s in task_seconds.items():  # summed over processes: CPU-side stage time
+            seconds[key] = round(seconds.get(key, 0.0) + s, 1)
     results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows,
                "models": model_sizes(cfg), "region_probes": region_probes(paths),
                "foundation_probes": foundation_probes(paths), "stage_seconds": seconds,
                "preset": cfg.preset, "machine": machine()}
     save_results(results, cfg.out)
     return results
+
+
+def table_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> tuple[list[dict], dict]:
+    """(rows of ``name`` on ``seed``, seconds per stage): train it and what it builds on, then
+    score it (under the run's lock); controls are computed, nothing trained."""
+    seconds: dict[str, float] = {}
+
+    def timed(key: str, fn):
+        t = time.monotonic()
+        out = fn()
+        seconds[key] = round(seconds.get(key, 0.0) + time.monotonic() - t, 1)
+        return out
+
+    if name in CONTROLS:  # same rows on every seed, so paired differences line up
+        return timed("controls", lambda: control_rows(cfg, paths, name, seed)), seconds
+    for need in needs(name):
+        timed(f"{need}-seed{seed}", lambda n=need: train_run(cfg, paths, n, seed))
+    run = timed(f"{name}-seed{seed}", lambda: train_run(cfg, paths, name, seed))
+    with locked(cfg.out, run.name):
+        rows = timed("evaluation", lambda: evaluate_run(run, name, seed))
+    return rows, seconds
 
 
 def save_results(results: dict, out: Path) -> None:

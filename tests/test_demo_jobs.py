@@ -1,0 +1,104 @@
+"""`pkd demo --jobs N`: runs side by side in processes, one process per run (file locks), the
+same table as one process."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import threading
+import time
+
+import pytest
+
+from pkd.cores import usable_cores
+from pkd.data.synth import SynthConfig
+from pkd.demo import DemoConfig, overrides, run_demo
+from pkd.demo.jobs import locked, run_tasks, threads_per_job
+
+
+def test_threads_per_job_leave_each_process_a_core_for_its_data_thread():
+    assert threads_per_job(1, cores=16) == 15  # = the trainer's own choice for one process
+    assert threads_per_job(4, cores=16) == 3
+    assert threads_per_job(2, cores=2) == 1
+    assert threads_per_job(8, cores=2) == 1  # never 0
+
+
+def test_a_lock_is_exclusive_while_held_and_free_after(tmp_path):
+    def try_lock() -> bool:
+        fd = os.open(tmp_path / "locks" / "run-seed0.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    with locked(tmp_path, "run-seed0"):
+        assert not try_lock()  # another open file (another process) must wait
+    assert try_lock()
+
+
+def test_a_second_holder_waits_for_the_first(tmp_path):
+    order = []
+
+    def second():
+        with locked(tmp_path, "x"):
+            order.append("second")
+
+    with locked(tmp_path, "x"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first done")
+    t.join(5)
+    assert order == ["first done", "second"]
+
+
+def test_run_tasks_keeps_the_order_and_raises_the_first_error():
+    assert run_tasks([(2, 4), (1, 8), (3, 3)], 2, threads_per_job) == [1, 7, 1]
+    assert run_tasks([("7",)], 1, int) == [7]  # jobs=1: in this process
+    with pytest.raises(ValueError):
+        run_tasks([("1",), ("x",)], 2, int)
+
+
+def test_jobs_set_the_runs_threads_only_when_parallel(tmp_path):
+    from pkd.demo import Paths
+
+    paths = Paths(tmp_path / "data", tmp_path / "foundation", tmp_path / "stores")
+    assert "run.threads" not in overrides(DemoConfig(out=tmp_path), paths, "baseline", 0)
+    spec = overrides(DemoConfig(out=tmp_path, jobs=2), paths, "baseline", 0)
+    assert spec["run.threads"] == threads_per_job(2)
+
+
+def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd):
+    synth = SynthConfig(train_images=60, val_images=16, test_images=20, test_iid_images=20,
+                        test_comp_images=20, detection_train_images=10, detection_val_images=5,
+                        caption_images=40, pilot_scenes=400)
+    common = {"seeds": 2, "methods": ("baseline", "distillvlm", "inverted-prior"),
+              "synth": synth, "pretrain_epochs": 1, "train_epochs": 1}
+    out = tmp_path / "demo"
+    one = run_demo(DemoConfig(out=out, **common))
+    shutil.rmtree(out / "runs")  # the same benchmark, stores and models; every run again
+    capfd.readouterr()
+    two = run_demo(DemoConfig(out=out, jobs=2, **common))
+    printed = capfd.readouterr().out
+    # distillvlm's seed-s task trains teacher seed s first; each run once, in some process
+    for run in ("baseline", "teacher", "distillvlm"):
+        for seed in (0, 1):
+            assert printed.count(f"training {run} (seed {seed})") == 1, run
+            assert (out / "runs" / f"{run}-seed{seed}" / "done").is_file()
+    assert "6 (row, seed) tasks in 2 processes" in printed
+    assert [(r["method"], r["seed"], r["split"]) for r in two["rows"]] == [
+        (r["method"], r["seed"], r["split"]) for r in one["rows"]]  # the table's order
+    assert {"baseline-seed1", "teacher-seed1", "distillvlm-seed1", "controls"} <= set(
+        two["stage_seconds"])
+    if threads_per_job(2) == max(1, usable_cores() - 1):  # same torch threads per run: same numbers
+        def scores(rows):
+            return [(r["method"], r["seed"], r["split"], r["overall"]) for r in rows]
+
+        assert scores(two["rows"]) == scores(one["rows"])
+    again = run_demo(DemoConfig(out=out, jobs=2, **common))  # resumes: nothing left
+    assert "[demo] training" not in capfd.readouterr().out
+    assert [r["overall"] for r in again["rows"]] == [r["overall"] for r in two["rows"]]
