@@ -74,13 +74,16 @@ def padded_signals(signals: dict[str, torch.Tensor], t: int, one_layer: bool
     att = nn.functional.pad(att, (0, pad, 0, pad))  # (B, n, H, T, T)
     hidden = signals["teacher_hidden"].float() * mask[..., None]  # (B, T_b, d)
     hidden = nn.functional.pad(hidden, (0, 0, 0, pad))  # (B, T, d)
-    return {
-        "teacher_logits": signals["teacher_logits"].float().cpu().numpy().astype(np.float16),
-        "teacher_attentions": (att[:, 0] if one_layer else att).cpu().numpy().astype(np.float16),
-        "teacher_hidden": hidden.cpu().numpy().astype(np.float16),
-        "teacher_token_mask": nn.functional.pad(mask, (0, pad)).cpu().numpy().astype(np.uint8),
-        "num_tokens": mask.sum(dim=1).cpu().numpy().astype(np.int32),
-    }
+    with np.errstate(over="ignore"):  # beyond float16's range -> inf, recorded as non-finite
+        return {
+            "teacher_logits": signals["teacher_logits"].float().cpu().numpy().astype(np.float16),
+            "teacher_attentions": (att[:, 0] if one_layer else att).cpu().numpy().astype(
+                np.float16),
+            "teacher_hidden": hidden.cpu().numpy().astype(np.float16),
+            "teacher_token_mask": nn.functional.pad(mask, (0, pad)).cpu().numpy().astype(
+                np.uint8),
+            "num_tokens": mask.sum(dim=1).cpu().numpy().astype(np.int32),
+        }
 
 
 def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict],
