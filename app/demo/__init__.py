@@ -459,18 +459,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise PkdError(f"pkd demo: unknown method {unknown[0]!r} (known: {', '.join(KNOWN)})")
     start = time.monotonic()
     seconds: dict[str, float] = {}  # wall time of each stage in this invocation
-
-    def timed(key: str, fn):
-        t = time.monotonic()
-        out = fn()
-        seconds[key] = round(seconds.get(key, 0.0) + time.monotonic() - t, 1)
-        return out
-
     cfg.out.mkdir(parents=True, exist_ok=True)
     _stage(f"{cfg.preset} size: {cfg.synth.train_images} training images, {cfg.seeds} "
            f"seed{'' if cfg.seeds == 1 else 's'}, {len(cfg.methods)} rows"
            + (" (the README's table: pkd demo --preset full)" if cfg.preset == "quick" else ""))
-    paths = timed("prepare (data, pre-training, extraction)", lambda: prepare(cfg))
+    paths = _timed(seconds, "prepare (data, pre-training, extraction)", lambda: prepare(cfg))
     tasks = [(name, seed) for name in dict.fromkeys(cfg.methods) for seed in range(cfg.seeds)]
     if cfg.jobs > 1:
         _stage(f"{len(tasks)} (row, seed) tasks in {cfg.jobs} processes, "
@@ -492,21 +485,22 @@ def table_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> tuple[lis
     """(rows of ``name`` on ``seed``, seconds per stage): train it and what it builds on, then
     score it (under the run's lock); controls are computed, nothing trained."""
     seconds: dict[str, float] = {}
-
-    def timed(key: str, fn):
-        t = time.monotonic()
-        out = fn()
-        seconds[key] = round(seconds.get(key, 0.0) + time.monotonic() - t, 1)
-        return out
-
     if name in CONTROLS:  # same rows on every seed, so paired differences line up
-        return timed("controls", lambda: control_rows(cfg, paths, name, seed)), seconds
+        return _timed(seconds, "controls", lambda: control_rows(cfg, paths, name, seed)), seconds
     for need in needs(name):
-        timed(f"{need}-seed{seed}", lambda n=need: train_run(cfg, paths, n, seed))
-    run = timed(f"{name}-seed{seed}", lambda: train_run(cfg, paths, name, seed))
+        _timed(seconds, f"{need}-seed{seed}", lambda n=need: train_run(cfg, paths, n, seed))
+    run = _timed(seconds, f"{name}-seed{seed}", lambda: train_run(cfg, paths, name, seed))
     with locked(cfg.out, run.name):
-        rows = timed("evaluation", lambda: evaluate_run(run, name, seed))
+        rows = _timed(seconds, "evaluation", lambda: evaluate_run(run, name, seed))
     return rows, seconds
+
+
+def _timed(seconds: dict[str, float], key: str, fn):
+    """``fn()``, adding its wall time to ``seconds[key]``."""
+    t = time.monotonic()
+    out = fn()
+    seconds[key] = round(seconds.get(key, 0.0) + time.monotonic() - t, 1)
+    return out
 
 
 def save_results(results: dict, out: Path) -> None:
