@@ -102,3 +102,18 @@ def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd)
     again = run_demo(DemoConfig(out=out, jobs=2, **common))  # resumes: nothing left
     assert "[demo] training" not in capfd.readouterr().out
     assert [r["overall"] for r in again["rows"]] == [r["overall"] for r in two["rows"]]
+
+
+def test_cli_jobs_option(tmp_path, monkeypatch, capsys):
+    import pkd.demo
+    from pkd.cli import main
+
+    seen = {}
+    monkeypatch.setattr(pkd.demo, "run_demo", lambda cfg: seen.setdefault("cfg", cfg) and {
+        "elapsed_s": 0.0, "rows": [], "models": {}})
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert seen.pop("cfg").jobs == 1  # the README's main command: one process
+    assert main(["demo", "--out", str(tmp_path), "--jobs", "2"]) == 0
+    assert seen.pop("cfg").jobs == 2
+    assert main(["demo", "--out", str(tmp_path), "--jobs", "0"]) == 2  # refused, nothing run
+    assert "cfg" not in seen and "--jobs" in capsys.readouterr().err
