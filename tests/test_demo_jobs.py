@@ -117,3 +117,11 @@ def test_cli_jobs_option(tmp_path, monkeypatch, capsys):
     assert seen.pop("cfg").jobs == 2
     assert main(["demo", "--out", str(tmp_path), "--jobs", "0"]) == 2  # refused, nothing run
     assert "cfg" not in seen and "--jobs" in capsys.readouterr().err
+
+
+def test_jobs_below_one_are_refused_in_one_line(tmp_path):
+    from pkd.errors import PkdError
+
+    with pytest.raises(PkdError, match="jobs must be >= 1, not 0"):
+        run_demo(DemoConfig(out=tmp_path, jobs=0))
+    assert not (tmp_path / "data").exists()  # refused before anything is written

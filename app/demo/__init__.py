@@ -457,6 +457,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     unknown = [m for m in cfg.methods if m not in KNOWN]
     if unknown:
         raise PkdError(f"pkd demo: unknown method {unknown[0]!r} (known: {', '.join(KNOWN)})")
+    if cfg.jobs < 1:
+        raise PkdError(f"pkd demo: jobs must be >= 1, not {cfg.jobs}")
     start = time.monotonic()
     seconds: dict[str, float] = {}  # wall time of each stage in this invocation
     cfg.out.mkdir(parents=True, exist_ok=True)

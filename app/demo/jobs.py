@@ -16,7 +16,6 @@ folder. A process that dies releases its locks (the kernel drops them with the f
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
@@ -38,6 +37,8 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
 def locked(out: Path, name: str) -> Iterator[None]:
     """Hold the exclusive lock ``OUT/locks/<name>.lock`` for the block (wait while another
     process holds it)."""
+    import fcntl  # POSIX only: imported where it is used, so pkd.demo imports everywhere
+
     folder = Path(out) / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
