@@ -29,6 +29,10 @@ SwapWeight = Annotated[float | None, typer.Option(
     help="weight of L_swap (image vs its caption and the swapped one; needs --swap-negatives)")]
 TagWeight = Annotated[float | None, typer.Option(
     help="weight of L_tag (the image embedding predicts its captions' colour-shape pairs)")]
+TagEpochs = Annotated[int | None, typer.Option(
+    help="stage A: epochs training the image tower as a tagger of its captions' objects")]
+LockVision = Annotated[bool | None, typer.Option(
+    help="stage B: the ITC with the image tower frozen (LiT; needs --tag-epochs)")]
 
 
 app = typer.Typer(help="Pre-train the foundation model (options below) or a region backbone "
@@ -48,7 +52,8 @@ def foundation(ctx: typer.Context, data: OptData = None, out: OptOut = None,
                heads: Int = None, patch_size: Int = None, proj_dim: Int = None,
                threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
                swap_negatives: SwapNegatives = None, swap_weight: SwapWeight = None,
-               tag_weight: TagWeight = None,
+               tag_weight: TagWeight = None, tag_epochs: TagEpochs = None,
+               lock_vision: LockVision = None,
                ) -> None:
     """Pre-train a tiny CLIP/BLIP on the caption corpus (ITC, + ITM for BLIP) and save it."""
     if ctx.invoked_subcommand is not None:
@@ -58,7 +63,7 @@ def foundation(ctx: typer.Context, data: OptData = None, out: OptOut = None,
             raise typer.BadParameter("missing (needed by the foundation pre-training)",
                                      param_hint=name)
     pretrain(data, out, family, epochs, seed, batch_size, lr, hidden, layers, heads, patch_size,
-             proj_dim, threads, swap_negatives, swap_weight, tag_weight)
+             proj_dim, threads, swap_negatives, swap_weight, tag_weight, tag_epochs, lock_vision)
 
 
 def pretrain(data: Data, out: Out, family: Family = "clip",
@@ -68,7 +73,8 @@ def pretrain(data: Data, out: Out, family: Family = "clip",
              heads: Int = None, patch_size: Int = None, proj_dim: Int = None,
              threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
              swap_negatives: SwapNegatives = None, swap_weight: SwapWeight = None,
-             tag_weight: TagWeight = None,
+             tag_weight: TagWeight = None, tag_epochs: TagEpochs = None,
+             lock_vision: LockVision = None,
              ) -> None:
     """Pre-train a tiny CLIP/BLIP on the caption corpus (ITC, + ITM for BLIP) and save it."""
     from dataclasses import replace
@@ -86,7 +92,8 @@ def pretrain(data: Data, out: Out, family: Family = "clip",
     cfg = PretrainConfig(data, out, family=family, size=size, seed=seed,
                          **given(epochs=epochs, batch_size=batch_size, lr=lr, threads=threads,
                                  swap_negatives=swap_negatives, swap_weight=swap_weight,
-                                 tag_weight=tag_weight))
+                                 tag_weight=tag_weight, tag_epochs=tag_epochs,
+                                 lock_vision=lock_vision))
     hf_logging.disable_progress_bar()
     metrics = run(cfg)
     print_metrics(metrics)

@@ -19,6 +19,9 @@ One module per concept:
   InfoNCE, BLIP's ITM with hard negatives).
 - :mod:`~pkd.train.pretrain.negatives`: attribute-swapped negative captions (NegCLIP-style) that
   join the ITC so that shape, not just colour, must be bound to the image.
+- :mod:`~pkd.train.pretrain.tag_pretrain`: optional stage A before the ITC, the image tower
+  trained as a tagger of its captions' objects, then locked for the ITC (LiT-style), so that the
+  tiny ViT perceives shape.
 - :mod:`~pkd.train.pretrain.evaluate`: held-out retrieval and attribute probes.
 - :mod:`~pkd.train.pretrain.save`: the output folder, moved into place atomically.
 
@@ -29,7 +32,8 @@ caption choice and the hard-negative draws, and the tokenizer ids are made canon
 
 Output ``OUT/`` (written to a temporary sibling folder, then renamed into place): the
 ``save_pretrained`` files of model, tokenizer and image processor, and ``pretrain_metrics.json``:
-``{family, config, seconds, epochs: [{epoch, loss, itc_loss[, itm_loss]}], retrieval: {i2t_r1,
+``{family, config, seconds, epochs: [{epoch, loss, itc_loss[, itm_loss]}], tag_pretraining:
+[{epoch, tag_loss}] (stage A; empty when off), retrieval: {i2t_r1,
 i2t_r5, t2i_r1, t2i_r5, chance_r1, chance_r5, images}, probes: {color|shape|size: {accuracy,
 chance, n}}, data: {...}}`` (retrieval and probes: :mod:`~pkd.train.pretrain.evaluate`).
 """
@@ -76,6 +80,7 @@ from pkd.train.pretrain.model import (
 )
 from pkd.train.pretrain.negatives import negative_captions
 from pkd.train.pretrain.save import METRICS_FILE, check_out_dir, save_model
+from pkd.train.pretrain.tag_pretrain import fit_tag_epochs, lock_vision, object_tags
 from pkd.train.pretrain.tags import caption_tags
 
 __all__ = [
@@ -116,6 +121,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
                                               tokenizer, cfg.swap_negatives, cfg.seed,
                                               cfg.size.max_positions)
             tags = caption_tags(corpus.captions) if cfg.tag_weight > 0 else None
+            tagging = []
+            if cfg.tag_epochs:
+                tagging = fit_tag_epochs(model, cfg, corpus.pixels, object_tags(corpus.captions),
+                                         train_idx, normalize)
+            if cfg.lock_vision:
+                lock_vision(model)
             history = fit_epochs(model, cfg, corpus.pixels, tokens, train_idx, normalize,
                                  negatives, tags)
             metrics = {
@@ -124,7 +135,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
                          "captions": len(tokens.image_of), "train_images": len(train_idx),
                          "heldout_images": len(eval_idx), "tokenizer_texts": len(texts),
                          "vocab_size": len(tokenizer)},
-                "epochs": history,
+                "epochs": history, "tag_pretraining": tagging,
                 **evaluate_heldout(model, cfg.family, corpus, tokens, tokenizer, eval_idx,
                                    normalize),
             }

@@ -37,6 +37,8 @@ class PretrainConfig:
     itm_weight: float = 1.0  # weight of the BLIP ITM loss
     swap_weight: float = 0.0  # weight of L_swap: each image vs its caption and that caption's swapped negative (needs swap_negatives > 0)
     tag_weight: float = 0.0  # weight of L_tag: the image embedding predicts the (colour, shape) pairs its captions name (pkd.train.pretrain.tags; 0 = off)
+    tag_epochs: int = 0  # stage A: epochs training the image tower as a tagger of its captions' objects before the ITC (pkd.train.pretrain.tag_pretrain; 0 = off)
+    lock_vision: bool = False  # stage B: the ITC trains with the image tower frozen (LiT; needs tag_epochs > 0)
     swap_negatives: int = 0  # attribute-swapped negative captions drawn per caption (one per step joins the ITC; 0 = plain in-batch ITC)
     eval_fraction: float = 0.1  # share of caption images held out for evaluation
     seed: int = 0  # seeds init, held-out split, data order and hard-negative sampling
@@ -53,6 +55,9 @@ class PretrainConfig:
             (self.threads >= 0 and self.itc_temperature > 0, "need threads >= 0, τ > 0"),
             (self.swap_negatives >= 0, "swap_negatives must be >= 0"),
             (self.tag_weight >= 0, "tag_weight must be >= 0"),
+            (self.tag_epochs >= 0, "tag_epochs must be >= 0"),
+            (not self.lock_vision or self.tag_epochs > 0,
+             "lock_vision needs tag_epochs > 0 (a locked random tower learns nothing)"),
             (self.swap_weight >= 0 and (self.swap_weight == 0 or self.swap_negatives > 0),
              "swap_weight must be >= 0 and needs swap_negatives > 0"),
             (self.size.hidden % self.size.heads == 0, "hidden must be a multiple of heads"),
