@@ -35,7 +35,7 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
                         test_comp_images=20, detection_train_images=10, detection_val_images=5,
                         caption_images=40, pilot_scenes=400)
     cfg = DemoConfig(out=tmp_path / "demo", seeds=1, methods=("baseline",), synth=synth,
-                     pretrain_epochs=1, train_epochs=1)
+                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1)
     results = run_demo(cfg)
     saved = json.loads((cfg.out / "results.json").read_text())
     assert saved == results and isinstance(saved["elapsed_s"], float)
@@ -80,7 +80,7 @@ def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monke
                         test_comp_images=12, detection_train_images=8, detection_val_images=4,
                         caption_images=24, pilot_scenes=400)
     cfg = DemoConfig(out=tmp_path / "demo", methods=("pkd", "pkd-item"), synth=synth,
-                     pretrain_epochs=1, train_epochs=1)
+                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1)
     read = []
     predict = PKDTask.predict
     monkeypatch.setattr(PKDTask, "predict", lambda self, batch: read.append(
@@ -110,7 +110,7 @@ def test_demo_alignment_ablation_rows_run_on_the_teachers_own_boxes(tmp_path):
                         test_comp_images=12, detection_train_images=8, detection_val_images=4,
                         caption_images=24, pilot_scenes=400)
     cfg = DemoConfig(out=tmp_path / "demo", methods=("distillvlm-unaligned",), synth=synth,
-                     pretrain_epochs=1, train_epochs=1)
+                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1)
     results = run_demo(cfg)
     assert {r["method"] for r in results["rows"]} == {"distillvlm-unaligned"}
     store = FeatureStore.open(cfg.out / "stores" / OWN_REGIONS, kind="regions")

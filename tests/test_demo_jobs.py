@@ -77,7 +77,8 @@ def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd)
                         test_comp_images=20, detection_train_images=10, detection_val_images=5,
                         caption_images=40, pilot_scenes=400)
     common = {"seeds": 2, "methods": ("baseline", "distillvlm", "inverted-prior"),
-              "synth": synth, "pretrain_epochs": 1, "train_epochs": 1}
+              "synth": synth, "pretrain_epochs": 1, "pretrain_tag_epochs": 1,
+              "train_epochs": 1}
     out = tmp_path / "demo"
     one = run_demo(DemoConfig(out=out, **common))
     shutil.rmtree(out / "runs")  # the same benchmark, stores and models; every run again

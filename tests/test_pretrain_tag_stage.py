@@ -13,7 +13,16 @@ from safetensors.torch import load_file
 
 from pkd.errors import PkdError
 from pkd.train import pretrain as P
-from pkd.train.pretrain.tag_pretrain import COUNTS, N_TAGS, SHAPES, SIZES, object_tags, tag_index
+from pkd.train.pretrain.tag_pretrain import (
+    COUNTS,
+    N_PAIRS,
+    N_TAGS,
+    SHAPES,
+    SIZES,
+    object_tags,
+    pair_index,
+    tag_index,
+)
 
 TINY = P.ModelSize(hidden=32, layers=1, heads=2, patch_size=8, proj_dim=16, vocab_size=200)
 
@@ -40,15 +49,20 @@ def test_object_tags_are_every_named_triple_and_the_count():
         ["one object: a small green diamond."],
         ["nothing here", "a red circle"],  # no size: no triple, no count word: an all-zero row
     ])
-    assert tags.shape == (3, len(SIZES) * 6 * len(SHAPES) + len(COUNTS)) == (3, N_TAGS)
+    assert tags.shape == (3, 6 * len(SHAPES) * (1 + len(SIZES)) + len(COUNTS)) == (3, N_TAGS)
     assert {int(i) for i in tags[0].nonzero()} == {
+        pair_index("red", "circle"), pair_index("blue", "square"),
         tag_index("small", "red", "circle"), tag_index("large", "blue", "square"),
         count_tag("two")}
-    assert {int(i) for i in tags[1].nonzero()} == {tag_index("small", "green", "diamond"),
+    assert {int(i) for i in tags[1].nonzero()} == {pair_index("green", "diamond"),
+                                                   tag_index("small", "green", "diamond"),
                                                    count_tag("one")}
     assert tags[2].sum() == 0 and tags.max() == 1
-    assert len({tag_index(z, c, s) for z in SIZES for c in P.PROBE_WORDS["color"]
-                for s in SHAPES}) == N_TAGS - len(COUNTS)  # one column per triple
+    colors = P.PROBE_WORDS["color"]
+    columns = ({pair_index(c, s) for c in colors for s in SHAPES}
+               | {tag_index(z, c, s) for z in SIZES for c in colors for s in SHAPES})
+    assert len(columns) == N_TAGS - len(COUNTS) and max(columns) < N_TAGS - len(COUNTS)
+    assert max(pair_index(c, s) for c in colors for s in SHAPES) < N_PAIRS
 
 
 def test_corpus_captions_yield_one_count_and_a_triple_per_object(data):
@@ -56,8 +70,9 @@ def test_corpus_captions_yield_one_count_and_a_triple_per_object(data):
     tags = object_tags(corpus.captions)
     assert (tags[:, -len(COUNTS):].sum(1) == 1).all()  # every caption states its count
     counts = tags[:, -len(COUNTS):].argmax(1) + 1  # "one" .. "four"
-    assert (tags[:, :-len(COUNTS)].sum(1) <= counts).all()  # equal objects share a triple
-    assert (tags[:, :-len(COUNTS)].sum(1) >= 1).all()
+    triples = tags[:, N_PAIRS:-len(COUNTS)].sum(1)
+    assert (triples <= counts).all() and (triples >= 1).all()  # equal objects share a triple
+    assert (tags[:, :N_PAIRS].sum(1) <= triples).all()  # small and large red circles: one pair
 
 
 def tiny(data, out, **changes) -> P.PretrainConfig:

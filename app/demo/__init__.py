@@ -103,7 +103,8 @@ class DemoConfig:
     seeds: int = 1  # training seeds per method
     methods: tuple[str, ...] = MAIN_METHODS  # rows of the results table (see ABLATIONS too)
     synth: SynthConfig = field(default_factory=lambda: _synth_defaults())  # the benchmark
-    pretrain_epochs: int = 20  # caption pre-training epochs of the demo foundation model
+    pretrain_epochs: int = 6  # caption ITC epochs of the demo foundation model (stage B)
+    pretrain_tag_epochs: int = 12  # stage A: image-tower tagging epochs, then the tower is locked for the ITC (0 = a plain ITC from scratch; pkd.train.pretrain.tag_pretrain)
     train_epochs: int = 10  # VQA training epochs per run
     batch_size: int = 64  # VQA training batch size
     preset: str = "quick"  # the size name printed with the results (see DemoConfig.of)
@@ -127,8 +128,10 @@ class DemoConfig:
 # The two sizes (DemoConfig fields; the benchmark itself is SynthConfig.preset of the same name).
 # full: 8x the training questions, so fewer epochs give more steps than quick's 10.
 DEMO_PRESETS: dict[str, dict] = {
-    "quick": {"seeds": 1, "methods": MAIN_METHODS, "pretrain_epochs": 20, "train_epochs": 10},
-    "full": {"seeds": 5, "methods": FULL_METHODS, "pretrain_epochs": 20, "train_epochs": 3},
+    "quick": {"seeds": 1, "methods": MAIN_METHODS, "pretrain_epochs": 6, "pretrain_tag_epochs": 12,
+              "train_epochs": 10},
+    "full": {"seeds": 5, "methods": FULL_METHODS, "pretrain_epochs": 6, "pretrain_tag_epochs": 12,
+             "train_epochs": 3},
 }
 
 
@@ -167,7 +170,8 @@ def prepare(cfg: DemoConfig) -> Paths:
     if not (paths.foundation / "pretrain_metrics.json").is_file():
         _stage("pre-training the demo foundation model on the caption corpus")
         pretrain(PretrainConfig(data_dir=paths.data, out_dir=paths.foundation,
-                                epochs=cfg.pretrain_epochs))
+                                epochs=cfg.pretrain_epochs, tag_epochs=cfg.pretrain_tag_epochs,
+                                lock_vision=cfg.pretrain_tag_epochs > 0))
     for size, epochs, seed in (("student", 0, 0), ("teacher", 2, 1)):  # trained like bottom-up's
         if not (out / f"backbone-{size}" / "config.json").is_file():
             _stage(f"training the {size} region backbone on the detection corpus")

@@ -72,7 +72,7 @@ class SynthConfig:
     test_images: int = 600  # images of the test split (shifted prior)
     test_comp_images: int = 600  # images of test_comp (held-out shape x colour combinations)
     test_iid_images: int = 600  # images of the test_iid split (train prior)
-    caption_images: int = 2000  # images of the unbiased caption corpus
+    caption_images: int = 6000  # images of the unbiased caption corpus (the foundation's tagger overfits 2,000: README)
     captions_per_image: int = 2  # captions per caption image
     caption_relations: bool = False  # each caption also states one spatial relation that holds
     caption_max_objects: int = 4  # objects per caption image, 1..this, P(n) ∝ n
@@ -153,7 +153,7 @@ class SynthConfig:
 PRESETS = {  # SynthConfig fields that differ from the defaults (= quick)
     "quick": {},
     "full": {"train_images": 14400, "val_images": 2000, "test_images": 5000,
-             "test_comp_images": 5000, "test_iid_images": 4900, "caption_images": 10000,
+             "test_comp_images": 5000, "test_iid_images": 4900, "caption_images": 20000,
              "detection_train_images": 8000, "detection_val_images": 1000},
 }
 
