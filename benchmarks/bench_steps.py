@@ -138,8 +138,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_steps_"))
     try:
         demo = args.demo or tmp / "demo"
-        cfg = DemoConfig(out=demo, pretrain_epochs=2 if args.demo is None else 20,
-                         train_epochs=1 if args.demo is None else 10)
+        small = {"pretrain_epochs": 2, "pretrain_tag_epochs": 1, "train_epochs": 1}
+        cfg = DemoConfig(out=demo, **(small if args.demo is None else {}))  # else the demo's
         paths, tokenwise = build_demo(tmp, cfg)
         work = tmp / "runs"
         work.mkdir()
