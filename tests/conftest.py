@@ -53,6 +53,17 @@ def tiny_resnet_dir(tmp_path_factory) -> Path:
     return build_tiny_resnet(tmp_path_factory.mktemp("tiny_resnet"))
 
 
+@pytest.fixture(scope="session")
+def caption_data(tmp_path_factory) -> Path:
+    """A tiny synthetic benchmark with 24 caption images (read-only: the tag tests share it)."""
+    from pkd.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("captions") / "synth"
+    generate(SynthConfig(train_images=4, val_images=2, test_images=2, test_iid_images=2,
+                         caption_images=24, pilot_scenes=100), out)
+    return out
+
+
 @pytest.fixture(scope="module", params=["clip", "blip"])
 def family(request) -> str:
     """Each foundation-model family pkd reads: a test using it runs once per family."""

@@ -27,15 +27,10 @@ from pkd.train.pretrain.tag_pretrain import (
 TINY = P.ModelSize(hidden=32, layers=1, heads=2, patch_size=8, proj_dim=16, vocab_size=200)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A tiny synthetic benchmark: 24 caption images."""
-    from pkd.data.synth import SynthConfig, generate
-
-    out = tmp_path_factory.mktemp("tagstage") / "synth"
-    generate(SynthConfig(train_images=4, val_images=2, test_images=2, test_iid_images=2,
-                         caption_images=24, pilot_scenes=100), out)
-    return out
+@pytest.fixture
+def data(caption_data):
+    """The shared 24-caption-image benchmark (conftest)."""
+    return caption_data
 
 
 def count_tag(word: str) -> int:

@@ -59,15 +59,10 @@ def test_tag_loss_golden_value():
     assert float(tag_loss(head, image, tags).detach()) == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A tiny synthetic benchmark (24 caption images), shared by the two runs below."""
-    from pkd.data.synth import SynthConfig, generate
-
-    out = tmp_path_factory.mktemp("tags") / "synth"
-    generate(SynthConfig(train_images=4, val_images=2, test_images=2, test_iid_images=2,
-                         caption_images=24, pilot_scenes=100), out)
-    return out
+@pytest.fixture
+def data(caption_data):
+    """The shared 24-caption-image benchmark (conftest)."""
+    return caption_data
 
 
 def test_pretrain_with_tags_saves_a_plain_model_and_changes_it(tmp_path, data):
