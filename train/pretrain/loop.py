@@ -65,7 +65,7 @@ def step_losses(model, cfg: PretrainConfig, pixel_values: torch.Tensor, input_id
     return parts
 
 
-def _optimizer(modules: list, cfg: PretrainConfig) -> torch.optim.Optimizer:
+def adamw(modules: list, cfg: PretrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on gains, biases and the logit scale (tensors under 2-D)."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
@@ -110,7 +110,7 @@ def fit_epochs(model, cfg: PretrainConfig, pixels: torch.Tensor, tokens: Tokeniz
                                         torch.Generator().manual_seed(cfg.seed)))
     total = cfg.epochs * steps_per_epoch
     head = TagHead(cfg.size.proj_dim) if tags is not None and cfg.tag_weight > 0 else None
-    optimizer = _optimizer([model] if head is None else [model, head], cfg)
+    optimizer = adamw([model] if head is None else [model, head], cfg)
     scheduler = make_scheduler(optimizer, round(cfg.warmup_fraction * total), total, "cosine")
     history = []
     model.train()

@@ -35,6 +35,7 @@ from pkd.progress import track
 from pkd.train.pretrain.config import PretrainConfig
 from pkd.train.pretrain.corpus import PixelNormalizer
 from pkd.train.pretrain.evaluate import PROBE_WORDS, ZERO_SHOT_PROBES
+from pkd.train.pretrain.loop import adamw
 from pkd.train.schedule import make_scheduler
 
 SIZES, COLORS, SHAPES = PROBE_WORDS["size"], PROBE_WORDS["color"], PROBE_WORDS["shape"]
@@ -78,11 +79,10 @@ def pooled(model, pixel_values: torch.Tensor) -> torch.Tensor:
 def fit_tag_epochs(model, cfg: PretrainConfig, pixels: torch.Tensor, tags: torch.Tensor,
                    train_idx: torch.Tensor, normalize: PixelNormalizer) -> list[dict]:
     """Stage A in place on ``model.vision_model``: ``[{epoch, tag_loss}]`` (mean per epoch).
-    AdamW (``cfg.lr``, ``cfg.weight_decay``), linear warmup then cosine decay, batches of
+    AdamW (``cfg.lr``, ``cfg.weight_decay`` on matrices only, as in the ITC), linear warmup then cosine decay, batches of
     ``cfg.batch_size`` images in a seeded order (a last batch under 2 images is dropped)."""
     head = nn.Linear(model.vision_model.config.hidden_size, tags.shape[1])
-    params = [*model.vision_model.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw([model.vision_model, head], cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     size = cfg.batch_size
     starts = [i for i in range(0, len(train_idx), size) if len(train_idx) - i >= 2]
