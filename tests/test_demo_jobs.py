@@ -6,6 +6,9 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -63,6 +66,14 @@ def test_run_tasks_keeps_the_order_and_raises_the_first_error():
         run_tasks([("1",), ("x",)], 2, int)
 
 
+def test_a_dead_worker_is_one_line_that_says_resume():
+    from pkd.errors import PkdError
+
+    with pytest.raises(PkdError, match="worker process died.*run the same command again") as err:
+        run_tasks([()], 2, os.abort)  # the worker process dies on SIGABRT
+    assert "\n" not in str(err.value)
+
+
 def test_jobs_set_the_runs_threads_only_when_parallel(tmp_path):
     from pkd.demo import Paths
 
@@ -72,13 +83,15 @@ def test_jobs_set_the_runs_threads_only_when_parallel(tmp_path):
     assert spec["run.threads"] == threads_per_job(2)
 
 
+TINY_SYNTH = {"train_images": 60, "val_images": 16, "test_images": 20, "test_iid_images": 20,
+              "test_comp_images": 20, "detection_train_images": 10, "detection_val_images": 5,
+              "caption_images": 40, "pilot_scenes": 400}
+TINY = {"seeds": 2, "methods": ("baseline", "distillvlm", "inverted-prior"),
+        "pretrain_epochs": 1, "pretrain_tag_epochs": 1, "train_epochs": 1}
+
+
 def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd):
-    synth = SynthConfig(train_images=60, val_images=16, test_images=20, test_iid_images=20,
-                        test_comp_images=20, detection_train_images=10, detection_val_images=5,
-                        caption_images=40, pilot_scenes=400)
-    common = {"seeds": 2, "methods": ("baseline", "distillvlm", "inverted-prior"),
-              "synth": synth, "pretrain_epochs": 1, "pretrain_tag_epochs": 1,
-              "train_epochs": 1}
+    common = {**TINY, "synth": SynthConfig(**TINY_SYNTH)}
     out = tmp_path / "demo"
     one = run_demo(DemoConfig(out=out, **common))
     shutil.rmtree(out / "runs")  # the same benchmark, stores and models; every run again
@@ -103,6 +116,46 @@ def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd)
     again = run_demo(DemoConfig(out=out, jobs=2, **common))  # resumes: nothing left
     assert "[demo] training" not in capfd.readouterr().out
     assert [r["overall"] for r in again["rows"]] == [r["overall"] for r in two["rows"]]
+
+
+def test_a_killed_jobs_run_resumes_to_the_table_of_an_uninterrupted_one(tmp_path, capfd):
+    """Preemption: ``pkd demo --jobs 2`` (parent and both workers) killed with SIGKILL as soon
+    as its first run is done; the same command again trains only what was not done and gives
+    the table of a run never interrupted (every run trained afresh on the same benchmark and
+    stores)."""
+    out = tmp_path / "demo"
+    script = tmp_path / "demo_run.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        "from pkd.data.synth import SynthConfig\nfrom pkd.demo import DemoConfig, run_demo\n"
+        "if __name__ == '__main__':\n"
+        f"    run_demo(DemoConfig(out=Path(sys.argv[1]), jobs=2, synth=SynthConfig(**{TINY_SYNTH!r}),"
+        f" **{TINY!r}))\n")
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not list((out / "runs").glob("*/done")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no run finished in 10 minutes"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent and both workers, mid-way
+    finally:
+        proc.wait(60)
+    done_before = {d.parent.name for d in (out / "runs").glob("*/done")}
+    assert done_before and len(done_before) < 6  # killed with work left (6 runs in all)
+    capfd.readouterr()
+    resumed = run_demo(DemoConfig(out=out, jobs=2, synth=SynthConfig(**TINY_SYNTH), **TINY))
+    printed = capfd.readouterr().out
+    for run in ("baseline", "teacher", "distillvlm"):
+        for seed in (0, 1):
+            trained = printed.count(f"training {run} (seed {seed})")
+            assert trained == (0 if f"{run}-seed{seed}" in done_before else 1), (run, seed)
+            assert (out / "runs" / f"{run}-seed{seed}" / "done").is_file()
+    shutil.rmtree(out / "runs")
+    fresh = run_demo(DemoConfig(out=out, jobs=2, synth=SynthConfig(**TINY_SYNTH), **TINY))
+    assert len(resumed["rows"]) == len(fresh["rows"]) > 0
+    assert [(r["method"], r["seed"], r["split"], r["overall"]) for r in resumed["rows"]] == [
+        (r["method"], r["seed"], r["split"], r["overall"]) for r in fresh["rows"]]
 
 
 def test_cli_jobs_option(tmp_path, monkeypatch, capsys):

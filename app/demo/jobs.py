@@ -20,10 +20,12 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
 from pkd.cores import usable_cores
+from pkd.errors import PkdError
 
 
 def threads_per_job(jobs: int, cores: int | None = None) -> int:
@@ -52,7 +54,9 @@ def locked(out: Path, name: str) -> Iterator[None]:
 def run_tasks(tasks: list, jobs: int, work: Callable, *args) -> list:
     """``[work(*args, *task) for task in tasks]`` in ``jobs`` spawned processes (in this one
     when ``jobs`` is 1), results in the order of ``tasks``; the first error is raised after
-    the tasks already started have finished."""
+    the tasks already started have finished. A worker that dies (killed, out of memory) stops
+    the pool: one-line :class:`PkdError`; each run resumes from its last checkpoint when the
+    same command is run again (the dead worker's locks went with it)."""
     if jobs <= 1:
         return [work(*args, *task) for task in tasks]
     context = multiprocessing.get_context("spawn")  # no forked torch / OpenMP state
@@ -60,6 +64,9 @@ def run_tasks(tasks: list, jobs: int, work: Callable, *args) -> list:
         futures = [pool.submit(work, *args, *task) for task in tasks]
         try:
             return [f.result() for f in futures]
+        except BrokenProcessPool as err:
+            raise PkdError(f"a demo worker process died ({err}); run the same command again "
+                           "to resume from the last checkpoints") from err
         except BaseException:
             for f in futures:
                 f.cancel()
