@@ -99,6 +99,22 @@ def test_stage_a_learns_the_tags_and_the_locked_tower_stays_put(tmp_path, data):
             == load_file(tmp_path / "one" / "model.safetensors").keys())  # no head saved
 
 
+def test_stage_a_decays_matrices_not_gains(tmp_path, data):
+    """Stage A's AdamW is the ITC's: weight decay on matrices only (a huge decay shrinks the
+    tower's weight matrices while the layer-norm gains, initialised at 1, stay there)."""
+    P.pretrain(tiny(data, tmp_path / "wd", tag_epochs=3, lock_vision=True, weight_decay=50.0))
+    vision = tower(tmp_path / "wd", "vision_model.")
+    gains = [v for k, v in vision.items()
+             if k.endswith(".weight") and ("layer_norm" in k or "layrnorm" in k)]
+    assert gains and all((g - 1).abs().max() < 0.05 for g in gains)
+    fresh = P.pretrain(tiny(data, tmp_path / "no-wd", tag_epochs=3, lock_vision=True,
+                            weight_decay=0.0))
+    assert fresh["tag_pretraining"]
+    q_wd, q_free = (tower(tmp_path / n, "vision_model.")[
+        "vision_model.encoder.layers.0.self_attn.q_proj.weight"] for n in ("wd", "no-wd"))
+    assert q_wd.norm() < 0.9 * q_free.norm()  # the decay did act on the matrices
+
+
 def test_stage_a_runs_for_blip(tmp_path, data):
     metrics = P.pretrain(tiny(data, tmp_path / "blip", family="blip", tag_epochs=1,
                               lock_vision=True))
