@@ -65,8 +65,10 @@ def step_losses(model, cfg: PretrainConfig, pixel_values: torch.Tensor, input_id
     return parts
 
 
-def adamw(modules: list, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on gains, biases and the logit scale (tensors under 2-D)."""
+def adamw(modules: list, cfg) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of ``modules`` (``cfg.lr``, ``cfg.weight_decay``: a
+    :class:`PretrainConfig` or ``RegionPretrainConfig``); no weight decay on gains, biases and
+    the logit scale (tensors under 2-D)."""
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]

@@ -59,6 +59,7 @@ from pkd.train.pretrain.detection import (
     decode_pixels,
     load_detection_split,
 )
+from pkd.train.pretrain.loop import adamw
 from pkd.train.pretrain.save import check_out_dir, save_model
 from pkd.train.schedule import make_scheduler
 
@@ -232,20 +233,12 @@ def epoch_batches(pixels: list[Tensor], batch_size: int, generator: torch.Genera
     return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def _optimizer(modules: list[nn.Module], cfg: RegionPretrainConfig) -> torch.optim.Optimizer:
-    params = [p for m in modules for p in m.parameters()]
-    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2],
-                               "weight_decay": cfg.weight_decay},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                             lr=cfg.lr)
-
-
 def fit_regions(backbone, heads: RegionHeads, split: DetectionSplit, pixels: list[Tensor],
                 cfg: RegionPretrainConfig) -> list[dict]:
     """Train backbone + heads in place; per-epoch mean losses ``[{epoch, loss, ...}]``."""
     generator = torch.Generator().manual_seed(cfg.seed)
     steps = len(epoch_batches(pixels, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)))
-    optimizer = _optimizer([backbone, heads], cfg)
+    optimizer = adamw([backbone, heads], cfg)
     total = cfg.epochs * steps
     scheduler = make_scheduler(optimizer, round(cfg.warmup_fraction * total), total, "cosine")
     backbone.train()
