@@ -21,7 +21,7 @@ from pkd.data.synth import (
     keep_probabilities,
     sample_split,
 )
-from pkd.data.synth_questions import DIRECT_TYPES, weighted
+from pkd.data.synth_questions import DIRECT_TYPES, QUESTION_TYPES, weighted
 from pkd.data.synth_scene import COLORS, SHAPES, SIZES
 from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError
@@ -173,28 +173,33 @@ def test_meta_control_accuracy_equals_a_count_by_hand(bench):
 
 
 def test_the_blind_controls_stay_low_out_of_distribution(bench):
-    """The training favourite and the designed least answer (the last of each type's train
-    order) are rare in test; yes/no is 50/50. (On this tiny train split the *empirical* least
-    answer of a type can be its second-least, a_{k-1}, by sampling noise; at the quick and full
-    sizes the control is ~20%: synth_meta.json of `pkd data synth`.)"""
-    from pkd.data.synth_questions import QUESTION_TYPES, answers_of
+    """The training favourite is rare in test, every type's shifted favourite is drawn from its
+    non-favourites, yes/no is 50/50, and synth_meta.json carries the blind-rule table."""
+    from pkd.data.synth import priors_of
 
     _, meta = bench
+    priors = priors_of(CFG)
+    assert json.loads(json.dumps(meta["answer_priors"])) == json.loads(json.dumps(
+        {"train_order": priors.order, "test_favourite": priors.shifted}))
     test = meta["priors"]["test"]
     assert test["train_favourite_control"]["accuracy"] < 35
     share = test["answer_distribution"]
     for t in QUESTION_TYPES:
-        order = answers_of(t, CFG.max_objects)
-        if len(order) > 2:
-            # target 0.03 each; < 0.15 leaves room for the sampling noise of ~40 questions a type
-            assert share[t].get(order[0], 0.0) < 0.15 and share[t].get(order[-1], 0.0) < 0.15, t
-    control = test["least_frequent_control"]["perQuestionType"]
-    designed = [t for t in control if control[t]["answer"] == answers_of(t, CFG.max_objects)[-1]
-                and t != "is there a"]
-    assert designed and all(control[t]["accuracy"] < 15 for t in designed)
-    assert test["answer_distribution"]["is there a"]["yes"] == pytest.approx(0.5, abs=0.12)
+        order = priors.order[t]
+        if len(order) > 2:  # target 0.03; < 0.15 leaves room for ~40 questions' noise
+            assert share[t].get(order[0], 0.0) < 0.15, t
+            assert priors.shifted[t] in order[1:]
+    n_yes_no = test["questions"] * 0.1  # yes/no: ~12% of test; 3 standard errors of n/10
+    assert test["answer_distribution"]["is there a"]["yes"] == pytest.approx(
+        0.5, abs=3 * (0.25 / n_yes_no) ** 0.5)
     iid = meta["priors"]["test_iid"]
     assert iid["train_favourite_share"] > 50 > iid["least_frequent_control"]["accuracy"]
+    blind = meta["priors"]["blind_rules"]
+    assert {"favourite", "least frequent", "second most frequent", "best constant on val",
+            "best blind", "oracle constant"} <= set(blind)
+    assert blind["favourite"]["test"] == test["train_favourite_control"]["accuracy"]
+    assert blind["oracle constant"]["test"] >= blind["best blind"]["test"] - 1e-9
+    assert blind["favourite"]["test_iid"] > blind["favourite"]["test"]
 
 
 def test_presets_and_their_errors():
@@ -226,8 +231,12 @@ def test_weighted_scales_only_the_direct_families_by_hand():
     assert weighted(keep, 0.25) == {"what color is the": {"red": 0.125, "blue": 0.05},
                                     "how many": {"1": 0.4}, "what is the color of the": {"red": 0.1}}
     assert weighted(keep, 1.0) == keep
-    with pytest.raises(PkdError, match="direct_weight must be in"):
-        SynthConfig(direct_weight=0.0).validate()
+    keep["is there a"] = {"yes": 0.6, "no": 0.2}
+    assert weighted(keep, 1.0, 0.5)["is there a"] == {"yes": 0.3, "no": 0.1}
+    assert weighted(keep, 1.0, 0.5)["how many"] == {"1": 0.4}
+    for field in ("direct_weight", "yes_no_weight"):
+        with pytest.raises(PkdError, match="direct_weight and yes_no_weight must be in"):
+            SynthConfig(**{field: 0.0}).validate()
 
 
 def test_direct_weight_thins_the_direct_families_and_keeps_their_prior():

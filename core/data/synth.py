@@ -36,9 +36,11 @@ from pkd.data.synth_meta import prior_statistics
 from pkd.data.synth_questions import (
     ANSWER_TYPE,
     QUESTION_TYPES,
+    Priors,
     Question,
     acceptance,
     candidates,
+    draw_priors,
     estimate_base,
     human_answers,
     target_prior,
@@ -48,7 +50,7 @@ from pkd.data.synth_scene import ALL_COMBOS, COLORS, SHAPES, Scene, render_scene
 from pkd.errors import PkdError
 from pkd.progress import track
 
-SYNTH_VERSION = "5"
+SYNTH_VERSION = "6"
 SPLITS = ("train", "val", "test", "test_comp", "test_iid")
 EVAL_SPLITS = ("test", "test_comp", "test_iid")
 PRIOR = {"train": "train", "val": "train", "test": "test", "test_comp": "uniform",
@@ -57,7 +59,7 @@ ID_BASE = {"train": 1_000_000, "val": 2_000_000, "test": 3_000_000, "test_iid": 
            "captions": 5_000_000, "test_comp": 6_000_000, "detection_train": 7_000_000,
            "detection_val": 8_000_000}
 STREAM = {"pilot": 0, "train": 1, "val": 2, "test": 3, "test_iid": 4, "captions": 5,
-          "test_comp": 6, "detection_train": 7, "detection_val": 8, "pilot_comp": 9}
+          "test_comp": 6, "detection_train": 7, "detection_val": 8, "pilot_comp": 9, "priors": 10}
 HELDOUT = ("green circle", "purple circle", "orange square", "purple square", "green triangle",
            "orange triangle", "blue diamond", "yellow diamond")  # "colour shape", CoGenT style
 
@@ -82,10 +84,11 @@ class SynthConfig:
     questions_per_image: int = 3  # at most this many questions per VQA image (1..9)
     candidates_per_type: int = 5  # candidate questions per family and scene before acceptance
     direct_weight: float = 0.4  # the direct colour / shape families keep this share of questions (v5)
+    yes_no_weight: float = 0.5  # "is there a" keeps this share of its questions (v6; any constant scores >= 50 there in test)
     bias: float = 0.75  # share of the train favourite in train (VQA-CP-strength prior)
-    test_bias: float = 0.5  # share of the test favourite (a middle answer) in test
+    test_bias: float = 0.4  # share of the test favourite (a random non-favourite, v6) in test
     yes_no_bias: float = 0.85  # share of "yes" in train; test and test_comp are 50 / 50
-    rare: float = 0.03  # share of the train favourite and the train's least answer in test
+    rare: float = 0.03  # share of the train favourite in test
     answer_noise: float = 0.05  # chance that an annotator answers wrongly (at most 2 of 10)
     answer_variation: float = 0.1  # chance of a surface variant ("two", "Yes.") (at most 2 of 10)
     pixel_noise: float = 8.0  # std of the Gaussian pixel noise (0..255 scale)
@@ -125,7 +128,8 @@ class SynthConfig:
             (0 < self.test_bias and self.test_bias + 2 * self.rare < 1,
              "need 0 < test_bias, test_bias + 2 * rare < 1"),
             (0.5 < self.yes_no_bias < 1, "yes_no_bias must be in (0.5, 1)"),
-            (0 < self.direct_weight <= 1, "direct_weight must be in (0, 1]"),
+            (0 < self.direct_weight <= 1 and 0 < self.yes_no_weight <= 1,
+             "direct_weight and yes_no_weight must be in (0, 1]"),
             (0 <= self.answer_noise <= 1 and 0 <= self.answer_variation <= 1,
              "answer_noise and answer_variation must be in [0, 1]"),
         ]
@@ -152,7 +156,7 @@ class SynthConfig:
 
 PRESETS = {  # SynthConfig fields that differ from the defaults (= quick)
     "quick": {},
-    "full": {"train_images": 14400, "val_images": 2000, "test_images": 5000,
+    "full": {"train_images": 15000, "val_images": 2000, "test_images": 5000,
              "test_comp_images": 5000, "test_iid_images": 4900, "caption_images": 20000,
              "detection_train_images": 8000, "detection_val_images": 1000},
 }
@@ -182,21 +186,38 @@ def _scene_sampler(cfg: SynthConfig, split: str, rng: np.random.Generator):
     return lambda: sample_scene(rng, cfg.image_size, cfg.max_objects, pool, first)
 
 
+def priors_of(cfg: SynthConfig) -> Priors:
+    """The seed's answer priors: train orders and shifted favourites (:func:`draw_priors`)."""
+    return draw_priors(_rng(cfg, "priors"), cfg.max_objects)
+
+
 def keep_probabilities(cfg: SynthConfig) -> dict[str, dict[str, dict[str, float]]]:
     """prior ("train" / "test" / "uniform") -> question type -> answer -> keep probability."""
-    held = cfg.heldout_combos()
+    held, priors = cfg.heldout_combos(), priors_of(cfg)
     keep = {}
     for prior, pilot, split in (("train", "pilot", "train"), ("test", "pilot", "test"),
                                 ("uniform", "pilot_comp", "test_comp")):
         rng = _rng(cfg, pilot)
         base = estimate_base(rng, cfg.pilot_scenes, _scene_sampler(cfg, split, rng),
                              cfg.candidates_per_type, held, split == "test_comp")
-        target = {t: target_prior(t, prior, cfg.max_objects, cfg.bias, cfg.yes_no_bias, cfg.rare,
-                                cfg.test_bias)
+        target = {t: target_prior(t, prior, priors, cfg.bias, cfg.yes_no_bias, cfg.rare,
+                                  cfg.test_bias)
                   for t in QUESTION_TYPES}
         keep[prior] = weighted(acceptance(base, target, per_type=prior == "uniform"),
-                               cfg.direct_weight)
+                               cfg.direct_weight, cfg.yes_no_weight)
     return keep
+
+
+def kept_questions(cfg: SynthConfig, scene: Scene, rng: np.random.Generator,
+                   keep: dict[str, dict[str, float]], held: frozenset, comp: bool) -> list:
+    """The scene's candidates each kept with probability ``keep[t][a]``, then at most
+    ``questions_per_image`` of them (a uniform subset)."""
+    kept = [q for q in candidates(scene, rng, cfg.candidates_per_type, held, comp)
+            if rng.random() < keep[q.question_type].get(q.answer, 0.0)]
+    if len(kept) > cfg.questions_per_image:
+        pick = rng.choice(len(kept), cfg.questions_per_image, replace=False)
+        kept = [kept[i] for i in sorted(pick)]
+    return kept
 
 
 def sample_split(cfg: SynthConfig, split: str, keep: dict, seen: set) -> list[Item]:
@@ -212,13 +233,7 @@ def sample_split(cfg: SynthConfig, split: str, keep: dict, seen: set) -> list[It
         scene = draw()
         if scene.signature() in seen:  # never repeat a layout across parts
             continue
-        kept = []
-        if asks:
-            kept = [q for q in candidates(scene, rng, cfg.candidates_per_type, held, comp)
-                    if rng.random() < keep[PRIOR[split]][q.question_type].get(q.answer, 0.0)]
-            if len(kept) > cfg.questions_per_image:
-                pick = rng.choice(len(kept), cfg.questions_per_image, replace=False)
-                kept = [kept[i] for i in sorted(pick)]
+        kept = kept_questions(cfg, scene, rng, keep[PRIOR[split]], held, comp) if asks else []
         if kept or not asks:
             seen.add(scene.signature())
             items.append(Item(ID_BASE[split] + len(items) + 1, scene, kept))
@@ -342,6 +357,8 @@ def generate(cfg: SynthConfig, out: Path) -> dict:
         "captions": {"images": len(parts["captions"]), "captions": n_captions},
         "detection": detection, "id_base": ID_BASE,
         "priors": prior_statistics(annotations, EVAL_SPLITS),
+        "answer_priors": {"train_order": priors_of(cfg).order,
+                          "test_favourite": priors_of(cfg).shifted},
         "keep_probabilities": {prior: {t: {a: round(r, 4) for a, r in per.items()}
                                        for t, per in by_type.items()}
                                for prior, by_type in keep.items()},

@@ -10,13 +10,17 @@ For each evaluation split, against the ``train`` annotations (official VQA accur
   2020);
 - ``best_constant``: accuracy of answering each type's most frequent answer *of this split* — the
   ceiling of every blind per-type constant answer, known only to an oracle;
-- ``answer_distribution``: question type -> answer -> share.
+- ``answer_distribution``: question type -> answer -> share;
+
+and ``blind_rules``: rule -> split -> accuracy of every blind rule computed from ``train`` (and
+``val``), their maximum and the split's oracle constant (:mod:`pkd.data.blind_rules`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+from pkd.data.blind_rules import blind_rule_table
 from pkd.data.normalize import preprocess_answer
 from pkd.data.prior import constant_answer_accuracy, dominant_answers, inverted_prior_answers
 from pkd.data.vqa import Annotation
@@ -45,11 +49,15 @@ def _rounded(result: dict) -> dict:
 
 def prior_statistics(annotations: dict[str, list[dict]], splits: tuple[str, ...]) -> dict:
     """``{"train_favourite": {type: answer}, "train_least": {type: answer}, split: {...}}`` (see
-    the module docstring); ``annotations`` maps split -> VQA v2 records and holds ``train``."""
+    the module docstring); ``annotations`` maps split -> VQA v2 records and holds ``train`` and
+    ``val``."""
     train = as_annotations(annotations["train"])
     favourite = {t: a for t, (a, _) in dominant_answers(train).items()}
     least = inverted_prior_answers(train)  # the demo's "inverted-prior" control row
-    out: dict = {"train_favourite": favourite, "train_least": least}
+    out: dict = {"train_favourite": favourite, "train_least": least,
+                 "blind_rules": blind_rule_table(
+                     train, as_annotations(annotations["val"]),
+                     {s: as_annotations(annotations[s]) for s in splits})}
     for split in splits:
         anns = as_annotations(annotations[split])
         mode = {t: a for t, (a, _) in dominant_answers(anns).items()}
