@@ -3,7 +3,9 @@
 Loads the run's resolved config, vocabularies and its best checkpoint (``RUN/best``; the last one
 in ``RUN/ckpt`` with ``which="last"``), refuses stores whose provenance differs from the ones the
 run was trained on, predicts the argmax answer per question and writes the official results
-format ``[{"question_id", "answer"}]``; the caller scores it with the official metric.
+format ``[{"question_id", "answer"}]``; the caller scores it with the official metric. With
+``adjust`` the argmax is taken over post-hoc adjusted scores instead, controls that need no
+training (:mod:`pkd.train.prior_adjust`: mask the training favourite, or divide by the prior).
 
 Only the stores the VQA model's forward reads are opened (``open_stores(evaluation=True)``): the
 regions store, plus the foundation stores when ``model.use_foundation_features`` feeds their
@@ -29,6 +31,7 @@ from pkd.train.config import load_config
 from pkd.train.distributed import World
 from pkd.train.loop import make_sampler
 from pkd.train.prepare import (
+    CARVED_VAL,
     build_run_model,
     check_provenance,
     open_stores,
@@ -36,6 +39,7 @@ from pkd.train.prepare import (
     split_batches,
     vocabs,
 )
+from pkd.train.prior_adjust import EPS, TAU, PriorTable, adjust_logits, check_adjust, prior_table
 
 
 def load_run_config(run_dir: Path):
@@ -83,11 +87,20 @@ class Predictions:
                 "ms_per_question": round(1000 * self.model_seconds / max(1, n), 5)}
 
 
-def predict(run_dir: Path, split: str, which: str = "best") -> Predictions:
-    """Official-format results of the run on ``split``, and the model time they took."""
+def predict(run_dir: Path, split: str, which: str = "best", adjust: str = "none") -> Predictions:
+    """Official-format results of the run on ``split``, and the model time they took.
+
+    ``adjust`` (:data:`pkd.train.prior_adjust.ADJUSTMENTS`): ``none`` answers the argmax of the
+    logits; ``mask-favourite`` / ``prior-correction`` the argmax of the post-hoc adjusted scores
+    of :mod:`pkd.train.prior_adjust` (timed with the forward pass).
+    """
+    check_adjust(adjust)
     cfg, v, stores, model = load_run(run_dir, which)
     device = eval_device(cfg.run.device)
     model.to(device)
+    if adjust != "none":
+        table, rows = posthoc_tables(cfg, v.answers.answers, split)
+        table = table.to(device)
     data, batches = split_batches(cfg, split, v, stores)
     results, seconds = [], 0.0
     with torch.no_grad():  # read, then run: a reader thread beside the forward would inflate
@@ -95,12 +108,51 @@ def predict(run_dir: Path, split: str, which: str = "best") -> Predictions:
             batch = batches[positions]
             question_ids = batch["question_id"].tolist()
             batch = {k: t.to(device, non_blocking=True) for k, t in batch.items()}
+            if adjust != "none":  # (B,) each question's row of the training prior, -1: unseen
+                types = torch.tensor([rows.get(q, -1) for q in question_ids]).to(device)
             start = time.perf_counter()
-            best = model(batch)["logits"].argmax(-1).tolist()  # .tolist() waits for the device
+            scores = model(batch)["logits"]  # (B, A)
+            if adjust != "none":
+                scores = adjust_logits(scores, table, types, adjust)
+            best = scores.argmax(-1).tolist()  # .tolist() waits for the device
             seconds += time.perf_counter() - start
             for qid, a in zip(question_ids, best, strict=True):
                 results.append({"question_id": int(qid), "answer": v.answers.answer(a)})
     return Predictions(results, seconds, sum(p.numel() for p in model.parameters()))
+
+
+def posthoc_tables(cfg, answers: list[str], split: str) -> tuple[PriorTable, dict[int, int]]:
+    """The run's training prior over its answer vocabulary (:func:`pkd.train.prior_adjust.
+    prior_table`) and ``{question_id: row}`` of ``split``'s questions (-1: type unseen in
+    training), their types read from the split's annotations."""
+    from pkd.data.vqa import dataset_files, load_annotations
+
+    root = Path(cfg.data.root)
+    _, train = dataset_files(root, cfg.data.dataset, cfg.data.train_split)
+    name = cfg.data.train_split if split == CARVED_VAL else split
+    _, apath = dataset_files(root, cfg.data.dataset, name)
+    if apath is None:
+        raise PkdError(f"split {split!r} has no annotations: no question types to adjust by")
+    table = _training_table(str(train), train.stat().st_mtime_ns, tuple(answers))
+    anns = load_annotations(apath)
+    index = table.type_index([a.question_type for a in anns]).tolist()
+    return table, {a.question_id: row for a, row in zip(anns, index, strict=True)}
+
+
+@functools.lru_cache(maxsize=2)
+def _training_table(path: str, mtime_ns: int, answers: tuple[str, ...]) -> PriorTable:
+    """:func:`pkd.train.prior_adjust.prior_table` of a training annotation file, built once per
+    file version and vocabulary (a run is adjusted on several splits)."""
+    from pkd.data.vqa import load_annotations
+
+    return prior_table(load_annotations(path), answers)
+
+
+def run_file(run_dir: Path, kind: str, split: str, adjust: str = "none") -> Path:
+    """``RUN/<kind>_<split>.json``, or ``RUN/<kind>_<split>_<adjust>.json`` for an adjusted
+    evaluation (so it never overwrites the plain one); ``kind``: results | metrics."""
+    suffix = "" if adjust == "none" else f"_{adjust}"
+    return Path(run_dir) / f"{kind}_{split}{suffix}.json"
 
 
 def write_results(results: list[dict], path: Path) -> Path:
@@ -110,21 +162,24 @@ def write_results(results: list[dict], path: Path) -> Path:
 
 
 def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
-                        out: Path | None = None, bootstrap: int = 0) -> tuple[dict, Path]:
+                        out: Path | None = None, bootstrap: int = 0,
+                        adjust: str = "none") -> tuple[dict, Path]:
     """Predict ``split`` with the run, write ``RUN/results_<split>.json``, score it officially.
 
     Returns (metrics, results path); metrics (with ``inference``: the model's parameter count and
     forward time per question, batches of ``run.batch_size``; ``prior``: how often it answers
     with the training split's favourite answer, :mod:`pkd.data.prior`; with ``bootstrap > 0``,
     ``bootstrap``: CIs over questions, :func:`pkd.data.metric.bootstrap_metrics`) are also
-    written to ``out`` (default ``RUN/metrics_<split>.json``).
+    written to ``out`` (default ``RUN/metrics_<split>.json``). With ``adjust`` other than
+    ``none`` (a post-hoc control, :mod:`pkd.train.prior_adjust`) the files are
+    ``RUN/{results,metrics}_<split>_<adjust>.json`` and the metrics carry ``adjust``.
     """
     from pkd.data.metric import evaluate_files, write_metrics
     from pkd.data.vqa import dataset_files
 
     run_dir = Path(run_dir)
-    predictions = predict(run_dir, split, which)
-    results_path = write_results(predictions.results, run_dir / f"results_{split}.json")
+    predictions = predict(run_dir, split, which, adjust)
+    results_path = write_results(predictions.results, run_file(run_dir, "results", split, adjust))
     cfg = load_config(run_dir / "config.yaml")
     qpath, apath = dataset_files(Path(cfg.data.root), cfg.data.dataset, split)
     if apath is None:
@@ -133,7 +188,9 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
     metrics = evaluate_files(qpath, apath, results_path, bootstrap=bootstrap)
     metrics["inference"] = predictions.inference()
     metrics["prior"] = training_prior(cfg, predictions.results, apath)
-    write_metrics(metrics, out or run_dir / f"metrics_{split}.json")
+    if adjust != "none":
+        metrics["adjust"] = {"method": adjust, "tau": TAU, "eps": EPS}
+    write_metrics(metrics, out or run_file(run_dir, "metrics", split, adjust))
     return metrics, results_path
 
 

@@ -9,6 +9,10 @@ embeddings), so a PKD run evaluates on a split no foundation features were extra
 overall and each answer type's accuracy (``N`` resamples, seed 0; :mod:`pkd.stats`) to the table
 and to the metrics JSON (``"bootstrap"``). It is the test-set noise of one model; the spread over
 training seeds is the larger one (``pkd demo --seeds``).
+``--adjust mask-favourite|prior-correction`` (with ``--checkpoint``) scores a post-hoc control of
+the trained run instead of its plain argmax: the training favourite of each question type masked,
+or the scores divided by the training prior (:mod:`pkd.train.prior_adjust`); files
+``RUN/{results,metrics}_<split>_<adjust>.json``, so the plain evaluation stays as it was.
 Every option is optional for Typer; the combinations are checked here.
 """
 
@@ -29,18 +33,24 @@ Checkpoint = Annotated[Path | None, typer.Option(help="trained run folder (pkd t
 Which = Annotated[str, typer.Option(help="best (on val) or last checkpoint of the run")]
 Split = Annotated[str | None, typer.Option(help="split to predict with --checkpoint (default: the run's data.test_split)")]
 Bootstrap = Annotated[int, typer.Option(help="bootstrap resamples for a 95% CI over questions (0: off; 1000 is usual)")]
+Adjust = Annotated[str, typer.Option(help="post-hoc control with --checkpoint: none, mask-favourite or prior-correction")]
 
 
 def evaluate(questions: Questions = None, annotations: Answers = None, results: Results = None,
              out: Out = None, checkpoint: Checkpoint = None, split: Split = None,
-             which: Which = "best", bootstrap: Bootstrap = 0) -> None:
+             which: Which = "best", bootstrap: Bootstrap = 0, adjust: Adjust = "none") -> None:
     """Score VQA results with the official metric (same numbers as vqaEval.py)."""
     from pkd.data.metric import evaluate_files, write_metrics
 
     if bootstrap < 0:
         raise PkdError(f"--bootstrap {bootstrap}: expected 0 (off) or a number of resamples")
+    if adjust != "none":
+        from pkd.train.prior_adjust import ADJUSTMENTS
+
+        if adjust not in ADJUSTMENTS:
+            raise PkdError(f"--adjust {adjust!r}: expected one of {', '.join(ADJUSTMENTS)}")
     if checkpoint is not None:
-        from pkd.train.predict import evaluate_checkpoint
+        from pkd.train.predict import evaluate_checkpoint, run_file
 
         if which not in ("best", "last"):
             raise PkdError(f"--which {which!r}: expected best or last")
@@ -48,11 +58,13 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
             from pkd.train.predict import load_run_config
 
             split = load_run_config(checkpoint).data.test_split
-        metrics, _ = evaluate_checkpoint(checkpoint, split, which, out, bootstrap)
-        _print_metrics(metrics, out or checkpoint / f"metrics_{split}.json")
+        metrics, _ = evaluate_checkpoint(checkpoint, split, which, out, bootstrap, adjust)
+        _print_metrics(metrics, out or run_file(checkpoint, "metrics", split, adjust))
         return
     if split is not None:
         raise PkdError("--split: only valid with --checkpoint")
+    if adjust != "none":
+        raise PkdError("--adjust: only valid with --checkpoint")
     given = {"--questions": questions, "--annotations": annotations, "--results": results}
     lacking = [name for name, value in given.items() if value is None]
     if lacking:
@@ -102,6 +114,9 @@ def _print_metrics(metrics: dict, out: Path | None) -> None:
         prior = metrics["prior"]
         console.print(f"training prior: {prior['prior']:.1f}% of answers are their question type's "
                       f"favourite training answer (gold: {prior['gold']:.1f}%)")
+    if "adjust" in metrics:
+        adj = metrics["adjust"]
+        console.print(f"post-hoc control: {adj['method']} (tau {adj['tau']}, eps {adj['eps']})")
     if "inference" in metrics:
         inf = metrics["inference"]
         console.print(f"model: {inf['parameters']:,} parameters, {inf['ms_per_question']:.3f} ms "
