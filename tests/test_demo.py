@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from pkd.demo import (
     KNOWN,
     MAIN_METHODS,
     OWN_REGIONS,
+    POSTHOC_ROWS,
     SPLITS,
     DemoConfig,
     Paths,
@@ -53,7 +55,11 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
     stages = saved["stage_seconds"]
     assert set(stages) == {"prepare (data, pre-training, extraction)", "baseline-seed0", "evaluation"}
     assert sum(stages.values()) <= saved["elapsed_s"] + 0.5
-    probes = saved["region_probes"]
+    assert set(saved["draws"]) == {"0"}
+    blind = saved["draws"]["0"]["blind_rules"]
+    assert blind["best blind"]["test"] >= blind["favourite"]["test"]
+    assert "blind rules" in (cfg.out / "results.md").read_text()
+    probes = saved["draws"]["0"]["region_probes"]
     assert set(probes) == {"regions", "teacher_regions"}
     assert all(0 <= probes[s][a]["accuracy"] <= 100 for s in probes for a in ("shape", "color"))
     assert [s["n"] for s in summarize(saved["rows"])] == [1, 1, 1]
@@ -66,7 +72,7 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
 
     assert scores(again["rows"]) == scores(results["rows"])
     assert again["rows"] == results["rows"]  # the finished run's rows were reused, not re-scored
-    assert (cfg.out / "runs" / "baseline-seed0" / "demo_rows.json").is_file()
+    assert (cfg.out / "draw0" / "runs" / "baseline-seed0" / "demo_rows.json").is_file()
 
 
 def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monkeypatch):
@@ -87,13 +93,13 @@ def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monke
         "predicted_vision" in batch) or predict(self, batch))
     results = run_demo(cfg)
     assert {r["method"] for r in results["rows"]} == {"pkd", "pkd-item"}
-    store = FeatureStore.open(cfg.out / "stores" / "predicted-seed0.zarr", kind="predicted")
+    store = FeatureStore.open(cfg.out / "draw0" / "stores" / "predicted-seed0.zarr", kind="predicted")
     assert store.complete and store.spec.dims["vision_tokens"] == 8
     assert read and all(read)
     # the item reading: the same frozen predictors predicted every split D is validated and
     # scored on, and its rows were scored on them
     for split in ("val", *SPLITS):
-        made = FeatureStore.open(cfg.out / "stores" / f"predicted-seed0-{split}.zarr",
+        made = FeatureStore.open(cfg.out / "draw0" / "stores" / f"predicted-seed0-{split}.zarr",
                                  kind="predicted")
         assert made.complete and made.spec.producer["split"] == split
         assert made.spec.producer["predictors_digest"] == store.spec.producer["predictors_digest"]
@@ -113,11 +119,11 @@ def test_demo_alignment_ablation_rows_run_on_the_teachers_own_boxes(tmp_path):
                      pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1)
     results = run_demo(cfg)
     assert {r["method"] for r in results["rows"]} == {"distillvlm-unaligned"}
-    store = FeatureStore.open(cfg.out / "stores" / OWN_REGIONS, kind="regions")
+    store = FeatureStore.open(cfg.out / "draw0" / "stores" / OWN_REGIONS, kind="regions")
     assert store.complete and store.spec.producer["detector"].startswith("simulated:teacher:")
-    adapted = json.loads((cfg.out / "runs" / "teacher-own-seed0" / "stores.json").read_text())
+    adapted = json.loads((cfg.out / "draw0" / "runs" / "teacher-own-seed0" / "stores.json").read_text())
     assert adapted["regions"]["producer"]["simulated"] is True  # adapted on its own boxes
-    assert not (cfg.out / "stores" / "teacher-seed0.zarr").exists()  # online: no cache
+    assert not (cfg.out / "draw0" / "stores" / "teacher-seed0.zarr").exists()  # online: no cache
 
 
 def test_every_demo_run_spec_is_a_valid_config(tmp_path):
@@ -130,7 +136,8 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
     configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross", "predictors-mmd",
-                                        "predictors-emb") if n not in CONTROLS}  # no run
+                                        "predictors-emb")
+               if n not in CONTROLS and n not in POSTHOC_ROWS}  # no run of their own
     cross = configs["pkd-cross"]
     assert cross.method.pkd.predictor_inputs == "cross" == configs["predictors-cross"].method.pkd.predictor_inputs
     assert cross.method.pkd.predictors.endswith("predictors-cross-seed1")
@@ -240,8 +247,10 @@ def fake_results(methods=LONG, seeds=1) -> dict:
 
 
 def markdown_rows(text: str) -> list[dict]:
-    """The body rows of the (single) Markdown table in ``text``, as header -> cell."""
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    """The body rows of the first Markdown table in ``text`` (the results table; the grounding
+    checks may follow it), as header -> cell."""
+    lines = list(itertools.takewhile(lambda ln: ln.startswith("|"), itertools.dropwhile(
+        lambda ln: not ln.startswith("|"), text.splitlines())))
     split = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
     header, rule, body = split[0], split[1], split[2:]
     assert all(set(c) <= {"-", ":"} for c in rule)
@@ -402,9 +411,10 @@ def test_presets_quick_and_full():
 
     quick, full = DemoConfig.of("quick", Path("q")), DemoConfig.of("full", Path("f"))
     assert quick.synth == SynthConfig() and (quick.seeds, quick.methods) == (1, MAIN_METHODS)
-    assert full.synth == SynthConfig.preset("full") and full.seeds == 5
+    assert full.synth == SynthConfig.preset("full") and full.seeds == 3
+    assert full.data_seeds == (1, 2, 3)  # draws nothing was tuned on
     assert set(FULL_METHODS) == (set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS) | set(ABLATIONS)
-                                 | {"pkd-lmh"})
+                                 | set(POSTHOC_ROWS) | {"pkd-lmh"})
     assert full.methods == FULL_METHODS and full.preset == "full"
     assert DemoConfig.of("full", Path("f"), seeds=2).seeds == 2
     from pkd.errors import PkdError
@@ -427,7 +437,7 @@ def test_a_data_folder_of_another_size_is_refused(tmp_path):
         check_same_benchmark({**saved, "caption_relations": True}, DemoConfig.of("quick", tmp_path),
                              tmp_path)
     with pytest.raises(PkdError, match=r"generated with train_images=1500, this demo \(full\) "
-                                       r"needs 14400; give another --out"):
+                                       r"needs 15000; give another --out"):
         check_same_benchmark(saved, DemoConfig.of("full", tmp_path), tmp_path)
 
 
@@ -441,8 +451,12 @@ def test_cli_preset_option_sets_size_seeds_and_rows(tmp_path, monkeypatch):
         "elapsed_s": 0.0, "rows": [], "models": {}})
     assert main(["demo", "--out", str(tmp_path), "--preset", "full"]) == 0
     cfg = seen.pop("cfg")
-    assert (cfg.preset, cfg.seeds, cfg.methods) == ("full", 5, FULL_METHODS)
+    assert (cfg.preset, cfg.seeds, cfg.methods) == ("full", 3, FULL_METHODS)
+    assert cfg.data_seeds == (1, 2, 3)
     assert cfg.synth.train_images == SynthConfig.preset("full").train_images
     assert main(["demo", "--out", str(tmp_path), "--preset", "full", "--seeds", "2"]) == 0
     assert seen["cfg"].seeds == 2
+    seen.pop("cfg")
+    assert main(["demo", "--out", str(tmp_path), "--data-seeds", "0,4"]) == 0
+    assert seen["cfg"].data_seeds == (0, 4)
     assert main(["demo", "--out", str(tmp_path), "--preset", "huge"]) == 2

@@ -94,7 +94,7 @@ def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd)
     common = {**TINY, "synth": SynthConfig(**TINY_SYNTH)}
     out = tmp_path / "demo"
     one = run_demo(DemoConfig(out=out, **common))
-    shutil.rmtree(out / "runs")  # the same benchmark, stores and models; every run again
+    shutil.rmtree(out / "draw0" / "runs")  # the same benchmark, stores and models; every run again
     capfd.readouterr()
     two = run_demo(DemoConfig(out=out, jobs=2, **common))
     printed = capfd.readouterr().out
@@ -102,8 +102,8 @@ def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd)
     for run in ("baseline", "teacher", "distillvlm"):
         for seed in (0, 1):
             assert printed.count(f"training {run} (seed {seed})") == 1, run
-            assert (out / "runs" / f"{run}-seed{seed}" / "done").is_file()
-    assert "6 (row, seed) tasks in 2 processes" in printed
+            assert (out / "draw0" / "runs" / f"{run}-seed{seed}" / "done").is_file()
+    assert "6 (draw, row, seed) tasks in 2 processes" in printed
     assert [(r["method"], r["seed"], r["split"]) for r in two["rows"]] == [
         (r["method"], r["seed"], r["split"]) for r in one["rows"]]  # the table's order
     assert {"baseline-seed1", "teacher-seed1", "distillvlm-seed1", "controls"} <= set(
@@ -135,13 +135,13 @@ def test_a_killed_jobs_run_resumes_to_the_table_of_an_uninterrupted_one(tmp_path
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
-        while not list((out / "runs").glob("*/done")) and proc.poll() is None:
+        while not list((out / "draw0" / "runs").glob("*/done")) and proc.poll() is None:
             assert time.monotonic() < deadline, "no run finished in 10 minutes"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)  # the parent and both workers, mid-way
     finally:
         proc.wait(60)
-    done_before = {d.parent.name for d in (out / "runs").glob("*/done")}
+    done_before = {d.parent.name for d in (out / "draw0" / "runs").glob("*/done")}
     assert done_before and len(done_before) < 6  # killed with work left (6 runs in all)
     capfd.readouterr()
     resumed = run_demo(DemoConfig(out=out, jobs=2, synth=SynthConfig(**TINY_SYNTH), **TINY))
@@ -150,8 +150,8 @@ def test_a_killed_jobs_run_resumes_to_the_table_of_an_uninterrupted_one(tmp_path
         for seed in (0, 1):
             trained = printed.count(f"training {run} (seed {seed})")
             assert trained == (0 if f"{run}-seed{seed}" in done_before else 1), (run, seed)
-            assert (out / "runs" / f"{run}-seed{seed}" / "done").is_file()
-    shutil.rmtree(out / "runs")
+            assert (out / "draw0" / "runs" / f"{run}-seed{seed}" / "done").is_file()
+    shutil.rmtree(out / "draw0" / "runs")
     fresh = run_demo(DemoConfig(out=out, jobs=2, synth=SynthConfig(**TINY_SYNTH), **TINY))
     assert len(resumed["rows"]) == len(fresh["rows"]) > 0
     assert [(r["method"], r["seed"], r["split"], r["overall"]) for r in resumed["rows"]] == [

@@ -19,6 +19,7 @@ from pkd.cli import (
     extract_predicted,
     extract_teacher,
     pretrain,
+    results,
     stores,
     train,
 )
@@ -44,6 +45,7 @@ extract.app.command("predicted")(extract_predicted.predicted)  # pkd extract pre
 pretrain.register(app)  # pkd pretrain
 train.register(app)  # pkd train
 demo.register(app)  # pkd demo
+results.register(app)  # pkd results OUT [--readme README.md]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,17 +6,26 @@ foundation features, student regions and aligned teacher regions into stores -> 
 ``results.json``, ``results.md`` (the table :func:`results_table` builds, as Markdown) and
 ``results.png``. Every stage is resumable: re-running the command skips what is done.
 
-``results.json``: ``{"elapsed_s": float, "rows": [{"method", "seed", "split", "overall",
-"perAnswerType", "perQuestionType", "ms_per_question", "prior", "prior_gold"}]}`` (percent,
-official metric; model forward time per question while evaluating; share of answers that are
-the training favourite of their question type, and the share of gold answers that are —
-:mod:`pkd.data.prior`) plus
-``"models"`` (parameter counts), ``"region_probes"`` (linear-probe accuracy of shape and colour
-from each regions store, :mod:`pkd.demo.probe`) and ``"stage_seconds"`` (wall time of each stage in
-this invocation, summed over the processes of ``--jobs``; a resumed stage costs ~0) and ``"summary"`` (:func:`summarize`: per method and
-split, ``mean``, ``ci_low``, ``ci_high`` — the 95% Student-t interval over seeds, None for one
-seed — ``n``, ``seeds``, and the paired difference of overall accuracy to the ``reference`` row
-on the same seeds, ``diff_mean``, ``diff_ci_low``, ``diff_ci_high``; :data:`REFERENCE`).
+``results.json`` accumulates over invocations on one folder (:mod:`pkd.demo.results_file`: an
+invocation's rows replace those with the same ``(method, seed, data_seed, split)``, the others
+stay; ``pkd results OUT`` rebuilds every table from it): ``{"elapsed_s": float, "rows":
+[{"method", "seed", "data_seed", "split", "overall", "perAnswerType", "perQuestionType",
+"ms_per_question", "prior", "prior_gold"}]}`` (``data_seed``: the data draw, 0 when absent;
+percent, official metric; model forward time per question while evaluating; share of answers
+that are the training favourite of their question type, and the share of gold answers that
+are — :mod:`pkd.data.prior`) plus
+``"models"`` (parameter counts), ``"draws"`` (per data draw: ``"region_probes"``, the
+linear-probe accuracy of shape and colour from each regions store, :mod:`pkd.demo.probe`;
+``"foundation_probes"``; ``"blind_rules"``, :mod:`pkd.demo.blind`; ``"answer_priors"``) and
+``"stage_seconds"`` (wall time of each stage, summed over the processes of ``--jobs``; a
+resumed stage costs ~0) — dicts merged key by key over invocations — ``"elapsed_s"``,
+``"preset"``, ``"machine"`` of the latest invocation, ``"invocations"`` (one entry each:
+``elapsed_s``, ``machine``, ``preset``, ``methods``, ``finished``) and ``"summary"``
+(:func:`summarize`: per method and split, ``mean``, ``ci_low``, ``ci_high`` — the 95%
+Student-t interval over seeds, or over data draws' means when there are several, None for one
+seed — ``n``, ``seeds``, ``data_seeds``, ``runs``, and the paired difference of overall
+accuracy to the ``reference`` row on the same runs, ``diff_mean``, ``diff_ci_low``,
+``diff_ci_high``; :data:`REFERENCE`).
 
 The demo's models are tiny and randomly initialised where no pre-trained weights exist (the
 region backbones): the numbers show the methods' mechanics on this benchmark, not their
@@ -64,11 +73,15 @@ READINGS = ("pkd-cross",  # P_v(q), P_t(r): each side from the other modality on
 ALIGNMENT = ("teacher-own", "distillvlm-unaligned")
 DEBIAS = ("question-only", "rubi", "lmh")  # reference debiasing methods on UpDn (--methods)
 CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothing trained
+# eval-only controls on the baseline run (pkd.demo.controls): its training favourite masked at
+# test time; its answers divided by the training prior (post-hoc logit adjustment)
+POSTHOC_ROWS = ("baseline-masked", "baseline-prior-corrected")
 KNOWN = (*MAIN_METHODS, *ABLATIONS, *SWEEPS, *READINGS, *ALIGNMENT, *DEBIAS, *CONTROLS,
+         *POSTHOC_ROWS,
          "pkd-lmh")
 # the README's table (pkd demo --preset full): the main rows, the reference debiasing rows, the
 # ablations and PKD on LMH (D trained with LMH's loss, paired to lmh)
-FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *ABLATIONS, "pkd-lmh")
+FULL_METHODS = (*MAIN_METHODS, *DEBIAS, *CONTROLS, *POSTHOC_ROWS, *ABLATIONS, "pkd-lmh")
 
 STUDENT = {"model.arch": "fusion", "model.hidden_size": 64, "model.num_layers": 2,
            "model.num_heads": 2, "model.intermediate_size": 128, "model.dropout": 0.0}
@@ -99,8 +112,9 @@ def _synth_defaults() -> SynthConfig:
 
 @dataclass
 class DemoConfig:
-    out: Path  # everything goes here: data/, foundation/, stores/, runs/, results.json
-    seeds: int = 1  # training seeds per method
+    out: Path  # everything goes here: draw{d}/ (data/, foundation/, stores/, runs/), results.json
+    seeds: int = 1  # training seeds per method (and data draw)
+    data_seeds: tuple[int, ...] = (0,)  # benchmark draws (SynthConfig.seed): each its own folder
     methods: tuple[str, ...] = MAIN_METHODS  # rows of the results table (see ABLATIONS too)
     synth: SynthConfig = field(default_factory=lambda: _synth_defaults())  # the benchmark
     pretrain_epochs: int = 6  # caption ITC epochs of the demo foundation model (stage B)
@@ -113,8 +127,9 @@ class DemoConfig:
     @classmethod
     def of(cls, preset: str, out: Path, **overrides) -> DemoConfig:
         """The demo of one size: ``quick`` (the README's main command: one seed, the main
-        methods, ≤ 10 min on 2 cores) or ``full`` (the README's table: 5 seeds, every row, the
-        full-size benchmark :meth:`SynthConfig.preset`); ``overrides`` replace fields."""
+        methods, ≤ 10 min on 2 cores) or ``full`` (the README's table: 3 seeds x data draws
+        1-3, every row, the full-size benchmark :meth:`SynthConfig.preset`); ``overrides``
+        replace fields."""
         from pkd.data.synth import SynthConfig
         from pkd.errors import PkdError
 
@@ -128,11 +143,22 @@ class DemoConfig:
 # The two sizes (DemoConfig fields; the benchmark itself is SynthConfig.preset of the same name).
 # full: 8x the training questions, so fewer epochs give more steps than quick's 10.
 DEMO_PRESETS: dict[str, dict] = {
-    "quick": {"seeds": 1, "methods": MAIN_METHODS, "pretrain_epochs": 6, "pretrain_tag_epochs": 12,
-              "train_epochs": 10},
-    "full": {"seeds": 5, "methods": FULL_METHODS, "pretrain_epochs": 6, "pretrain_tag_epochs": 12,
-             "train_epochs": 3},
+    "quick": {"seeds": 1, "data_seeds": (0,), "methods": MAIN_METHODS, "pretrain_epochs": 6,
+              "pretrain_tag_epochs": 12, "train_epochs": 10},
+    # draws 1-3: nothing was tuned on them (design choices are made on draw 0 and val)
+    "full": {"seeds": 3, "data_seeds": (1, 2, 3), "methods": FULL_METHODS, "pretrain_epochs": 6,
+             "pretrain_tag_epochs": 12, "train_epochs": 3},
 }
+
+
+def draw_config(cfg: DemoConfig, draw: int) -> DemoConfig:
+    """The demo of one data draw: the benchmark generated with ``SynthConfig.seed = draw`` in
+    ``OUT/draw{draw}``, with its own foundation model and region backbones (seeded from the
+    draw), stores and runs."""
+    from dataclasses import replace
+
+    return replace(cfg, out=cfg.out / f"draw{draw}", synth=replace(cfg.synth, seed=draw),
+                   data_seeds=(draw,))
 
 
 @dataclass
@@ -171,12 +197,13 @@ def prepare(cfg: DemoConfig) -> Paths:
         _stage("pre-training the demo foundation model on the caption corpus")
         pretrain(PretrainConfig(data_dir=paths.data, out_dir=paths.foundation,
                                 epochs=cfg.pretrain_epochs, tag_epochs=cfg.pretrain_tag_epochs,
-                                lock_vision=cfg.pretrain_tag_epochs > 0))
+                                lock_vision=cfg.pretrain_tag_epochs > 0, seed=cfg.synth.seed))
     for size, epochs, seed in (("student", 0, 0), ("teacher", 2, 1)):  # trained like bottom-up's
         if not (out / f"backbone-{size}" / "config.json").is_file():
             _stage(f"training the {size} region backbone on the detection corpus")
-            pretrain_regions(RegionPretrainConfig(data_dir=paths.data, out_dir=out / f"backbone-{size}",
-                                                  size=size, epochs=epochs, seed=seed))
+            pretrain_regions(RegionPretrainConfig(
+                data_dir=paths.data, out_dir=out / f"backbone-{size}", size=size, epochs=epochs,
+                seed=seed + 2 * cfg.synth.seed))  # draw 0: seeds 0, 1
     extract(cfg, paths)
     return paths
 
@@ -463,36 +490,80 @@ def run_demo(cfg: DemoConfig) -> dict:
         raise PkdError(f"pkd demo: unknown method {unknown[0]!r} (known: {', '.join(KNOWN)})")
     if cfg.jobs < 1:
         raise PkdError(f"pkd demo: jobs must be >= 1, not {cfg.jobs}")
+    if not cfg.data_seeds or any(d < 0 for d in cfg.data_seeds):
+        raise PkdError(f"pkd demo: data seeds must be >= 0, at least one: {cfg.data_seeds}")
     start = time.monotonic()
     seconds: dict[str, float] = {}  # wall time of each stage in this invocation
     cfg.out.mkdir(parents=True, exist_ok=True)
+    draws = tuple(dict.fromkeys(cfg.data_seeds))
     _stage(f"{cfg.preset} size: {cfg.synth.train_images} training images, {cfg.seeds} "
-           f"seed{'' if cfg.seeds == 1 else 's'}, {len(cfg.methods)} rows"
+           f"seed{'' if cfg.seeds == 1 else 's'} x data draws {', '.join(map(str, draws))}, "
+           f"{len(cfg.methods)} rows"
            + (" (the README's table: pkd demo --preset full)" if cfg.preset == "quick" else ""))
-    paths = _timed(seconds, "prepare (data, pre-training, extraction)", lambda: prepare(cfg))
-    tasks = [(name, seed) for name in dict.fromkeys(cfg.methods) for seed in range(cfg.seeds)]
+    paths = dict(zip(draws, _timed(seconds, "prepare (data, pre-training, extraction)",
+                                   lambda: run_tasks([(d,) for d in draws], cfg.jobs,
+                                                     prepare_draw, cfg)), strict=True))
+    tasks = [(d, name, seed) for d in draws for name in dict.fromkeys(cfg.methods)
+             for seed in range(cfg.seeds)]
     if cfg.jobs > 1:
-        _stage(f"{len(tasks)} (row, seed) tasks in {cfg.jobs} processes, "
+        _stage(f"{len(tasks)} (draw, row, seed) tasks in {cfg.jobs} processes, "
                f"{threads_per_job(cfg.jobs)} torch thread(s) each")
     rows = []
-    for task_rows, task_seconds in run_tasks(tasks, cfg.jobs, table_rows, cfg, paths):
+    for task_rows, task_seconds in run_tasks(tasks, cfg.jobs, draw_rows, cfg, paths):
         rows += task_rows
         for key, s in task_seconds.items():  # summed over processes: CPU-side stage time
             seconds[key] = round(seconds.get(key, 0.0) + s, 1)
     results = {"elapsed_s": round(time.monotonic() - start, 1), "rows": rows,
-               "models": model_sizes(cfg), "region_probes": region_probes(paths),
-               "foundation_probes": foundation_probes(paths), "stage_seconds": seconds,
-               "preset": cfg.preset, "machine": machine()}
+               "models": model_sizes(draw_config(cfg, draws[0])),
+               "draws": {str(d): draw_facts(paths[d]) for d in draws},
+               "stage_seconds": seconds, "preset": cfg.preset, "machine": machine()}
     save_results(results, cfg.out)
     return results
 
 
+def prepare_draw(cfg: DemoConfig, draw: int) -> Paths:
+    """:func:`prepare` of one data draw (:func:`draw_config`), under its lock; in a ``--jobs``
+    worker with that worker's share of the cores."""
+    dcfg = draw_config(cfg, draw)
+    if cfg.jobs > 1:
+        import torch
+
+        torch.set_num_threads(threads_per_job(cfg.jobs))
+    with locked(dcfg.out, "prepare"):
+        return prepare(dcfg)
+
+
+def draw_facts(paths: Paths) -> dict:
+    """What one draw's inputs are: region probes, foundation probes, its answer priors and the
+    blind-rule table of its benchmark (``synth_meta.json``, :mod:`pkd.data.blind_rules`)."""
+    meta = json.loads((paths.data / "synth_meta.json").read_text())
+    return {"region_probes": region_probes(paths), "foundation_probes": foundation_probes(paths),
+            "blind_rules": meta["priors"]["blind_rules"], "answer_priors": meta["answer_priors"]}
+
+
+def draw_rows(cfg: DemoConfig, paths: dict[int, Paths], draw: int, name: str,
+              seed: int) -> tuple[list[dict], dict]:
+    """:func:`table_rows` of one data draw, each row stamped with its ``data_seed``."""
+    rows, seconds = table_rows(draw_config(cfg, draw), paths[draw], name, seed)
+    return [{**r, "data_seed": draw} for r in rows], seconds
+
+
 def table_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> tuple[list[dict], dict]:
     """(rows of ``name`` on ``seed``, seconds per stage): train it and what it builds on, then
-    score it (under the run's lock); controls are computed, nothing trained."""
+    score it (under the run's lock); controls are computed, nothing trained; the post-hoc
+    controls (:data:`pkd.demo.controls.POSTHOC`) score their trained run with its answers
+    adjusted."""
+    from pkd.demo.controls import POSTHOC, posthoc_rows
+
     seconds: dict[str, float] = {}
     if name in CONTROLS:  # same rows on every seed, so paired differences line up
         return _timed(seconds, "controls", lambda: control_rows(cfg, paths, name, seed)), seconds
+    if name in POSTHOC:
+        base, adjust = POSTHOC[name]
+        run = _timed(seconds, f"{base}-seed{seed}", lambda: train_run(cfg, paths, base, seed))
+        with locked(cfg.out, run.name):
+            return _timed(seconds, "evaluation",
+                          lambda: posthoc_rows(run, name, seed, adjust, SPLITS)), seconds
     for need in needs(name):
         _timed(seconds, f"{need}-seed{seed}", lambda n=need: train_run(cfg, paths, n, seed))
     run = _timed(seconds, f"{name}-seed{seed}", lambda: train_run(cfg, paths, name, seed))
@@ -509,21 +580,20 @@ def _timed(seconds: dict[str, float], key: str, fn):
     return out
 
 
-def save_results(results: dict, out: Path) -> None:
-    """``results.json``, ``results.md`` (:func:`results_markdown`), ``results_families.md``
-    (per question family, :mod:`pkd.demo.families`) and ``results.png`` in ``out``.
+def save_results(results: dict, out: Path) -> dict:
+    """Merge this invocation's ``results`` into ``OUT/results.json`` (rows keyed by method,
+    seed, data_seed and split; dicts key by key; :mod:`pkd.demo.results_file`), then write
+    ``results.md`` (:func:`results_markdown`), ``results_families.md`` (per question family,
+    :mod:`pkd.demo.families`) and ``results.png`` from the merged rows, each file atomically.
 
-    Sets ``results["summary"]`` to :func:`summarize` of its rows first, so the file carries the
-    intervals and paired differences of exactly the rows it holds."""
-    from pkd.demo.families import FAMILIES_FILE, families_markdown
+    ``results`` is updated in place to the merged content with ``"summary"`` (:func:`summarize`
+    of every row the file holds) and returned. A ``results.json`` that is not JSON or has no
+    ``"rows"`` is a PkdError, never overwritten."""
+    from pkd.demo.results_file import merge_into, write_tables
 
-    results["summary"] = summarize(results["rows"])
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(results_markdown(results))
-    families = families_markdown(results)
-    if families:  # rows with per-question-type scores (pkd.demo.families)
-        (out / FAMILIES_FILE).write_text(families)
-    plot_results(results, out / "results.png")
+    merge_into(results, out)
+    write_tables(results, out)
+    return results
 
 
 def region_probes(paths: Paths) -> dict:
@@ -572,46 +642,82 @@ REFERENCE: dict[str, str | None] = {
 }
 
 
+# Further rows a method must beat, paired like its reference (grounding checks,
+# :func:`checks_table`): the controls scored on the baseline run itself (its inputs masked, its
+# answers corrected by the training prior) for the debiasing methods and PKD, the student for
+# DistillVLM.
+CONTROLS_BEATEN = ("baseline-masked", "baseline-prior-corrected")
+CHECKS: dict[str, tuple[str, ...]] = {
+    "lmh": CONTROLS_BEATEN, "rubi": CONTROLS_BEATEN, "pkd": CONTROLS_BEATEN,
+    "distillvlm": ("student",),
+}
+
+
 def reference_of(method: str) -> str | None:
     """The reference row of ``method`` (:data:`REFERENCE`, default ``"baseline"``)."""
     return REFERENCE.get(method, "baseline")
 
 
-def _over_seeds(by_seed: dict[int, float]) -> dict:
-    """``mean``, ``ci_low``, ``ci_high`` (95% t interval, None for one seed), ``n``, ``seeds``."""
-    from pkd.stats import mean_ci
+RunsOf = dict[tuple[str, str], dict[tuple[int, int], float]]  # (method, split) -> runs
 
-    e = mean_ci([by_seed[k] for k in sorted(by_seed)])
+
+def _overall_runs(rows: list[dict]) -> RunsOf:
+    """``{(method, split): {(seed, data_seed): overall}}`` (:func:`pkd.demo.draws.run_key`)."""
+    from pkd.demo.draws import run_key
+
+    out: RunsOf = {}
+    for r in rows:
+        out.setdefault((r["method"], r["split"]), {})[run_key(r)] = r["overall"]
+    return out
+
+
+def _over_seeds(runs: dict[tuple[int, int], float]) -> dict:
+    """``mean``, ``ci_low``, ``ci_high`` (95% t interval over seeds, or over the data draws'
+    means with several draws; None for one seed: :mod:`pkd.demo.draws`), ``n`` (seeds, or
+    draws), ``seeds``, ``data_seeds`` (sorted distinct) and ``runs`` (seed, draw pairs)."""
+    from pkd.demo.draws import mean_over_runs
+
+    e = mean_over_runs(runs)
     return {"mean": e.mean, "ci_low": e.low, "ci_high": e.high, "n": e.n,
-            "seeds": sorted(by_seed)}
+            "seeds": sorted({s for s, _ in runs}), "data_seeds": sorted({d for _, d in runs}),
+            "runs": len(runs)}
 
 
-def _paired(method: str, split: str, overall: dict[tuple[str, str], dict[int, float]]) -> dict:
-    """``reference`` and the paired difference of overall accuracy to it on the same seeds:
-    ``diff_mean``, ``diff_ci_low``, ``diff_ci_high`` (None without a reference row; the
-    interval None for one seed). Unpaired seeds are a PkdError (:func:`pkd.stats.paired_difference`)."""
-    from pkd.stats import paired_difference
+def _paired(method: str, split: str, overall: RunsOf) -> dict:
+    """``reference`` (:func:`reference_of`) and the paired difference of overall accuracy to it
+    on the same runs: ``diff_mean``, ``diff_ci_low``, ``diff_ci_high``
+    (None without a reference row; the interval None for one seed), over seeds or data draws
+    (:func:`pkd.demo.draws.paired_over_runs`). Unpaired runs are a PkdError."""
+    from pkd.demo.draws import paired_over_runs
 
     ref = reference_of(method)
     none = {"reference": ref, "diff_mean": None, "diff_ci_low": None, "diff_ci_high": None}
     if ref is None or (ref, split) not in overall:
         return none
-    d = paired_difference(overall[(method, split)], overall[(ref, split)],
-                          names=(f"{method} ({split})", ref))
+    d = paired_over_runs(overall[(method, split)], overall[(ref, split)],
+                         names=(f"{method} ({split})", ref))
     return {**none, "diff_mean": d.mean, "diff_ci_low": d.low, "diff_ci_high": d.high}
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (method, split), over seeds: overall accuracy's mean with its 95% Student-t CI
-    (:func:`pkd.stats.mean_ci`: ``mean ± t_{0.975, n-1} s / sqrt(n)``; ``ci_low``/``ci_high``
-    None with one seed), ``n`` and ``seeds``; the paired difference to the reference row
-    (:func:`_paired`); and the plain means of the answer types, prior shares and timing."""
+    """Per (method, split), over its runs ``x_{d,s}`` (data draw ``d`` = ``data_seed``, 0 when
+    absent; seed ``s``): overall accuracy's mean with its 95% Student-t CI, ``n``, ``seeds``,
+    ``data_seeds`` and ``runs``; the paired difference to the reference row (:func:`_paired`);
+    and the plain means over runs of the answer types, prior shares and timing.
+
+    One draw: over seeds, ``mean ± t_{0.975, n-1} s / sqrt(n)`` (:func:`pkd.stats.mean_ci`;
+    ``ci_low``/``ci_high`` None with one seed), ``n`` = seeds. D > 1 draws: the two-stage
+    (cluster) estimator, ``m_d = mean_s x_{d,s}``, ``mean = (1/D) Σ_d m_d``, ``mean ±
+    t_{0.975, D-1} s_m / sqrt(D)`` with ``s_m`` the sd of the draw means, ``n`` = D: the
+    variance of the grand mean is ``s²_m / D``, which holds the seed noise too (``Var(m_d) =
+    σ²_draw + σ²_seed / |S_d|``). The paired difference is the same estimator on
+    ``x_{d,s} - ref_{d,s}`` over the runs both rows hold (:mod:`pkd.demo.draws`)."""
     import numpy as np
 
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["split"]), []).append(r)
-    overall = {key: {r["seed"]: r["overall"] for r in rs} for key, rs in groups.items()}
+    overall = _overall_runs(rows)
     out = []
     for (m, s), rs in groups.items():
         types = sorted({t for r in rs for t in r["perAnswerType"]})
@@ -646,16 +752,23 @@ def results_table(results: dict) -> tuple[str, list[str], list[list[str]], list[
     """The results table of ``pkd demo`` and ``results.md``: title, header, one row of cells per
     (method, split) and the notes printed under it. Overall accuracy is ``mean ± hw`` (hw: half
     the 95% t interval over seeds), the bare mean where a row has one seed; ``paired Δ`` is its
-    difference to the reference row on the same seeds with that difference's 95% interval."""
+    difference to the reference row on the same seeds with that difference's 95% interval.
+    With several data draws the intervals are over the draws' means (:func:`summarize`) and a
+    ``draws`` column counts each row's draws."""
     summary = summarize(results["rows"])
-    seeds = max((s["n"] for s in summary), default=0)
+    seeds = max((len(s["seeds"]) for s in summary), default=0)
+    draws = max((len(s["data_seeds"]) for s in summary), default=0)
     title = f"pkd demo — VQA accuracy (%), {seeds} seed{'' if seeds == 1 else 's'}"
+    if draws > 1:
+        title += f" x {draws} data draws"
     types = sorted({t for s in summary for t in s["perAnswerType"]})
     several = any(s["n"] > 1 for s in summary)
     header = ["method", "split", "overall (mean ± 95% CI)" if several else "overall", "seeds",
+              *(["draws"] if draws > 1 else []),
               "paired Δ", *types, "prior %", "params", "µs/question"]
     params = results.get("models", {})
-    rows = [[s["method"], s["split"], overall_cell(s), str(s["n"]), delta_cell(s),
+    rows = [[s["method"], s["split"], overall_cell(s), str(len(s["seeds"])),
+             *([str(len(s["data_seeds"]))] if draws > 1 else []), delta_cell(s),
              *(f"{s['perAnswerType'].get(t, 0.0):.2f}" for t in types),
              f"{s['prior']:.1f}",
              f"{params[s['method']]:,}" if s["method"] in params else "",
@@ -667,15 +780,18 @@ def _probe_notes(results: dict) -> list[str]:
     """What the inputs can carry: linear probes of the region stores, zero-shot probes of the
     foundation model, and where the timings come from."""
     notes = []
-    regions = results.get("region_probes", {})
-    if regions:
-        notes.append("region probes (linear, test images): " + "; ".join(
-            f"{store} shape {p['shape']['accuracy']:.1f}%, colour {p['color']['accuracy']:.1f}%"
-            for store, p in regions.items()))
-    probes = results.get("foundation_probes", {}).get("probes", {})
-    if probes:
-        notes.append("foundation zero-shot probes (held-out caption images): " + ", ".join(
-            f"{k} {v:.1f}%" for k, v in probes.items() if v is not None))
+    draws = results.get("draws") or {"0": results}  # an older file: its probes at the top
+    for d, facts in sorted(draws.items(), key=lambda kv: int(kv[0])):
+        where = f"draw {d} " if len(draws) > 1 else ""
+        regions = facts.get("region_probes", {})
+        if regions:
+            notes.append(f"{where}region probes (linear, test images): " + "; ".join(
+                f"{store} shape {p['shape']['accuracy']:.1f}%, colour "
+                f"{p['color']['accuracy']:.1f}%" for store, p in regions.items()))
+        probes = facts.get("foundation_probes", {}).get("probes", {})
+        if probes:
+            notes.append(f"{where}foundation zero-shot probes (held-out caption images): "
+                         + ", ".join(f"{k} {v:.1f}%" for k, v in probes.items() if v is not None))
     if "machine" in results:
         m = results["machine"]
         notes.append(f"{results.get('preset', '')} size, {results['elapsed_s']:.0f} s in this "
@@ -685,7 +801,12 @@ def _probe_notes(results: dict) -> list[str]:
 
 def _table_notes(summary: list[dict], several: bool) -> list[str]:
     notes = []
-    if several:
+    if any(len(s["data_seeds"]) > 1 for s in summary):
+        notes.append("overall: mean over data draws of each draw's mean over seeds ± half-width "
+                     "of the 95% Student-t interval over the draw means (it holds the seed "
+                     "noise too); paired Δ: per draw, the mean over seeds of (row - reference) "
+                     "on the same runs, then the mean over draws [95% t interval over draws]")
+    elif several:
         notes.append("overall: mean ± half-width of the 95% Student-t interval over seeds; "
                      "paired Δ: mean over seeds of (row - reference) on the same seeds "
                      "[95% t interval]")
@@ -725,13 +846,71 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def results_markdown(results: dict) -> str:
-    """``results.md``: the title, the table of :func:`results_table` and its notes."""
+    """``results.md``: the title, the table of :func:`results_table` and its notes, then the
+    grounding checks of :func:`checks_table` where any pair of its rows was run."""
     title, header, rows, notes = results_table(results)
-    return "\n\n".join([f"## {title}", markdown_table(header, rows), *notes]) + "\n"
+    parts = [f"## {title}", markdown_table(header, rows), *notes]
+    for title, header, rows, notes in extra_tables(results):
+        parts += [f"### {title}", markdown_table(header, rows), *notes]
+    return "\n\n".join(parts) + "\n"
+
+
+def extra_tables(results: dict) -> list[tuple[str, list[str], list[list[str]], list[str]]]:
+    """The tables printed under the results table, those with rows: the grounding checks
+    (:func:`checks_table`) and the blind rules with the benchmark's targets
+    (:func:`pkd.demo.blind.blind_table`)."""
+    from pkd.demo.blind import blind_table
+
+    return [t for t in (checks_table(results), blind_table(results)) if t[2]]
+
+
+def verdict(d) -> str:
+    """``beats`` when the 95% CI of a paired Δ (:class:`pkd.stats.Estimate`) lies above 0,
+    ``loses`` below 0, ``n.s.`` when it covers 0, ``anecdote`` without an interval (one run)."""
+    if d.low is None:
+        return "anecdote"
+    return "beats" if d.low > 0 else "loses" if d.high < 0 else "n.s."
+
+
+def checks_table(results: dict) -> tuple[str, list[str], list[list[str]], list[str]]:
+    """The grounding checks (title, header, rows, notes): for each (method, other) of
+    :data:`CHECKS` whose rows both exist, per split, the paired Δ of overall accuracy
+    ``method - other`` on the same runs with its 95% CI (the estimator of :func:`summarize`,
+    over seeds or data draws) and its :func:`verdict`. No rows when no such pair was run."""
+    from pkd.demo.draws import paired_over_runs
+
+    overall = _overall_runs(results["rows"])
+    splits = list(dict.fromkeys(split for _, split in overall))
+    rows = []
+    for method, others in CHECKS.items():
+        for other in others:
+            for split in splits:
+                if (method, split) not in overall or (other, split) not in overall:
+                    continue
+                d = paired_over_runs(overall[(method, split)], overall[(other, split)],
+                                     names=(f"{method} ({split})", other))
+                cell = f"{d.mean:+.2f}" + ("" if d.low is None
+                                           else f" [{d.low:+.2f}, {d.high:+.2f}]")
+                rows.append([method, split, other, cell, str(d.n), verdict(d)])
+    header = ["method", "split", "must beat", "paired Δ (95% CI)", "n", "verdict"]
+    if all(r[-1] == "anecdote" for r in rows):
+        notes = ["paired Δ: row - the row it must beat on the same seed; one seed gives no "
+                 "interval, so every verdict is an anecdote (use --seeds 5)"]
+    else:
+        notes = ["paired Δ: row - the row it must beat, on the same seeds (with several data "
+                 "draws: per draw, then over draws) [95% t interval]; n: seeds, or data draws",
+                 "verdict: beats (interval above 0), loses (below 0), n.s. (covers 0), "
+                 "anecdote (one seed: no interval)"]
+    return "grounding checks — paired Δ of overall accuracy (%)", header, rows, notes
 
 
 def plot_results(results: dict, out: Path) -> Path:
+    """``results.png``: overall accuracy per method and split, bars with their 95% CI."""
+    import io
+
     import matplotlib
+
+    from pkd.demo.results_file import write_atomic
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -750,6 +929,7 @@ def plot_results(results: dict, out: Path) -> Path:
     ax.set_ylabel("VQA accuracy (%)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return out
+    return write_atomic(out, png.getvalue())  # a full disk leaves the old plot, not half
