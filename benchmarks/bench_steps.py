@@ -138,7 +138,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_steps_"))
     try:
         demo = args.demo or tmp / "demo"
-        small = {"pretrain_epochs": 2, "pretrain_tag_epochs": 1, "train_epochs": 1}
+        small = {"pretrain_epochs": 2, "pretrain_tag_epochs": 1, "train_epochs": 1,
+                 "student_epochs": 1, "teacher_epochs": 1}
         cfg = DemoConfig(out=demo, **(small if args.demo is None else {}))  # else the demo's
         paths, tokenwise = build_demo(tmp, cfg)
         work = tmp / "runs"

@@ -87,3 +87,17 @@ def test_shifted_favourites_are_uniform_non_favourites_stratified_by_rank():
     orders = {draw_priors(np.random.default_rng(s), 4).order["what color is the"]
               for s in range(20)}
     assert len(orders) > 15  # the train orders vary with the seed too
+
+
+def test_benchmark_script_prints_each_draw_and_the_worst(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "blind_rules.py"
+    out = subprocess.run([sys.executable, str(script), "--preset", "quick", "--draws", "3",
+                          "--set", "train_images=200", "--set", "test_images=100",
+                          "--set", "pilot_scenes=300"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].startswith("draw 3: best blind rule on test ") and "oracle constant" in out[0]
+    assert out[-1].startswith("worst draw: ") and ("met" in out[-1] or "MISSED" in out[-1])

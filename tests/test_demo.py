@@ -37,7 +37,8 @@ def test_demo_chain_writes_results_json(tmp_path, monkeypatch):
                         test_comp_images=20, detection_train_images=10, detection_val_images=5,
                         caption_images=40, pilot_scenes=400)
     cfg = DemoConfig(out=tmp_path / "demo", seeds=1, methods=("baseline",), synth=synth,
-                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1)
+                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1,
+                     student_epochs=1, teacher_epochs=1)
     results = run_demo(cfg)
     saved = json.loads((cfg.out / "results.json").read_text())
     assert saved == results and isinstance(saved["elapsed_s"], float)
@@ -86,7 +87,8 @@ def test_demo_pkd_row_trains_stage_2_from_the_cached_predictions(tmp_path, monke
                         test_comp_images=12, detection_train_images=8, detection_val_images=4,
                         caption_images=24, pilot_scenes=400)
     cfg = DemoConfig(out=tmp_path / "demo", methods=("pkd", "pkd-item"), synth=synth,
-                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1)
+                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1,
+                     student_epochs=1, teacher_epochs=1)
     read = []
     predict = PKDTask.predict
     monkeypatch.setattr(PKDTask, "predict", lambda self, batch: read.append(
@@ -116,7 +118,8 @@ def test_demo_alignment_ablation_rows_run_on_the_teachers_own_boxes(tmp_path):
                         test_comp_images=12, detection_train_images=8, detection_val_images=4,
                         caption_images=24, pilot_scenes=400)
     cfg = DemoConfig(out=tmp_path / "demo", methods=("distillvlm-unaligned",), synth=synth,
-                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1)
+                     pretrain_epochs=1, pretrain_tag_epochs=1, train_epochs=1,
+                     student_epochs=1, teacher_epochs=1)
     results = run_demo(cfg)
     assert {r["method"] for r in results["rows"]} == {"distillvlm-unaligned"}
     store = FeatureStore.open(cfg.out / "draw0" / "stores" / OWN_REGIONS, kind="regions")
@@ -413,8 +416,8 @@ def test_presets_quick_and_full():
     assert quick.synth == SynthConfig() and (quick.seeds, quick.methods) == (1, MAIN_METHODS)
     assert full.synth == SynthConfig.preset("full") and full.seeds == 3
     assert full.data_seeds == (1, 2, 3)  # draws nothing was tuned on
-    assert set(FULL_METHODS) == (set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS) | set(ABLATIONS)
-                                 | set(POSTHOC_ROWS) | {"pkd-lmh"})
+    assert set(FULL_METHODS) == (set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS)
+                                 | set(POSTHOC_ROWS) | {"pkd-lmh"})  # ablations: --ablations
     assert full.methods == FULL_METHODS and full.preset == "full"
     assert DemoConfig.of("full", Path("f"), seeds=2).seeds == 2
     from pkd.errors import PkdError
@@ -460,3 +463,18 @@ def test_cli_preset_option_sets_size_seeds_and_rows(tmp_path, monkeypatch):
     assert main(["demo", "--out", str(tmp_path), "--data-seeds", "0,4"]) == 0
     assert seen["cfg"].data_seeds == (0, 4)
     assert main(["demo", "--out", str(tmp_path), "--preset", "huge"]) == 2
+
+
+def test_fusion_rows_train_with_their_own_budget_and_optimizer(tmp_path):
+    """Student and DistillVLM share one budget (equal steps), the teacher has its own; the three
+    use the transformer optimizer (warmup, lr 1e-3, clip 1.0), UpDn rows keep theirs."""
+    from pkd.demo import TRANSFORMER_OPTIM
+
+    cfg = DemoConfig(out=tmp_path, train_epochs=7, student_epochs=11, teacher_epochs=5)
+    paths = Paths(tmp_path / "data", tmp_path / "foundation", tmp_path / "stores")
+    spec = {n: overrides(cfg, paths, n, 0) for n in ("baseline", "student", "distillvlm",
+                                                      "teacher", "teacher-own")}
+    assert [spec[n]["run.epochs"] for n in spec] == [7, 11, 11, 5, 5]
+    for n in ("student", "distillvlm", "teacher", "teacher-own"):
+        assert {k: spec[n][k] for k in TRANSFORMER_OPTIM} == TRANSFORMER_OPTIM
+    assert spec["baseline"]["optim.lr"] == 0.002 and "optim.warmup_steps" not in spec["baseline"]

@@ -21,7 +21,7 @@ def test_two_draws_with_posthoc_controls(tmp_path):
     cfg = DemoConfig(out=tmp_path / "demo", seeds=1, data_seeds=(0, 1),
                      methods=("baseline", "baseline-masked", "baseline-prior-corrected"),
                      synth=SynthConfig(**TINY_SYNTH), pretrain_epochs=1, pretrain_tag_epochs=1,
-                     train_epochs=1)
+                     train_epochs=1, student_epochs=1, teacher_epochs=1)
     results = run_demo(cfg)
     metas = [json.loads((cfg.out / f"draw{d}" / "data" / "synth_meta.json").read_text())
              for d in (0, 1)]

@@ -87,7 +87,8 @@ TINY_SYNTH = {"train_images": 60, "val_images": 16, "test_images": 20, "test_iid
               "test_comp_images": 20, "detection_train_images": 10, "detection_val_images": 5,
               "caption_images": 40, "pilot_scenes": 400}
 TINY = {"seeds": 2, "methods": ("baseline", "distillvlm", "inverted-prior"),
-        "pretrain_epochs": 1, "pretrain_tag_epochs": 1, "train_epochs": 1}
+        "pretrain_epochs": 1, "pretrain_tag_epochs": 1, "train_epochs": 1,
+        "student_epochs": 1, "teacher_epochs": 1}
 
 
 def test_two_jobs_train_each_run_once_and_give_the_table_of_one(tmp_path, capfd):
