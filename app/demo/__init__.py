@@ -514,8 +514,9 @@ def run_demo(cfg: DemoConfig) -> dict:
            f"seed{'' if cfg.seeds == 1 else 's'} x data draws {', '.join(map(str, draws))}, "
            f"{len(cfg.methods)} rows"
            + (" (the README's table: pkd demo --preset full)" if cfg.preset == "quick" else ""))
+    jobs = min(cfg.jobs, len(draws))  # one draw: prepared here, with every core
     paths = dict(zip(draws, _timed(seconds, "prepare (data, pre-training, extraction)",
-                                   lambda: run_tasks([(d,) for d in draws], cfg.jobs,
+                                   lambda: run_tasks([(d, jobs) for d in draws], jobs,
                                                      prepare_draw, cfg)), strict=True))
     tasks = [(d, name, seed) for d in draws for name in dict.fromkeys(cfg.methods)
              for seed in range(cfg.seeds)]
@@ -535,14 +536,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     return results
 
 
-def prepare_draw(cfg: DemoConfig, draw: int) -> Paths:
-    """:func:`prepare` of one data draw (:func:`draw_config`), under its lock; in a ``--jobs``
-    worker with that worker's share of the cores."""
+def prepare_draw(cfg: DemoConfig, draw: int, jobs: int = 1) -> Paths:
+    """:func:`prepare` of one data draw (:func:`draw_config`), under its lock; with ``jobs``
+    draws prepared side by side, in a worker with its share of the cores."""
     dcfg = draw_config(cfg, draw)
-    if cfg.jobs > 1:
+    if jobs > 1:
         import torch
 
-        torch.set_num_threads(threads_per_job(cfg.jobs))
+        torch.set_num_threads(threads_per_job(jobs))
     with locked(dcfg.out, "prepare"):
         return prepare(dcfg)
 
