@@ -417,7 +417,7 @@ def test_presets_quick_and_full():
     assert full.synth == SynthConfig.preset("full") and full.seeds == 3
     assert full.data_seeds == (1, 2, 3)  # draws nothing was tuned on
     assert set(FULL_METHODS) == (set(MAIN_METHODS) | set(DEBIAS) | set(CONTROLS)
-                                 | set(POSTHOC_ROWS) | {"pkd-lmh"})  # ablations: --ablations
+                                 | set(POSTHOC_ROWS) | {"pkd-lmh", "student-best"})  # no ablations
     assert full.methods == FULL_METHODS and full.preset == "full"
     assert DemoConfig.of("full", Path("f"), seeds=2).seeds == 2
     from pkd.errors import PkdError
@@ -470,11 +470,14 @@ def test_fusion_rows_train_with_their_own_budget_and_optimizer(tmp_path):
     use the transformer optimizer (warmup, lr 1e-3, clip 1.0), UpDn rows keep theirs."""
     from pkd.demo import TRANSFORMER_OPTIM
 
-    cfg = DemoConfig(out=tmp_path, train_epochs=7, student_epochs=11, teacher_epochs=5)
+    cfg = DemoConfig(out=tmp_path, train_epochs=7, student_epochs=11, student_best_epochs=33,
+                     teacher_epochs=5)
     paths = Paths(tmp_path / "data", tmp_path / "foundation", tmp_path / "stores")
     spec = {n: overrides(cfg, paths, n, 0) for n in ("baseline", "student", "distillvlm",
-                                                      "teacher", "teacher-own")}
-    assert [spec[n]["run.epochs"] for n in spec] == [7, 11, 11, 5, 5]
+                                                      "teacher", "teacher-own", "student-best")}
+    assert [spec[n]["run.epochs"] for n in spec] == [7, 11, 11, 5, 5, 33]
+    assert {k: v for k, v in spec["student-best"].items() if k not in ("run.epochs", "run.out_dir")} \
+        == {k: v for k, v in spec["student"].items() if k not in ("run.epochs", "run.out_dir")}
     for n in ("student", "distillvlm", "teacher", "teacher-own"):
         assert {k: spec[n][k] for k in TRANSFORMER_OPTIM} == TRANSFORMER_OPTIM
     assert spec["baseline"]["optim.lr"] == 0.002 and "optim.warmup_steps" not in spec["baseline"]
