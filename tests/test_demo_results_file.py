@@ -217,3 +217,18 @@ def test_pkd_results_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "results.md").exists()  # nothing written before the error
     missing = tmp_path / "NOPE.md"
     assert str(missing) in error_of(capsys, ["results", str(tmp_path), "--readme", str(missing)])
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    import os
+    import stat
+
+    from pkd.demo.results_file import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "results.md", "x\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # mkstemp alone leaves 0600
+    assert path.read_text() == "x\n" and not list(tmp_path.glob(".*.tmp"))

@@ -39,6 +39,13 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # README lines ar
 LATEST = ("elapsed_s", "preset", "machine")  # scalars of the latest invocation
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in its folder and ``os.replace``."""
     path = Path(path)
@@ -48,6 +55,7 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have made
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
