@@ -15,7 +15,7 @@ def demo(
         "demo_out"),
     preset: Annotated[str, typer.Option(
         help="quick (1 seed, main rows, ≤ 10 min on 2 cores) | full (the README's table: "
-             "full-size benchmark, 3 seeds x data draws 1,2,3, every row)")] = "quick",
+             "full-size benchmark, 3 seeds x data draws 1,2,3, the headline rows)")] = "quick",
     seeds: Annotated[int, typer.Option(help="training seeds per method (0: the preset's)")] = 0,
     ablations: Annotated[bool, typer.Option(help="also run the ablation rows")] = False,
     methods: Annotated[str, typer.Option(

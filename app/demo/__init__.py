@@ -139,7 +139,7 @@ class DemoConfig:
     def of(cls, preset: str, out: Path, **overrides) -> DemoConfig:
         """The demo of one size: ``quick`` (the README's main command: one seed, the main
         methods, ≤ 10 min on 2 cores) or ``full`` (the README's table: 3 seeds x data draws
-        1-3, every row, the full-size benchmark :meth:`SynthConfig.preset`); ``overrides``
+        1-3, the headline rows, the full-size benchmark :meth:`SynthConfig.preset`); ``overrides``
         replace fields."""
         from pkd.data.synth import SynthConfig
         from pkd.errors import PkdError
