@@ -339,7 +339,7 @@ def generate(cfg: SynthConfig, out: Path) -> dict:
     cfg.validate()
     out = Path(out)
     _prepare(out)
-    keep = keep_probabilities(cfg)
+    keep, priors = keep_probabilities(cfg), priors_of(cfg)
     parts = sample_all(cfg, keep)
     annotations = {s: _write_split(cfg, out, s, parts[s]) for s in SPLITS}
     n_captions = _write_captions(cfg, out, parts["captions"])
@@ -357,8 +357,7 @@ def generate(cfg: SynthConfig, out: Path) -> dict:
         "captions": {"images": len(parts["captions"]), "captions": n_captions},
         "detection": detection, "id_base": ID_BASE,
         "priors": prior_statistics(annotations, EVAL_SPLITS),
-        "answer_priors": {"train_order": priors_of(cfg).order,
-                          "test_favourite": priors_of(cfg).shifted},
+        "answer_priors": {"train_order": priors.order, "test_favourite": priors.shifted},
         "keep_probabilities": {prior: {t: {a: round(r, 4) for a, r in per.items()}
                                        for t, per in by_type.items()}
                                for prior, by_type in keep.items()},
