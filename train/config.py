@@ -130,7 +130,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["updn", "fusion"] = "updn"  # UpDn baseline or Oscar-style transformer fusion
+    arch: Literal["updn", "fusion", "vlm"] = "updn"  # UpDn baseline, Oscar-style transformer fusion, or vlm: the pre-trained VL model model.foundation fine-tuned with its own heads (PKD's setting)
     hidden_size: int = allowed(512, ge=1)  # joint / transformer hidden size H
     num_layers: int = allowed(4, ge=1)  # transformer layers (fusion)
     num_heads: int = allowed(8, ge=1)  # attention heads (fusion)
@@ -141,6 +141,10 @@ class ModelConfig:
     classifier_dropout: float = allowed(0.5, ge=0, lt=1)  # dropout inside the answer classifier MLP
     use_foundation_features: bool = False  # also feed cached image_embeds / text_embeds
     foundation_inputs: Literal["real", "predicted"] = "real"  # with use_foundation_features: the foundation model's embeddings of the real image and question (foundation stores), or PKD's predicted e_v, e_t (data.predicted: the frozen predictors' outputs, cached per split by pkd extract predicted --split)
+    foundation: str = ""  # arch vlm: the pre-trained model D starts from (LxmertForPreTraining hub id or folder, kept with its masked-LM and matching heads)
+    init: Literal["pretrained", "scratch"] = "pretrained"  # arch vlm: model.foundation's weights, or its architecture with random weights (the no-pre-training row)
+    answer_head: Literal["mlm", "new"] = "mlm"  # arch vlm: answer through the inherited heads (masked word at a cloze, matching on a statement) or a new classifier on the pooled output
+    prompt: Literal["auto", "synth", "generic"] = "auto"  # arch vlm: caption-style cloze prompts (synthetic benchmark) or "question [MASK]" (real data); auto: synth when data.dataset=synth
     encoder: str = allowed("native", pattern=ENCODER, means="'native' or 'hf:PATH'")  # "native" plain-torch encoder, or "hf:PATH" a transformers BERT-family checkpoint (fusion)
 
 
@@ -159,7 +163,7 @@ class OptimConfig:
 class RunConfig:
     out_dir: str = allowed("runs/default", nonempty=True)  # run directory: resolved config, checkpoints, logs, results
     seed: int = allowed(0, ge=0, lt=2**32)  # seed for torch, numpy and python random
-    epochs: int = allowed(10, ge=0)  # passes over the training set (ignored when max_steps > 0)
+    epochs: int = allowed(10, ge=0)  # passes over the training set (ignored when max_steps > 0); 0 with a pre-trained model.arch=vlm: no training, the loaded model is validated and saved as best (the zero-shot row)
     max_steps: int = allowed(0, ge=0)  # stop after this many optimizer steps (0 = use epochs)
     batch_size: int = allowed(256, ge=1)  # questions per optimizer step
     eval_every: int = allowed(1000, ge=0)  # evaluate on val every N steps (0 = once per epoch)
@@ -412,8 +416,10 @@ def _cross_field_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     if method is None:
         return [("method.name", f"{m.name!r} is not one of {', '.join(METHODS)}")]
     out = []
-    if r.max_steps == 0 and r.epochs == 0:
-        out.append(("run.epochs", "0 is not >= 1 (with run.max_steps=0 the run counts epochs)"))
+    zero_shot = cfg.model.arch == "vlm" and cfg.model.init == "pretrained"
+    if r.max_steps == 0 and r.epochs == 0 and not zero_shot:
+        out.append(("run.epochs", "0 is not >= 1 (with run.max_steps=0 the run counts epochs; "
+                                  "0 = the zero-shot row needs a pre-trained model.arch=vlm)"))
     for key, mc in method.built_models(cfg):
         if mc.arch == "fusion" and mc.hidden_size % mc.num_heads:
             out.append((f"{key}.num_heads", f"{mc.num_heads} does not divide "
@@ -422,6 +428,12 @@ def _cross_field_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
             out.append((f"{key}.max_positions",
                         f"{mc.max_positions} is not >= data.max_question_length + 2 = "
                         f"{d.max_question_length + 2} ([CLS], the question, [SEP])"))
+        if mc.arch == "vlm" and not mc.foundation:
+            out.append((f"{key}.foundation", "is empty: arch vlm needs the pre-trained model "
+                        "(an LxmertForPreTraining hub id or folder)"))
+        if mc.arch == "vlm" and mc.use_foundation_features:
+            out.append((f"{key}.use_foundation_features", "true does not apply to arch vlm "
+                        "(the model is the foundation model)"))
         if mc.foundation_inputs == "predicted" and not mc.use_foundation_features:
             out.append((f"{key}.foundation_inputs", "'predicted' needs "
                         f"{key}.use_foundation_features=true (they are D's foundation inputs)"))

@@ -37,7 +37,7 @@ MAX_ANSWERS = 10  # distinct answers per question at most (10 annotators)
 @dataclass
 class Vocabs:
     answers: AnswerVocab  # answer strings <-> classifier rows (answers.json)
-    words: QuestionTokenizer  # question words <-> ids (words.json)
+    words: QuestionTokenizer | PromptTokenizer  # question words <-> ids (words.json; arch vlm: the foundation tokenizer behind the prompts)
 
 
 @dataclass

@@ -262,6 +262,8 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
     t = Trainer(cfg, resume)
     r = cfg.run
     try:
+        if t.total == 0 and t.best < 0:  # zero-shot: the loaded model, validated as it is
+            t.validate()
         while t.step < t.total:
             n_batches = len(t.sampler)
             for batch in t.batch_stream():

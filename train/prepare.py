@@ -46,7 +46,9 @@ from pkd.train.data import (
     load_split_data,
 )
 from pkd.train.models import build_model
+from pkd.train.models.vlm import build_vlm, foundation_tokenizer
 from pkd.train.predicted_cache import predicted_store_path, same_predictors
+from pkd.train.prompts import PromptTokenizer, is_prompt_file
 from pkd.train.tasks import method_of
 from pkd.train.text import QuestionTokenizer
 
@@ -81,7 +83,7 @@ def vocabs(cfg: TrainConfig, run_dir: Path, create: bool) -> Vocabs:
     """
     apath, wpath = run_dir / "answers.json", run_dir / "words.json"
     if apath.is_file() and wpath.is_file():
-        return Vocabs(AnswerVocab.load(apath), QuestionTokenizer.load(wpath))
+        return Vocabs(AnswerVocab.load(apath), _load_words(cfg, wpath))
     if not create:
         raise PkdError(f"{run_dir}: no answers.json / words.json (not a pkd run folder)")
     source = vocab_source(cfg)
@@ -93,11 +95,36 @@ def vocabs(cfg: TrainConfig, run_dir: Path, create: bool) -> Vocabs:
     qpath, anpath = dataset_files(Path(cfg.data.root), cfg.data.dataset, cfg.data.train_split)
     items = load_split(qpath, anpath)
     answers = AnswerVocab.build([a for _, a in items], min_count=cfg.data.answer_min_count)
-    words = QuestionTokenizer.build([q.question for q, _ in items])
+    words = _new_words(cfg, [q.question for q, _ in items])
     run_dir.mkdir(parents=True, exist_ok=True)
     answers.save(apath)
     words.save(wpath)
     return Vocabs(answers, words)
+
+
+def _prompt_style(cfg: TrainConfig) -> str:
+    style = run_config(cfg).model.prompt
+    return ("synth" if cfg.data.dataset == "synth" else "generic") if style == "auto" else style
+
+
+def _new_words(cfg: TrainConfig, questions: list[str]) -> QuestionTokenizer | PromptTokenizer:
+    """The word vocabulary of a new run: the questions' words, or (arch vlm) the foundation
+    tokenizer behind the prompts."""
+    model = run_config(cfg).model
+    if model.arch != "vlm":
+        return QuestionTokenizer.build(questions)
+    return PromptTokenizer(foundation_tokenizer(model.foundation), model.foundation,
+                           _prompt_style(cfg))
+
+
+def _load_words(cfg: TrainConfig, path: Path) -> QuestionTokenizer | PromptTokenizer:
+    if not is_prompt_file(path):
+        return QuestionTokenizer.load(path)
+    model = run_config(cfg).model
+    if model.arch != "vlm" or not model.foundation:
+        raise PkdError(f"{path}: a prompt tokenizer (model.arch=vlm run); give model.arch=vlm "
+                       "and model.foundation")
+    return PromptTokenizer.load(path, foundation_tokenizer(model.foundation))
 
 
 def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
@@ -358,7 +385,10 @@ def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores,
     model_cfg = run_config(cfg).model
     region_dim, dims = model_dims(stores, foundation_dims)
     fdim = dims["embed_dim"] if dims else None
-    model = build_model(model_cfg, len(v.words), len(v.answers), region_dim,
-                        fdim if model_cfg.use_foundation_features else None)
+    if model_cfg.arch == "vlm":
+        model = build_vlm(model_cfg, v.answers.answers, v.words, region_dim)
+    else:
+        model = build_model(model_cfg, len(v.words), len(v.answers), region_dim,
+                            fdim if model_cfg.use_foundation_features else None)
     method_of(cfg).attach(model, cfg, dims)
     return method_of(cfg).vqa_model(cfg, model)

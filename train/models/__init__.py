@@ -40,4 +40,7 @@ def build_model(cfg: ModelConfig, num_words: int, num_answers: int, region_dim: 
         return UpDn(num_words, num_answers, region_dim, cfg, foundation_dim)
     if cfg.arch == "fusion":
         return FusionTransformer(num_words, num_answers, region_dim, cfg, foundation_dim)
+    if cfg.arch == "vlm":
+        raise PkdError("model.arch=vlm is built from its foundation checkpoint and the run's "
+                       "vocabularies (pkd.train.models.vlm.build_vlm)")
     raise ValueError(f"unknown model.arch {cfg.arch!r}")

@@ -1,0 +1,171 @@
+"""PKD's setting: D = the pre-trained VL model (tiny LXMERT) answering through its own heads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pkd.data.cloze import MASK, answer_word, generic_prompt, synth_prompt
+from pkd.data.synth_questions import EXIST_Q
+from pkd.errors import PkdError
+from pkd.train.models.verbalizer import NO, OUTSIDE, WORD, YES, Verbalizer
+from tests.train_fixtures import FEATURE_DIM, benchmark_and_regions, train_overrides
+
+
+def _questions(data):
+    out = []
+    for split in ("train", "val", "test", "test_iid"):
+        qs = json.loads((data / f"synth_{split}_questions.json").read_text())["questions"]
+        anns = json.loads((data / f"synth_{split}_annotations.json").read_text())["annotations"]
+        types = {a["question_id"]: a["question_type"] for a in anns}
+        answers = {a["question_id"]: a["multiple_choice_answer"] for a in anns}
+        out += [(q["question"], types[q["question_id"]], answers[q["question_id"]]) for q in qs]
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    return benchmark_and_regions(tmp_path_factory, "vlm")
+
+
+@pytest.fixture(scope="module")
+def tiny_lxmert(tmp_path_factory, bench):
+    """A tiny LxmertForPreTraining (random weights) whose tokenizer knows the benchmark's words."""
+    from transformers import LxmertConfig, LxmertForPreTraining
+
+    from pkd.hf.tiny_models import DEFAULT_TEXTS, train_tokenizer
+
+    data, _ = bench
+    out = tmp_path_factory.mktemp("lxmert")
+    texts = [q for q, _, _ in _questions(data)] + [synth_prompt(q).text for q, _, _ in
+                                                   _questions(data)]
+    tok = train_tokenizer([*DEFAULT_TEXTS, *texts, "six zero"], out, "wordpiece", 300)
+    torch.manual_seed(0)
+    cfg = LxmertConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=4,
+                       intermediate_size=64, l_layers=1, x_layers=1, r_layers=1,
+                       visual_feat_dim=FEATURE_DIM, visual_pos_dim=4, task_obj_predict=False,
+                       task_qa=False, visual_obj_loss=False, visual_attr_loss=False,
+                       visual_feat_loss=False, max_position_embeddings=64)
+    LxmertForPreTraining(cfg).save_pretrained(out)
+    return out
+
+
+def test_every_synth_question_has_a_prompt(bench):
+    data, _ = bench
+    for question, qtype, answer in _questions(data):
+        prompt = synth_prompt(question)
+        assert prompt.kind == ("match" if qtype == EXIST_Q else "mask"), question
+        assert prompt.text.count(MASK) == (prompt.kind == "mask"), question
+        assert "?" not in prompt.text and answer_word(answer)
+
+
+def test_prompt_forms():
+    assert synth_prompt("What color is the small circle?").text == "a small [MASK] circle."
+    assert synth_prompt("What shape is the red object?").text == "a red [MASK]."
+    assert synth_prompt("How many blue objects are there?").text == "there are [MASK] blue objects."
+    assert synth_prompt("Is there a red circle left of the square?").text == \
+        "the red circle is left of the square."
+    assert synth_prompt("What is the shape of the object above the blue object?").text == \
+        "the [MASK] is above the blue object."
+    assert generic_prompt("What is on the table?").text == "What is on the table? [MASK]"
+    assert answer_word("2") == "two" and answer_word("red") == "red"
+    with pytest.raises(PkdError, match="not a form of the synthetic benchmark"):
+        synth_prompt("Why is the sky blue?")
+
+
+class _Tok:
+    """A stand-in tokenizer: one piece per word, "orange" two pieces."""
+    unk_token_id = 1
+    vocab = {"red": 5, "blue": 6, "yes": 7, "no": 8, "two": 9, "or": 10, "##ange": 11}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [9] if text == "two" else [10, 11] if text == "orange"
+                else [self.vocab.get(text, 1)]}
+
+
+def test_verbalizer_formula():
+    """z = mean of the answer's pieces at the mask (cloze), ±s on statements, -C outside."""
+    v = Verbalizer(["red", "orange", "2", "yes", "no"], _Tok(), match_yes_no=True)
+    assert v.roles.tolist() == [WORD, WORD, WORD, YES, NO]
+    mlm = torch.arange(24, dtype=torch.float).reshape(2, 12)
+    s = torch.tensor([1.5, -2.0])
+    z = v(mlm, s, torch.tensor([True, False]))
+    assert z[0, :3].tolist() == [5.0, 10.5, 9.0]  # orange: (10 + 11) / 2
+    assert z[0, 3:].tolist() == [-OUTSIDE, -OUTSIDE]
+    assert z[1, :3].tolist() == [-OUTSIDE] * 3 and z[1, 3:].tolist() == [-2.0, 2.0]
+    generic = Verbalizer(["yes", "no"], _Tok(), match_yes_no=False)
+    assert generic(mlm, s, torch.tensor([True, True]))[0].tolist() == [7.0, 8.0]
+    with pytest.raises(PkdError, match="not in the foundation model's vocabulary"):
+        Verbalizer(["zebra"], _Tok(), match_yes_no=True)
+
+
+def _fit(bench, tiny_lxmert, out, **extra):
+    from pkd.train.config import load_config
+    from pkd.train.loop import fit
+
+    data, regions = bench
+    over = {"model.arch": "vlm", "model.foundation": tiny_lxmert, "data.max_question_length": 20,
+            "optim.lr": 1e-3, **extra}
+    return fit(load_config(None, train_overrides(data, regions, out, **over)))
+
+
+def test_vlm_trains_and_evaluates(bench, tiny_lxmert, tmp_path):
+    from pkd.train.predict import evaluate_checkpoint
+
+    run = tmp_path / "run"
+    _fit(bench, tiny_lxmert, run)
+    words = json.loads((run / "words.json").read_text())
+    assert words["format"] == "pkd.prompt_tokenizer" and words["style"] == "synth"
+    metrics, path = evaluate_checkpoint(run, "test")
+    assert metrics["missing"] == 0 and 0.0 <= metrics["overall"] <= 100.0
+    data, _ = bench
+    asked = {q["question_id"]: q["question"] for q in json.loads(
+        (data / "synth_test_questions.json").read_text())["questions"]}
+    for row in json.loads(path.read_text()):  # a prompt's kind fixes its answer space
+        yes_no = synth_prompt(asked[row["question_id"]]).kind == "match"
+        assert (row["answer"] in ("yes", "no")) == yes_no, row
+
+
+def test_vlm_heads_and_scratch_differ(bench, tiny_lxmert):
+    from pkd.train.models.vlm import FoundationVQA, load_foundation
+
+    _, tokenizer = load_foundation(str(tiny_lxmert))
+    answers = ["red", "blue", "2", "yes", "no"]
+    pre, _ = load_foundation(str(tiny_lxmert))
+    scratch, _ = load_foundation(str(tiny_lxmert), init="scratch")
+    assert not torch.equal(pre.cls.seq_relationship.weight, scratch.cls.seq_relationship.weight)
+    model = FoundationVQA(pre, tokenizer, answers, "mlm").eval()
+    ids = tokenizer(["a [MASK] circle.", "the red circle is left of the square."],
+                    padding=True, return_tensors="pt")["input_ids"]
+    batch = {"question_tokens": ids, "question_mask": ids > 0,
+             "region_features": torch.randn(2, 3, FEATURE_DIM),
+             "region_geometry": torch.rand(2, 3, 6), "region_mask": torch.ones(2, 3, dtype=bool)}
+    out = model(batch)
+    assert out["logits"].shape == (2, 5) and out["match_logodds"].shape == (2,)
+    assert (out["logits"][0, 3:] == -OUTSIDE).all() and (out["logits"][1, :3] == -OUTSIDE).all()
+    assert torch.allclose(out["logits"][1, 3], -out["logits"][1, 4])
+    new = FoundationVQA(pre, tokenizer, answers, "new").eval()
+    assert new(batch)["logits"].shape == (2, 5)
+
+
+def test_vlm_config_rules(tmp_path):
+    from pkd.train.config import load_config
+
+    with pytest.raises(PkdError, match="model.foundation"):
+        load_config(None, ["model.arch=vlm", f"run.out_dir={tmp_path}"])
+
+
+def test_zero_shot_row_saves_the_loaded_model(bench, tiny_lxmert, tmp_path):
+    """run.epochs=0 on a pre-trained vlm: no step, best/ holds exactly F0's weights."""
+    from pkd.train import checkpoint as ck
+    from pkd.train.models.vlm import load_foundation
+
+    run = tmp_path / "zero"
+    result = _fit(bench, tiny_lxmert, run, **{"run.epochs": 0, "run.max_steps": 0})
+    assert result.steps == 0
+    weights, _ = ck.load_checkpoint(ck.latest_checkpoint(run / "best"))
+    f0, _ = load_foundation(str(tiny_lxmert))
+    for name, value in f0.state_dict().items():
+        assert torch.equal(weights[f"backbone.{name}"], value), name
