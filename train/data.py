@@ -28,6 +28,7 @@ from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError
 from pkd.stores import FeatureStore
 from pkd.train.predicted_cache import read_predicted
+from pkd.train.prompts import PromptTokenizer
 from pkd.train.teacher_cache import read_teacher
 from pkd.train.text import QuestionTokenizer
 
