@@ -169,3 +169,26 @@ def test_zero_shot_row_saves_the_loaded_model(bench, tiny_lxmert, tmp_path):
     f0, _ = load_foundation(str(tiny_lxmert))
     for name, value in f0.state_dict().items():
         assert torch.equal(weights[f"backbone.{name}"], value), name
+
+
+def test_kd_id_lp_and_lp_ft(bench, tiny_lxmert, tmp_path):
+    """kd-id logs its two KL terms; lp trains only the head; lp-ft starts from lp's best."""
+    from pkd.train import checkpoint as ck
+    from pkd.train.models.vlm import load_foundation
+
+    kd = _fit(bench, tiny_lxmert, tmp_path / "kd", **{"method.name": "kd-id"}).run_dir
+    rows = [json.loads(x) for x in (kd / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert {"mlm_loss", "itm_loss", "vqa_loss"} <= set(train[0]) and train[0]["mlm_loss"] >= 0
+    lp = _fit(bench, tiny_lxmert, tmp_path / "lp", **{"model.answer_head": "new",
+                                                      "model.trainable": "heads"}).run_dir
+    weights, _ = ck.load_checkpoint(ck.latest_checkpoint(lp / "ckpt"))
+    f0, _ = load_foundation(str(tiny_lxmert))
+    body = {k: v for k, v in f0.state_dict().items() if not k.startswith("cls.")}
+    assert all(torch.equal(weights[f"model.backbone.{k}"], v) for k, v in body.items())
+    ft = _fit(bench, tiny_lxmert, tmp_path / "lpft", **{"model.answer_head": "new",
+                                                        "model.init_from": lp,
+                                                        "run.max_steps": 1}).run_dir
+    assert ft.is_dir()
+    with pytest.raises(PkdError, match="no best/ checkpoint"):
+        _fit(bench, tiny_lxmert, tmp_path / "bad", **{"model.init_from": tmp_path / "nowhere"})

@@ -144,6 +144,8 @@ class ModelConfig:
     foundation: str = ""  # arch vlm: the pre-trained model D starts from (LxmertForPreTraining hub id or folder, kept with its masked-LM and matching heads)
     init: Literal["pretrained", "scratch"] = "pretrained"  # arch vlm: model.foundation's weights, or its architecture with random weights (the no-pre-training row)
     answer_head: Literal["mlm", "new"] = "mlm"  # arch vlm: answer through the inherited heads (masked word at a cloze, matching on a statement) or a new classifier on the pooled output
+    trainable: Literal["all", "heads"] = "all"  # arch vlm: heads = only the answer head trains (new: the classifier; mlm: the inherited masked-LM / matching heads, whose decoder is tied to the word embeddings) — the linear-probe row
+    init_from: str = ""  # arch vlm: a run folder whose best/ weights D starts from (LP-FT: fine-tune the linear probe)
     prompt: Literal["auto", "synth", "generic"] = "auto"  # arch vlm: caption-style cloze prompts (synthetic benchmark) or "question [MASK]" (real data); auto: synth when data.dataset=synth
     encoder: str = allowed("native", pattern=ENCODER, means="'native' or 'hf:PATH'")  # "native" plain-torch encoder, or "hf:PATH" a transformers BERT-family checkpoint (fusion)
 
@@ -243,12 +245,20 @@ class LMHConfig:
 
 
 @dataclass
+class LwfConfig:
+    weight: float = allowed(1.0, ge=0)  # λ of L = L_vqa + λ (L_mlm + L_itm), the foundation model's outputs distilled into D (kd-id, lwf-oracle) (ours)
+    temperature: float = allowed(1.0, gt=0)  # T of both KL terms (ours)
+    caption_batch: int = allowed(64, ge=1)  # lwf-oracle: caption-image pairs per step from the caption corpus (ours)
+
+
+@dataclass
 class MethodConfig:
     name: str = "baseline"  # which method runs: a key of pkd.train.tasks.METHODS
     pkd: PKDConfig = field(default_factory=PKDConfig)  # PKD settings (pkd-predictors, pkd)
     distill: DistillConfig = field(default_factory=DistillConfig)  # DistillVLM settings
     rubi: RUBiConfig = field(default_factory=RUBiConfig)  # RUBi settings (rubi)
     lmh: LMHConfig = field(default_factory=LMHConfig)  # learned-mixin +H settings (lmh)
+    lwf: LwfConfig = field(default_factory=LwfConfig)  # distillation of the foundation model's outputs (kd-id, lwf-oracle)
 
 
 @dataclass

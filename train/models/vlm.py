@@ -26,6 +26,8 @@ and ``joint`` (B, H), the pooled output.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
@@ -74,8 +76,30 @@ def build_vlm(cfg, answers: list[str], words, region_dim: int) -> FoundationVQA:
     if want != region_dim:
         raise PkdError(f"model.foundation={cfg.foundation!r}: reads {want}-d region features, the "
                        f"regions store holds {region_dim}-d ones (extract with its backbone)")
-    return FoundationVQA(backbone, tokenizer, answers, cfg.answer_head,
-                         match_yes_no=words.style == "synth")
+    model = FoundationVQA(backbone, tokenizer, answers, cfg.answer_head,
+                          match_yes_no=words.style == "synth")
+    if cfg.init_from:
+        start_from(model, cfg.init_from)
+    if cfg.trainable == "heads":
+        model.requires_grad_(False)
+        heads = model.answer_head if model.answer_head is not None else model.backbone.cls
+        heads.requires_grad_(True)
+    return model
+
+
+def start_from(model: nn.Module, run_dir: str) -> None:
+    """Load the best weights of the run ``run_dir`` into ``model`` (same architecture)."""
+    from pkd.train import checkpoint as ck
+
+    best = ck.latest_checkpoint(Path(run_dir) / "best")
+    if best is None:
+        raise PkdError(f"model.init_from={run_dir!r}: no best/ checkpoint there (train it first)")
+    weights, _ = ck.load_checkpoint(best)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise PkdError(f"model.init_from={run_dir!r}: its weights do not fit this model "
+                       f"({str(err).splitlines()[0]})") from None
 
 
 class AnswerHead(nn.Module):
@@ -136,8 +160,9 @@ class FoundationVQA(nn.Module):
         return self.backbone.cls.predictions(at), has_mask
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        """Keys: logits (B, A), joint (B, H), match_logodds (B,), word_features (B, L, H),
-        region_features_in (B, N, Dr) (after the optional feature_fusion)."""
+        """Keys: logits (B, A), joint (B, H), match_logodds (B,), masked_word_logits (B, V) and
+        has_mask (B,) (:meth:`masked_word_logits`), word_features (B, L, H), region_features_in
+        (B, N, Dr) (after the optional feature_fusion)."""
         tokens, word_mask = batch["question_tokens"], batch["question_mask"]
         region_mask = batch["region_mask"]
         words = self.embed_words(tokens)
@@ -147,10 +172,8 @@ class FoundationVQA(nn.Module):
         out = self.encode(words, word_mask, regions, batch["region_geometry"][..., :4], region_mask)
         pooled = out.pooled_output
         s = self.match_logodds(pooled)
-        if self.answer_head is not None:
-            logits = self.answer_head(pooled)
-        else:
-            mlm, has_mask = self.masked_word_logits(out.language_output, tokens)
-            logits = self.verbalizer(mlm, s, has_mask)
-        return {"logits": logits, "joint": pooled, "match_logodds": s, "word_features": words,
-                "region_features_in": regions}
+        mlm, has_mask = self.masked_word_logits(out.language_output, tokens)
+        logits = self.answer_head(pooled) if self.answer_head is not None else \
+            self.verbalizer(mlm, s, has_mask)
+        return {"logits": logits, "joint": pooled, "match_logodds": s, "masked_word_logits": mlm,
+                "has_mask": has_mask, "word_features": words, "region_features_in": regions}

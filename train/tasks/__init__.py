@@ -15,13 +15,14 @@ from pkd.errors import PkdError
 from pkd.train.config import TrainConfig
 from pkd.train.tasks.baseline import Baseline, BaselineTask
 from pkd.train.tasks.distillvlm import DistillVLM, DistillVLMTask, TeacherAdapt, TeacherAdaptTask
+from pkd.train.tasks.foundation_kd import FoundationKDTask, InDomainKD
 from pkd.train.tasks.lmh import LMH, LMHTask
 from pkd.train.tasks.method import Method
 from pkd.train.tasks.pkd import PKD, PKDPredictors, PKDPredictorTask, PKDSetup, PKDTask
 from pkd.train.tasks.question_only import QuestionOnly, QuestionOnlyTask
 from pkd.train.tasks.rubi import RUBi, RUBiTask
 
-__all__ = ["METHODS", "BaselineTask", "DistillVLMTask", "LMHTask", "Method", "PKDPredictorTask",
+__all__ = ["METHODS", "BaselineTask", "DistillVLMTask", "FoundationKDTask", "LMHTask", "Method", "PKDPredictorTask",
            "PKDSetup", "PKDTask", "QuestionOnlyTask", "RUBiTask", "TeacherAdaptTask", "build_task",
            "method_of"]
 
@@ -34,6 +35,7 @@ METHODS: dict[str, Method] = {
     "question-only": QuestionOnly(),
     "rubi": RUBi(),
     "lmh": LMH(),
+    "kd-id": InDomainKD(),
 }
 
 

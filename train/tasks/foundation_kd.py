@@ -1,0 +1,73 @@
+"""Distil the frozen foundation model's outputs into D while it fine-tunes (``kd-id``).
+
+``method.name = "kd-id"`` (model.arch = vlm): ``L = L_vqa + λ · (L_mlm + L_itm)`` with the terms
+of :mod:`pkd.train.losses.lwf` on the training batch's own pairs — D's and the frozen ``F0``'s
+masked-LM logits at each cloze prompt's mask and their matching log-odds on every prompt. This is
+the in-domain distillation PKD's abstract calls biased: the pairs are the biased VQA data.
+``λ`` = ``method.lwf.weight``, ``T`` = ``method.lwf.temperature``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from pkd.errors import PkdError
+from pkd.train.losses.lwf import lwf_loss
+from pkd.train.losses.vqa import VQALoss
+from pkd.train.tasks.method import FrozenOutside, Method
+
+
+def frozen_foundation(cfg, vocabs, stores) -> nn.Module:
+    """F0 answering with its inherited heads (pre-trained weights), frozen in eval mode."""
+    from pkd.train.models.vlm import build_vlm
+
+    spec = replace(cfg.model, init="pretrained", answer_head="mlm", trainable="all",
+                   init_from="")
+    region_dim = int(stores.regions.spec.dims["feature_dim"])
+    return build_vlm(spec, vocabs.answers.answers, vocabs.words, region_dim).eval() \
+        .requires_grad_(False)
+
+
+class FoundationKDTask(FrozenOutside):
+    """D + frozen F0; ``forward`` returns loss, vqa_loss, mlm_loss, itm_loss, logits."""
+
+    def __init__(self, model: nn.Module, foundation: nn.Module, weight: float, temperature: float):
+        super().__init__()
+        self.model, self.vqa = model, VQALoss()
+        self.hold("foundation", foundation)
+        self.weight, self.temperature = weight, temperature
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.model(batch)
+        with torch.no_grad():
+            ref = self.foundation(batch)
+        kd = lwf_loss(out["masked_word_logits"], ref["masked_word_logits"], out["match_logodds"],
+                      ref["match_logodds"], self.temperature, mlm_valid=out["has_mask"])
+        vqa = self.vqa(out["logits"], batch["targets"])
+        total = vqa + self.weight * (kd["mlm"] + kd["itm"])
+        return {"loss": total, "vqa_loss": vqa, "mlm_loss": kd["mlm"], "itm_loss": kd["itm"],
+                "logits": out["logits"]}
+
+
+class InDomainKD(Method):
+    """``method.name = "kd-id"``: fine-tuning + distillation of F0 on the VQA pairs."""
+
+    name = "kd-id"
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        if cfg.model.arch != "vlm":
+            return [("model.arch", f"{cfg.model.arch!r} is not 'vlm' (method.name={self.name} "
+                                   "distils the model's own foundation checkpoint)")]
+        return []
+
+    def task(self, cfg, model: nn.Module, foundation: nn.Module | None = None) -> FoundationKDTask:
+        if foundation is None:
+            raise PkdError(f"method.name={self.name}: the frozen foundation model is missing")
+        return FoundationKDTask(model, foundation, cfg.method.lwf.weight,
+                                cfg.method.lwf.temperature)
+
+    def build_task(self, cfg, model: nn.Module, vocabs, stores) -> FoundationKDTask:
+        return self.task(cfg, model, foundation=frozen_foundation(cfg, vocabs, stores))
