@@ -41,6 +41,6 @@ def test_cli_registers_every_command():
 
     root = typer.main.get_command(app)
     assert set(root.commands) == {"data", "stores", "evaluate", "extract", "pretrain", "train",
-                                  "demo", "results"}
+                                  "demo", "results", "wise-ft"}
     assert set(root.commands["extract"].commands) == {"foundation", "regions", "teacher",
                                                       "predicted"}

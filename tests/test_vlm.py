@@ -11,6 +11,7 @@ from pkd.data.cloze import MASK, answer_word, generic_prompt, synth_prompt
 from pkd.data.synth_questions import EXIST_Q
 from pkd.errors import PkdError
 from pkd.train.models.verbalizer import NO, OUTSIDE, WORD, YES, Verbalizer
+from pkd.train.wise_ft import interpolate
 from tests.train_fixtures import FEATURE_DIM, benchmark_and_regions, train_overrides
 
 
@@ -192,3 +193,40 @@ def test_kd_id_lp_and_lp_ft(bench, tiny_lxmert, tmp_path):
     assert ft.is_dir()
     with pytest.raises(PkdError, match="no best/ checkpoint"):
         _fit(bench, tiny_lxmert, tmp_path / "bad", **{"model.init_from": tmp_path / "nowhere"})
+
+
+def test_interpolate_formula():
+    f0 = {"w": torch.tensor([0.0, 2.0])}
+    tuned = {"backbone.w": torch.tensor([4.0, 6.0]), "answer_head.b": torch.tensor([1.0])}
+    mixed = interpolate(f0, tuned, 0.25)
+    assert mixed["backbone.w"].tolist() == [1.0, 3.0] and mixed["answer_head.b"].tolist() == [1.0]
+
+
+def test_wise_ft_run_evaluates(bench, tiny_lxmert, tmp_path):
+    """α=0 gives F0's weights (the zero-shot model), α=1 the fine-tuned ones; both evaluate."""
+    from pkd.train import checkpoint as ck
+    from pkd.train.models.vlm import load_foundation
+    from pkd.train.predict import evaluate_checkpoint
+    from pkd.train.wise_ft import wise_ft
+
+    run = _fit(bench, tiny_lxmert, tmp_path / "ft").run_dir
+    tuned, _ = ck.load_checkpoint(ck.latest_checkpoint(run / "best"))
+    zero = wise_ft(run, 0.0, tmp_path / "w0")
+    one = wise_ft(run, 1.0, tmp_path / "w1")
+    w0, _ = ck.load_checkpoint(ck.latest_checkpoint(zero / "best"))
+    w1, _ = ck.load_checkpoint(ck.latest_checkpoint(one / "best"))
+    f0, _ = load_foundation(str(tiny_lxmert))
+    key = "backbone.cls.seq_relationship.weight"
+    assert torch.equal(w0[key], f0.state_dict()["cls.seq_relationship.weight"])
+    assert torch.equal(w1[key], tuned[key]) and not torch.equal(w0[key], w1[key])
+    metrics, _ = evaluate_checkpoint(zero, "val")
+    assert metrics["missing"] == 0
+    with pytest.raises(PkdError, match="not in"):
+        wise_ft(run, 1.5, tmp_path / "bad")
+
+
+def test_cli_wise_ft_refuses_a_non_vlm_run(tmp_path, capsys):
+    from pkd.cli import main
+
+    assert main(["wise-ft", str(tmp_path), "--alpha", "0.5"]) == 2
+    assert "not a pkd run of model.arch=vlm" in capsys.readouterr().err

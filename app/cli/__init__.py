@@ -22,6 +22,7 @@ from pkd.cli import (
     results,
     stores,
     train,
+    wise_ft,
 )
 from pkd.errors import PkdError
 
@@ -46,6 +47,7 @@ pretrain.register(app)  # pkd pretrain
 train.register(app)  # pkd train
 demo.register(app)  # pkd demo
 results.register(app)  # pkd results OUT [--readme README.md]
+wise_ft.register(app)  # pkd wise-ft RUN --alpha A
 
 
 def main(argv: list[str] | None = None) -> int:
