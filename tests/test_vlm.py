@@ -33,24 +33,17 @@ def bench(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_lxmert(tmp_path_factory, bench):
-    """A tiny LxmertForPreTraining (random weights) whose tokenizer knows the benchmark's words."""
-    from transformers import LxmertConfig, LxmertForPreTraining
-
-    from pkd.hf.tiny_models import DEFAULT_TEXTS, train_tokenizer
+    """A tiny LxmertForPreTraining (random weights) whose tokenizer knows the benchmark's words
+    (captions, questions, answers, attribute words) and the prompts'."""
+    from pkd.hf.tiny_models import build_tiny_lxmert
+    from pkd.train.pretrain.lxmert_data import caption_images, tokenizer_texts
 
     data, _ = bench
-    out = tmp_path_factory.mktemp("lxmert")
-    texts = [q for q, _, _ in _questions(data)] + [synth_prompt(q).text for q, _, _ in
-                                                   _questions(data)]
-    tok = train_tokenizer([*DEFAULT_TEXTS, *texts, "six zero"], out, "wordpiece", 300)
-    torch.manual_seed(0)
-    cfg = LxmertConfig(vocab_size=len(tok), hidden_size=32, num_attention_heads=4,
-                       intermediate_size=64, l_layers=1, x_layers=1, r_layers=1,
-                       visual_feat_dim=FEATURE_DIM, visual_pos_dim=4, task_obj_predict=False,
-                       task_qa=False, visual_obj_loss=False, visual_attr_loss=False,
-                       visual_feat_loss=False, max_position_embeddings=64)
-    LxmertForPreTraining(cfg).save_pretrained(out)
-    return out
+    texts = tokenizer_texts(data, caption_images(data)[1])
+    prompts = [synth_prompt(q).text for q, _, _ in _questions(data)]
+    return build_tiny_lxmert(tmp_path_factory.mktemp("lxmert"), [*texts, *prompts], hidden=32,
+                             l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=FEATURE_DIM,
+                             vocab_size=300)
 
 
 def test_every_synth_question_has_a_prompt(bench):
@@ -230,3 +223,23 @@ def test_cli_wise_ft_refuses_a_non_vlm_run(tmp_path, capsys):
 
     assert main(["wise-ft", str(tmp_path), "--alpha", "0.5"]) == 2
     assert "not a pkd run of model.arch=vlm" in capsys.readouterr().err
+
+
+def test_lwf_oracle_distils_on_training_captions(bench, tiny_lxmert, tmp_path):
+    """lwf-oracle reads caption-image pairs (masked, matched or not) and logs both KL terms."""
+    from pkd.train.caption_pairs import CaptionPairs
+    from pkd.train.models.vlm import foundation_tokenizer
+
+    data, regions = bench
+    pairs = CaptionPairs(str(data), str(regions), str(tiny_lxmert),
+                         foundation_tokenizer(str(tiny_lxmert)), seed=0)
+    batch = pairs.batch(8)
+    assert batch["input_ids"].shape[0] == 8 and batch["visual_feats"].shape[-1] == FEATURE_DIM
+    assert batch["masked"].any()
+    run = _fit(bench, tiny_lxmert, tmp_path / "lwf", **{
+        "method.name": "lwf-oracle", "method.lwf.caption_regions": regions,
+        "method.lwf.caption_batch": 4}).run_dir
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"mlm_loss", "itm_loss"} <= set(rows[0])
+    with pytest.raises(PkdError, match="caption_regions"):
+        _fit(bench, tiny_lxmert, tmp_path / "bad", **{"method.name": "lwf-oracle"})

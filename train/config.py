@@ -249,6 +249,7 @@ class LwfConfig:
     weight: float = allowed(1.0, ge=0)  # λ of L = L_vqa + λ (L_mlm + L_itm), the foundation model's outputs distilled into D (kd-id, lwf-oracle) (ours)
     temperature: float = allowed(1.0, gt=0)  # T of both KL terms (ours)
     caption_batch: int = allowed(64, ge=1)  # lwf-oracle: caption-image pairs per step from the caption corpus (ours)
+    caption_regions: str = ""  # lwf-oracle: the regions store of the caption images (pkd extract regions --captions)
 
 
 @dataclass

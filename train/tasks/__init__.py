@@ -15,7 +15,7 @@ from pkd.errors import PkdError
 from pkd.train.config import TrainConfig
 from pkd.train.tasks.baseline import Baseline, BaselineTask
 from pkd.train.tasks.distillvlm import DistillVLM, DistillVLMTask, TeacherAdapt, TeacherAdaptTask
-from pkd.train.tasks.foundation_kd import FoundationKDTask, InDomainKD
+from pkd.train.tasks.foundation_kd import FoundationKDTask, InDomainKD, LwfOracle
 from pkd.train.tasks.lmh import LMH, LMHTask
 from pkd.train.tasks.method import Method
 from pkd.train.tasks.pkd import PKD, PKDPredictors, PKDPredictorTask, PKDSetup, PKDTask
@@ -36,6 +36,7 @@ METHODS: dict[str, Method] = {
     "rubi": RUBi(),
     "lmh": LMH(),
     "kd-id": InDomainKD(),
+    "lwf-oracle": LwfOracle(),
 }
 
 
