@@ -481,3 +481,31 @@ def test_fusion_rows_train_with_their_own_budget_and_optimizer(tmp_path):
     for n in ("student", "distillvlm", "teacher", "teacher-own"):
         assert {k: spec[n][k] for k in TRANSFORMER_OPTIM} == TRANSFORMER_OPTIM
     assert spec["baseline"]["optim.lr"] == 0.002 and "optim.warmup_steps" not in spec["baseline"]
+
+
+def test_demo_rows_in_pkds_setting(tmp_path):
+    """F0 (tiny LXMERT) pre-trained on the captions' regions; zero-shot, finetune, wise-ft and
+    lwf-oracle rows with D's forgetting measured on F0's held-out captions."""
+    from pkd.demo.vlm import forgetting_table
+
+    torch.set_num_threads(1)
+    synth = SynthConfig(train_images=60, val_images=16, test_images=20, test_iid_images=20,
+                        test_comp_images=20, detection_train_images=10, detection_val_images=5,
+                        caption_images=40, pilot_scenes=400)
+    cfg = DemoConfig(out=tmp_path / "demo", methods=("zero-shot", "finetune", "wise-ft",
+                                                     "lwf-oracle"), synth=synth,
+                     pretrain_epochs=1, pretrain_tag_epochs=1, vlm_epochs=1,
+                     vlm_pretrain_epochs=1)
+    results = run_demo(cfg)
+    draw = cfg.out / "draw0"
+    assert (draw / "foundation-lxmert" / "pretrain_metrics.json").is_file()
+    rows = {(r["method"], r["split"]): r for r in results["rows"]}
+    assert {m for m, _ in rows} == {"zero-shot", "finetune", "wise-ft", "lwf-oracle"}
+    zero = rows[("zero-shot", "test")]["forgetting"]
+    assert 0 <= zero["itm_accuracy"] <= 100 and "mlm_shape_accuracy" in zero
+    assert (draw / "runs" / "wise-ft-seed0" / "best" / "latest.json").is_file()
+    title, header, table, _ = forgetting_table(results)
+    assert [r[0] for r in table] == ["zero-shot", "finetune", "wise-ft", "lwf-oracle"]
+    (s,) = [s for s in summarize(results["rows"]) if s["method"] == "lwf-oracle"
+            and s["split"] == "test"]
+    assert s["reference"] == "finetune"

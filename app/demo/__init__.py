@@ -41,6 +41,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pkd.demo.jobs import locked, run_tasks, threads_per_job
+from pkd.demo.vlm import (
+    VLM_NEEDS,
+    VLM_ROWS,
+    forgetting,
+    forgetting_table,
+    make_wise_ft,
+    prepare_vlm,
+    vlm_overrides,
+)
 
 if TYPE_CHECKING:
     from pkd.data.synth import SynthConfig
@@ -78,7 +87,7 @@ CONTROLS = ("inverted-prior",)  # rows computed from the training answers, nothi
 POSTHOC_ROWS = ("baseline-masked", "baseline-prior-corrected")
 KNOWN = (*MAIN_METHODS, "student-best", *ABLATIONS, *SWEEPS, *READINGS, *ALIGNMENT, *DEBIAS,
          *CONTROLS, *POSTHOC_ROWS,
-         "pkd-lmh")
+         "pkd-lmh", *VLM_ROWS)
 # the README's table (pkd demo --preset full): the main rows, the reference debiasing rows, the
 # ablations and PKD on LMH (D trained with LMH's loss, paired to lmh)
 # v6: the headline rows on 3 seeds x 3 draws (the ablations with --ablations)
@@ -132,6 +141,8 @@ class DemoConfig:
     student_best_epochs: int = 120  # the student at its val plateau (row student-best)
     teacher_epochs: int = 20  # the fusion teacher's epochs (adapted on the student's regions)
     batch_size: int = 64  # VQA training batch size
+    vlm_epochs: int = 6  # fine-tuning epochs of the rows in PKD's setting (pkd.demo.vlm)
+    vlm_pretrain_epochs: int = 20  # F0's masked-LM + matching pre-training epochs on the captions
     preset: str = "quick"  # the size name printed with the results (see DemoConfig.of)
     jobs: int = 1  # runs trained side by side, in processes (pkd.demo.jobs)
 
@@ -218,6 +229,10 @@ def prepare(cfg: DemoConfig) -> Paths:
                 data_dir=paths.data, out_dir=out / f"backbone-{size}", size=size, epochs=epochs,
                 seed=seed + 2 * cfg.synth.seed))  # draw 0: seeds 0, 1
     extract(cfg, paths)
+    if any(m in VLM_ROWS for m in cfg.methods):
+        _stage("extracting the caption images' regions; pre-training F0 (tiny LXMERT) on captions")
+        prepare_vlm(paths.data, out, paths.stores, cfg.synth.max_objects, cfg.vlm_pretrain_epochs,
+                    cfg.synth.seed)
     return paths
 
 
@@ -378,14 +393,17 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
                                  "method.distill.online_teacher": True, "data.teacher": '""',
                                  "method.distill.teacher_checkpoint":
                                      run_dir(cfg, "teacher-own", seed) / "best"},
-    }[name]
-    return {**base, **specific}
+    }
+    if name in VLM_ROWS:
+        return {**base, **vlm_overrides(cfg.out, paths.stores, name, cfg.vlm_epochs,
+                                        lambda row: run_dir(cfg, row, seed))}
+    return {**base, **specific[name]}
 
 
 NEEDS = {"pkd": ("predictors",), "distillvlm": ("teacher",),  # runs a method builds on
          "pkd-cross": ("predictors-cross",), "pkd-mmd": ("predictors-mmd",),
          "pkd-item-emb": ("predictors-emb",),
-         "distillvlm-unaligned": ("teacher-own",)}
+         "distillvlm-unaligned": ("teacher-own",), **VLM_NEEDS}
 
 
 def needs(name: str) -> tuple[str, ...]:
@@ -407,6 +425,9 @@ def train_run(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> Path:
 
     for need in needs(name):
         train_run(cfg, paths, need, seed)
+    if name == "wise-ft":  # nothing trained: the fine-tuned run mixed with F0
+        with locked(cfg.out, f"wise-ft-seed{seed}"):
+            return make_wise_ft(run_dir(cfg, "finetune", seed), run_dir(cfg, name, seed))
     tcfg = load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, seed).items()])
     run = Path(tcfg.run.out_dir)
     with locked(cfg.out, run.name):  # one process per run (pkd.demo.jobs)
@@ -589,6 +610,10 @@ def table_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> tuple[lis
     run = _timed(seconds, f"{name}-seed{seed}", lambda: train_run(cfg, paths, name, seed))
     with locked(cfg.out, run.name):
         rows = _timed(seconds, "evaluation", lambda: evaluate_run(run, name, seed))
+        if name in VLM_ROWS:  # D's caption metrics against F0's (forgetting)
+            caption = _timed(seconds, "forgetting", lambda: forgetting(run, paths.data,
+                                                                       paths.stores))
+            rows = [{**r, "forgetting": caption} for r in rows]
     return rows, seconds
 
 
@@ -658,6 +683,10 @@ REFERENCE: dict[str, str | None] = {
     "distillvlm-kd": "student", "distillvlm-queue256": "student",
     "distillvlm-queue16384": "student",
     "teacher-own": "teacher", "distillvlm-unaligned": "distillvlm",  # the alignment ablation
+    # PKD's setting (pkd.demo.vlm): every row against plain fine-tuning, which is compared
+    # with the zero-shot foundation model
+    "finetune": "zero-shot", "zero-shot": None,
+    **{row: "finetune" for row in VLM_ROWS if row not in ("finetune", "zero-shot")},
     "pkd-lmh": "lmh",  # PKD on a debiasing base: its gain over that base
 }
 
@@ -881,7 +910,8 @@ def extra_tables(results: dict) -> list[tuple[str, list[str], list[list[str]], l
     (:func:`pkd.demo.blind.blind_table`)."""
     from pkd.demo.blind import blind_table
 
-    return [t for t in (checks_table(results), blind_table(results)) if t[2]]
+    return [t for t in (checks_table(results), forgetting_table(results), blind_table(results))
+            if t[2]]
 
 
 def verdict(d) -> str:
