@@ -18,7 +18,8 @@ LIBRARY = ("stores", "pipeline", "train", "core")  # below the app (app/ names r
 
 def test_every_method_is_keyed_by_its_name():
     assert set(METHODS) == {"baseline", "teacher-adapt", "distillvlm", "pkd-predictors", "pkd",
-                            "question-only", "rubi", "lmh", "kd-id", "lwf-oracle"}
+                            "question-only", "rubi", "lmh", "kd-id", "lwf-oracle",
+                            "pkd-vlm-predictors", "pkd-vlm"}
     for name, method in METHODS.items():
         assert isinstance(method, Method) and method.name == name
 
@@ -26,7 +27,8 @@ def test_every_method_is_keyed_by_its_name():
 def test_unknown_method_is_one_line_naming_the_known_ones():
     with pytest.raises(PkdError, match=r"method.name='css': not implemented yet \(available: "
                                        r"baseline, teacher-adapt, distillvlm, pkd-predictors, pkd, "
-                                       r"question-only, rubi, lmh, kd-id, lwf-oracle\)"):
+                                       r"question-only, rubi, lmh, kd-id, lwf-oracle, "
+                                       r"pkd-vlm-predictors, pkd-vlm\)"):
         method_of(TrainConfig(method=MethodConfig(name="css")))
     with pytest.raises(PkdError, match=r"method.name: 'css' is not one of baseline, "):
         config_from_dict({"method": {"name": "css"}})

@@ -243,3 +243,30 @@ def test_lwf_oracle_distils_on_training_captions(bench, tiny_lxmert, tmp_path):
     assert {"mlm_loss", "itm_loss"} <= set(rows[0])
     with pytest.raises(PkdError, match="caption_regions"):
         _fit(bench, tiny_lxmert, tmp_path / "bad", **{"method.name": "lwf-oracle"})
+
+
+def test_pkd_vlm_two_stages(bench, tiny_lxmert, tmp_path):
+    """Stage 1 trains only the predictors through the frozen F0 (L_itm + L_div); stage 2 trains
+    D with its memory (saved in best/, used at evaluation) and L_mkd on its own ITM head."""
+    from pkd.train import checkpoint as ck
+    from pkd.train.predict import evaluate_checkpoint
+
+    stage1 = _fit(bench, tiny_lxmert, tmp_path / "pred",
+                  **{"method.name": "pkd-vlm-predictors", "method.pkd.predictor_hidden": 16,
+                     "method.pkd.predictor_layers": 1}).run_dir
+    rows = [json.loads(x) for x in (stage1 / "metrics.jsonl").read_text().splitlines()]
+    assert {"itm_loss", "div_loss"} <= set(rows[0]) and not (stage1 / "best").exists()
+    weights, _ = ck.load_checkpoint(ck.latest_checkpoint(stage1 / "ckpt"))
+    assert weights and all(k.startswith("predictors.") for k in weights)
+    run = _fit(bench, tiny_lxmert, tmp_path / "pkd",
+               **{"method.name": "pkd-vlm", "method.pkd.predictors": stage1,
+                  "method.pkd.predictor_hidden": 16, "method.pkd.predictor_layers": 1,
+                  "method.pkd.memory_size": 32}).run_dir
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["mkd_loss"] >= 0
+    best, _ = ck.load_checkpoint(ck.latest_checkpoint(run / "best"))
+    assert int(best["feature_fusion.memory.queue.count"]) > 0  # the memory is D's own state
+    metrics, _ = evaluate_checkpoint(run, "test")
+    assert metrics["missing"] == 0
+    with pytest.raises(PkdError, match="method.pkd.predictors"):
+        _fit(bench, tiny_lxmert, tmp_path / "bad", **{"method.name": "pkd-vlm"})

@@ -19,6 +19,7 @@ from pkd.train.tasks.foundation_kd import FoundationKDTask, InDomainKD, LwfOracl
 from pkd.train.tasks.lmh import LMH, LMHTask
 from pkd.train.tasks.method import Method
 from pkd.train.tasks.pkd import PKD, PKDPredictors, PKDPredictorTask, PKDSetup, PKDTask
+from pkd.train.tasks.pkd_vlm import PKDVLM, PKDVLMPredictors
 from pkd.train.tasks.question_only import QuestionOnly, QuestionOnlyTask
 from pkd.train.tasks.rubi import RUBi, RUBiTask
 
@@ -37,6 +38,8 @@ METHODS: dict[str, Method] = {
     "lmh": LMH(),
     "kd-id": InDomainKD(),
     "lwf-oracle": LwfOracle(),
+    "pkd-vlm-predictors": PKDVLMPredictors(),
+    "pkd-vlm": PKDVLM(),
 }
 
 
