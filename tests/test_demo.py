@@ -139,7 +139,7 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
     configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross", "predictors-mmd",
-                                        "predictors-emb")
+                                        "predictors-emb", "pkd-vlm-predictors")
                if n not in CONTROLS and n not in POSTHOC_ROWS}  # no run of their own
     cross = configs["pkd-cross"]
     assert cross.method.pkd.predictor_inputs == "cross" == configs["predictors-cross"].method.pkd.predictor_inputs
@@ -158,6 +158,12 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     assert {n: configs[n].method.name for n in ("question-only", "rubi", "lmh")} == {
         "question-only": "question-only", "rubi": "rubi", "lmh": "lmh"}
     assert configs["baseline-foundation"].model.use_foundation_features is True
+    vlm = {n: configs[n] for n in ("finetune", "pkd-vlm", "pkd-vlm-memory", "lwf-oracle")}
+    assert {c.model.arch for c in vlm.values()} == {"vlm"}
+    assert vlm["pkd-vlm"].method.pkd.predictors.endswith("pkd-vlm-predictors-seed1")
+    assert vlm["pkd-vlm-memory"].method.pkd.use_memory is False
+    assert configs["pkd-vlm-predictors"].method.name == "pkd-vlm-predictors"
+    assert reference_of("pkd-vlm") == "finetune" == reference_of("lwf-oracle")
     assert configs["baseline"].model.use_foundation_features is False
     for item in ("pkd-item", "pkd-item-full"):  # D fed its item's predicted e_v, e_t
         m = configs[item].model

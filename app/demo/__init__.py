@@ -394,7 +394,7 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
                                  "method.distill.teacher_checkpoint":
                                      run_dir(cfg, "teacher-own", seed) / "best"},
     }
-    if name in VLM_ROWS:
+    if name in (*VLM_ROWS, "pkd-vlm-predictors"):
         return {**base, **vlm_overrides(cfg.out, paths.stores, name, cfg.vlm_epochs,
                                         lambda row: run_dir(cfg, row, seed))}
     return {**base, **specific[name]}

@@ -15,6 +15,8 @@ below is ``model.arch=vlm`` on that ``F0`` (``METHODS.md``, PKD's setting):
 | ``wise-ft`` | ``(1 - α) θ_F0 + α θ_finetune``, α = 0.5 (nothing trained) |
 | ``kd-id`` | fine-tuning + ``F0``'s outputs distilled on the VQA pairs (the biased baseline) |
 | ``lwf-oracle`` | fine-tuning + ``F0``'s outputs distilled on the real caption corpus (the ideal) |
+| ``pkd-vlm`` | PKD (:mod:`pkd.train.tasks.pkd_vlm`): memory of predicted pre-training-like pairs + ``L_mkd`` |
+| ``pkd-vlm-memory`` / ``-model-kd`` | PKD without its memory / without ``L_mkd`` |
 
 Each row also reports forgetting: ``D``'s caption matching and masked-word accuracy on the
 captions ``F0``'s pre-training held out (:func:`forgetting`), against ``F0``'s own.
@@ -26,8 +28,11 @@ import json
 from pathlib import Path
 
 VLM_ROWS = ("zero-shot", "scratch", "finetune", "new-head", "lp", "lp-ft", "wise-ft", "kd-id",
-            "lwf-oracle")
-VLM_NEEDS = {"lp-ft": ("lp",), "wise-ft": ("finetune",)}  # runs a row builds on
+            "lwf-oracle", "pkd-vlm", "pkd-vlm-memory", "pkd-vlm-model-kd")
+VLM_NEEDS = {"lp-ft": ("lp",), "wise-ft": ("finetune",),  # runs a row builds on
+             **{row: ("pkd-vlm-predictors",) for row in VLM_ROWS if row.startswith("pkd-vlm")}}
+PKD_VLM = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
+           "method.pkd.memory_size": 256}  # the predictors' size (stage 1 and 2)
 WISE_ALPHA = 0.5  # the wise-ft row's α
 CAPTION_REGIONS = "caption_regions.zarr"  # the caption images' regions (student backbone)
 FOUNDATION_DIR = "foundation-lxmert"  # F0's folder in the draw's folder
@@ -64,6 +69,7 @@ def vlm_overrides(out: Path, stores: Path, name: str, epochs: int, run_of) -> di
     base = {"model.arch": "vlm", "model.foundation": foundation_dir(out), **VLM_OPTIM,
             "run.epochs": epochs}
     new = {"model.answer_head": "new"}
+    pkd = {"method.name": "pkd-vlm", "method.pkd.predictors": run_of("pkd-vlm-predictors")}
     return {**base, **{
         "zero-shot": {"run.epochs": 0},
         "scratch": {"model.init": "scratch"},
@@ -75,6 +81,11 @@ def vlm_overrides(out: Path, stores: Path, name: str, epochs: int, run_of) -> di
         "kd-id": {"method.name": "kd-id"},
         "lwf-oracle": {"method.name": "lwf-oracle",
                        "method.lwf.caption_regions": stores / CAPTION_REGIONS},
+        "pkd-vlm-predictors": {**PKD_VLM, "method.name": "pkd-vlm-predictors",
+                               "run.epochs": max(1, epochs // 2)},
+        "pkd-vlm": {**pkd, **PKD_VLM},
+        "pkd-vlm-memory": {**pkd, **PKD_VLM, "method.pkd.use_memory": False},
+        "pkd-vlm-model-kd": {**pkd, **PKD_VLM, "method.pkd.use_model_kd": False},
     }[name]}
 
 
