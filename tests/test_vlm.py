@@ -56,9 +56,13 @@ def test_every_synth_question_has_a_prompt(bench):
 
 
 def test_prompt_forms():
-    assert synth_prompt("What color is the small circle?").text == "a small [MASK] circle."
-    assert synth_prompt("What shape is the red object?").text == "a red [MASK]."
-    assert synth_prompt("How many blue objects are there?").text == "there are [MASK] blue objects."
+    assert synth_prompt("What color is the large circle?").text == \
+        "one object: a large [MASK] circle."
+    assert synth_prompt("What color is the circle?").text == "one object: a small [MASK] circle."
+    assert synth_prompt("What shape is the red object?").text == "one object: a small red [MASK]."
+    assert synth_prompt("What shape is the large red object?").text == \
+        "one object: a large red [MASK]."
+    assert synth_prompt("How many blue objects are there?").text == "[MASK] blue objects:"
     assert synth_prompt("Is there a red circle left of the square?").text == \
         "the red circle is left of the square."
     assert synth_prompt("What is the shape of the object above the blue object?").text == \

@@ -7,7 +7,7 @@ answer without any VQA training (the zero-shot row), and a model fine-tuned thro
 answers with the knowledge fine-tuning may erode:
 
     kind "mask":   the answer is the word the masked-LM head puts at [MASK]
-                   "What color is the small circle?"  -> "a small [MASK] circle."
+                   "What color is the small circle?"  -> "one object: a small [MASK] circle."
     kind "match":  yes / no is whether the image-text matching head accepts the statement
                    "Is there a red circle left of the square?" -> "the red circle is left of
                    the square."
@@ -28,6 +28,7 @@ from typing import Literal
 from pkd.errors import PkdError
 
 MASK = "[MASK]"  # the placeholder of a cloze; the model's tokenizer maps it to its mask token
+DEFAULT_SIZE = "small"  # the size slot of a colour / shape cloze whose question names none
 NUMBER_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five",
                 "6": "six", "7": "seven", "8": "eight", "9": "nine", "10": "ten"}
 
@@ -39,10 +40,14 @@ class Prompt:
 
 
 _SYNTH = [  # (pattern on the lower-cased question without "?", kind, template)
-    (r"what color is the (?P<n>.+)", "mask", "{pre}[MASK] {last}."),
-    (r"what shape is the (?P<n>.+) object", "mask", "a {n} [MASK]."),
-    (r"how many objects are there", "mask", "there are [MASK] objects."),
-    (r"how many (?P<n>.+) objects are there", "mask", "there are [MASK] {n} objects."),
+    # captions read "two objects: a small red circle and a large blue square.": the cloze keeps
+    # that frame (a count prefix, the size slot; "small" when the question names no size),
+    # chosen on data draw 0's val split against shorter frames ("a [MASK] circle.": the masked
+    # word then tends to be a frame word)
+    (r"what color is the (?P<n>.+)", "mask", "one object: a {size} [MASK] {last}."),
+    (r"what shape is the (?P<n>.+) object", "mask", "one object: a {size} {last} [MASK]."),
+    (r"how many objects are there", "mask", "[MASK] objects:"),
+    (r"how many (?P<n>.+) objects are there", "mask", "[MASK] {n} objects:"),
     (r"what is the color of the object (?P<r>left of|right of|above|below) the (?P<n>.+)", "mask",
      "the [MASK] object is {r} the {n}."),
     (r"what is the shape of the object (?P<r>left of|right of|above|below) the (?P<n>.+)", "mask",
@@ -62,10 +67,10 @@ def synth_prompt(question: str) -> Prompt:
         if m is None:
             continue
         fields = m.groupdict()
-        if "{pre}" in template:  # "small circle" -> "a small [MASK] circle."
+        if "{size}" in template:  # "small circle" -> size "small", last "circle"
             words = fields["n"].split()
-            pre = "a " + "".join(w + " " for w in words[:-1])
-            return Prompt(template.format(pre=pre, last=words[-1]), kind)  # type: ignore[arg-type]
+            size = words[0] if len(words) > 1 else DEFAULT_SIZE
+            return Prompt(template.format(size=size, last=words[-1]), kind)  # type: ignore[arg-type]
         return Prompt(template.format(**fields), kind)  # type: ignore[arg-type]
     raise PkdError(f"question {question!r}: not a form of the synthetic benchmark (use the "
                    "generic prompt for real data)")
