@@ -3,6 +3,9 @@
 - ``pkd pretrain --data DIR --out MODEL_DIR``: the foundation model on captions. Parses the
   options into :class:`pkd.train.pretrain.PretrainConfig`, calls ``pretrain(cfg)`` and prints the
   retrieval / probe table (the same numbers are in ``MODEL_DIR/pretrain_metrics.json``).
+- ``pkd pretrain --family lxmert --regions STORE --data DIR --out MODEL_DIR``: the foundation model
+  F0, a tiny LXMERT, on the captions and their images' region features (MLM + ITM), via
+  :func:`pkd.train.pretrain.lxmert.pretrain_lxmert`; prints the held-out ITM / MLM table.
 - ``pkd pretrain regions --data DIR --out BACKBONE_DIR [--size student|teacher]``: a region
   backbone on the detection corpus with bottom-up's object + attribute heads
   (:func:`pkd.train.pretrain.regions.pretrain_regions`), for ``pkd extract regions --backbone``.
@@ -20,7 +23,8 @@ import typer
 
 Data = Annotated[Path, typer.Option(help="synthetic benchmark folder (captions.json, images/)")]
 Out = Annotated[Path, typer.Option(help="model folder to write (save_pretrained layout)")]
-Family = Annotated[str, typer.Option(help="clip (CLIPModel) | blip (BlipForImageTextRetrieval)")]
+Family = Annotated[str, typer.Option(help="clip (CLIPModel) | blip (BlipForImageTextRetrieval) | "
+                                           "lxmert (LxmertForPreTraining; needs --regions)")]
 Int = Annotated[int | None, typer.Option()]
 Float = Annotated[float | None, typer.Option()]
 SwapNegatives = Annotated[int | None, typer.Option(
@@ -33,6 +37,10 @@ TagEpochs = Annotated[int | None, typer.Option(
     help="stage A: epochs training the image tower as a tagger of its captions' objects")]
 LockVision = Annotated[bool | None, typer.Option(
     help="stage B: the ITC with the image tower frozen (LiT; needs --tag-epochs)")]
+Regions = Annotated[Path | None, typer.Option(
+    help="lxmert: regions store holding the caption images (pkd extract regions --captions)")]
+LxmertLayers = Annotated[int | None, typer.Option(help="lxmert: language / cross / region layers")]
+LxmertShare = Annotated[float | None, typer.Option(help="lxmert: see LxmertPretrainConfig")]
 
 
 app = typer.Typer(help="Pre-train the foundation model (options below) or a region backbone "
@@ -53,15 +61,37 @@ def foundation(ctx: typer.Context, data: OptData = None, out: OptOut = None,
                threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
                swap_negatives: SwapNegatives = None, swap_weight: SwapWeight = None,
                tag_weight: TagWeight = None, tag_epochs: TagEpochs = None,
-               lock_vision: LockVision = None,
+               lock_vision: LockVision = None, regions: Regions = None,
+               l_layers: LxmertLayers = None, x_layers: LxmertLayers = None,
+               r_layers: LxmertLayers = None, attribute_mask_probability: LxmertShare = None,
+               itm_negative_share: LxmertShare = None, hard_negative_share: LxmertShare = None,
                ) -> None:
-    """Pre-train a tiny CLIP/BLIP on the caption corpus (ITC, + ITM for BLIP) and save it."""
+    """Pre-train a tiny CLIP/BLIP (ITC, + ITM for BLIP) or LXMERT (MLM + ITM on region
+    features) on the caption corpus and save it."""
     if ctx.invoked_subcommand is not None:
         return
     for value, name in ((data, "--data"), (out, "--out")):
         if value is None:
             raise typer.BadParameter("missing (needed by the foundation pre-training)",
                                      param_hint=name)
+    lxmert_only = {"--regions": regions, "--l-layers": l_layers, "--x-layers": x_layers,
+                   "--r-layers": r_layers, "--attribute-mask-probability": attribute_mask_probability,
+                   "--itm-negative-share": itm_negative_share,
+                   "--hard-negative-share": hard_negative_share}
+    if family == "lxmert":
+        _refuse({"--layers": layers, "--patch-size": patch_size, "--proj-dim": proj_dim,
+                 "--swap-negatives": swap_negatives, "--swap-weight": swap_weight,
+                 "--tag-weight": tag_weight, "--tag-epochs": tag_epochs,
+                 "--lock-vision": lock_vision}, "clip / blip")
+        given = _given(epochs=epochs, batch_size=batch_size, lr=lr, threads=threads,
+                       attribute_mask_probability=attribute_mask_probability,
+                       itm_negative_share=itm_negative_share,
+                       hard_negative_share=hard_negative_share)
+        size = _given(hidden=hidden, heads=heads, l_layers=l_layers, x_layers=x_layers,
+                      r_layers=r_layers)
+        pretrain_lxmert(data, out, regions, seed, size, given)
+        return
+    _refuse(lxmert_only, "lxmert")
     pretrain(data, out, family, epochs, seed, batch_size, lr, hidden, layers, heads, patch_size,
              proj_dim, threads, swap_negatives, swap_weight, tag_weight, tag_epochs, lock_vision)
 
@@ -116,6 +146,61 @@ def print_metrics(metrics: dict) -> None:
     for name, probe in metrics["probes"].items():
         value = "n/a" if probe["accuracy"] is None else f"{probe['accuracy']:.1f}"
         table.add_row(f"{name} probe (n={probe['n']})", value, f"{probe['chance']:.1f}")
+    Console().print(table)
+
+
+def _given(**values) -> dict:
+    """The options that were given (not None)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _refuse(options: dict, family: str) -> None:
+    """BadParameter for the first given option of another family."""
+    for name, value in options.items():
+        if value is not None:
+            raise typer.BadParameter(f"an option of --family {family} only", param_hint=name)
+
+
+def pretrain_lxmert(data: Path, out: Path, regions: Path | None, seed: int, size: dict,
+                    given: dict) -> None:
+    """Pre-train the tiny LXMERT F0 (MLM + ITM) on the captions' region features and save it."""
+    from transformers.utils import logging as hf_logging
+
+    from pkd.train.pretrain.lxmert import LxmertPretrainConfig, LxmertSize
+    from pkd.train.pretrain.lxmert import pretrain_lxmert as run
+
+    if regions is None:
+        raise typer.BadParameter("missing (--family lxmert reads region features)",
+                                 param_hint="--regions")
+    cfg = LxmertPretrainConfig(data, regions, out, size=LxmertSize(**size), seed=seed, **given)
+    hf_logging.disable_progress_bar()
+    metrics = run(cfg)
+    print_lxmert_metrics(metrics)
+    typer.echo(f"model written to {out} ({metrics['seconds']:.0f} s)")
+
+
+def print_lxmert_metrics(metrics: dict) -> None:
+    """One table: held-out ITM (binary, pairwise, held-out pairs) and MLM word accuracies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    h = metrics["heldout"]
+    table = Table(title=f"lxmert: {h['captions']} held-out captions of {h['images']} images",
+                  caption=f"final training loss {metrics['epochs'][-1]['loss']:.3f}")
+    for name, justify in (("metric", "left"), ("%", "right"), ("chance %", "right")):
+        table.add_column(name, justify=justify)
+
+    def row(label: str, value: float | None, chance: float) -> None:
+        table.add_row(label, "n/a" if value is None else f"{value:.1f}", f"{chance:.1f}")
+
+    row("ITM caption vs swapped (binary)", h["itm_accuracy"], 50.0)
+    row("ITM caption > swapped (pairwise)", h["itm_pairwise"], 50.0)
+    row(f"  held-out colour-shape pairs (n={h['heldout_pairs_n']})", h["heldout_pairs"], 50.0)
+    groups = [k.removeprefix("mlm_").removesuffix("_accuracy") for k in h
+              if k.startswith("mlm_") and k.endswith("_accuracy")]
+    for group in groups:
+        row(f"MLM {group} word (n={h[f'mlm_{group}_n']})", h[f"mlm_{group}_accuracy"],
+            h[f"mlm_{group}_chance"])
     Console().print(table)
 
 

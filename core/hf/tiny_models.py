@@ -13,10 +13,13 @@ loads exactly like a hub id with ``from_pretrained(out_dir, local_files_only=Tru
 - :func:`build_tiny_resnet` — ``ResNetModel`` feature-map backbone +
   ``ConvNextImageProcessorPil``.
 - :func:`build_tiny_bert` — ``BertModel`` encoder (``model.encoder: hf:DIR`` of the fusion model).
+- :func:`build_tiny_lxmert` — ``LxmertForPreTraining`` (region features + boxes in; masked-LM and
+  image-text matching heads) + WordPiece with ``[MASK]``.
 
 Weights are random: the models are for plumbing and equivalence tests, not for accuracy.
 Attention is eager (``attn_implementation="eager"``) so attention maps can be returned; the
-choice is not saved with the weights, so loaders pass it again.
+choice is not saved with the weights, so loaders pass it again. LXMERT has no other attention
+(its attention is written out in its modeling file), so it needs no such argument.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from transformers import (
     DetrConfig,
     DetrForObjectDetection,
     DetrImageProcessorPil,
+    LxmertConfig,
+    LxmertForPreTraining,
     PreTrainedTokenizerFast,
     ResNetConfig,
     ResNetModel,
@@ -238,4 +243,32 @@ def build_tiny_bert(out_dir: str | Path, *, hidden: int = 32, layers: int = 2, h
                         max_position_embeddings=max_positions)
     torch.manual_seed(seed)
     BertModel(config).eval().save_pretrained(out)
+    return out
+
+
+def build_tiny_lxmert(out_dir: str | Path, tokenizer_texts: Iterable[str] = DEFAULT_TEXTS, *,
+                      hidden: int = 128, l_layers: int = 2, x_layers: int = 2, r_layers: int = 1,
+                      heads: int = 4, intermediate: int | None = None, visual_feat_dim: int = 64,
+                      vocab_size: int = 400, max_positions: int = 64, seed: int = 0) -> Path:
+    """A random ``LxmertForPreTraining`` saved with a WordPiece tokenizer (BERT specials, [MASK]).
+
+    Inputs: ``input_ids`` + ``visual_feats`` (B, N, ``visual_feat_dim``) + ``visual_pos`` (B, N, 4,
+    normalised boxes). Heads: masked-LM ``prediction_logits`` (B, L, V) and image-text matching
+    ``cross_relationship_score`` (B, 2), index 1 = "matches" (LXMERT's ``matched_label``); the
+    object-prediction and QA heads are off (``task_obj_predict`` / ``task_qa`` False).
+    ``l_layers`` / ``x_layers`` / ``r_layers``: language, cross-modality and region layers;
+    ``intermediate``: feed-forward width (default ``4 * hidden``, as in BERT).
+    """
+    out = Path(out_dir)
+    tokenizer = train_tokenizer(tokenizer_texts, out, kind="wordpiece", vocab_size=vocab_size)
+    config = LxmertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_attention_heads=heads,
+        intermediate_size=intermediate or 4 * hidden, l_layers=l_layers, x_layers=x_layers,
+        r_layers=r_layers, visual_feat_dim=visual_feat_dim, visual_pos_dim=4,
+        max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+        task_matched=True, task_mask_lm=True, task_obj_predict=False, task_qa=False,
+        visual_obj_loss=False, visual_attr_loss=False, visual_feat_loss=False,
+    )
+    torch.manual_seed(seed)
+    LxmertForPreTraining(config).eval().save_pretrained(out)
     return out

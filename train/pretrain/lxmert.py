@@ -264,6 +264,20 @@ def _mlm_accuracy(model, tokenizer, data: HeldoutCaptions, ids: torch.Tensor,
             "chance": 100.0 / len(ids)}
 
 
+def itm_metrics(true: torch.Tensor, false: torch.Tensor, named: torch.Tensor) -> dict:
+    """``{itm_accuracy, itm_pairwise, heldout_pairs, heldout_pairs_n}`` (percent) from the ITM
+    margins ``s_1 - s_0`` of the true captions ``true`` (M,) and of their swapped copies
+    ``false`` (M,); ``named`` (M,) bool marks the captions naming a held-out pair:
+    ``itm_accuracy = 100 · (#{true > 0} + #{false <= 0}) / 2M``,
+    ``itm_pairwise = 100 · mean(true > false)``, ``heldout_pairs`` = the same over ``named``
+    (None when no caption is named)."""
+    pair = true > false  # (M,) the caption outscores its swapped copy
+    return {"itm_accuracy": 100.0 * ((true > 0).sum() + (false <= 0).sum()).item() / (2 * len(true)),
+            "itm_pairwise": 100.0 * pair.float().mean().item(),
+            "heldout_pairs": 100.0 * pair[named].float().mean().item() if named.any() else None,
+            "heldout_pairs_n": int(named.sum())}
+
+
 def caption_metrics(model, tokenizer, data: HeldoutCaptions, batch_size: int = 256) -> dict:
     """Held-out ITM and MLM scores of an ``LxmertForPreTraining`` (module doc), in percent:
     ``{captions, images, itm_accuracy, itm_pairwise, heldout_pairs, heldout_pairs_n,
@@ -273,14 +287,8 @@ def caption_metrics(model, tokenizer, data: HeldoutCaptions, batch_size: int = 2
     with torch.no_grad():
         true = _itm_margins(model, tokenizer, data.texts, data, batch_size)
         false = _itm_margins(model, tokenizer, data.negatives, data, batch_size)
-        pair = true > false  # (M,) the caption outscores its swapped copy
-        named = data.heldout_pair
         out = {"captions": len(data.texts), "images": len(data.images.image_ids),
-               "itm_accuracy": 100.0 * ((true > 0).sum() + (false <= 0).sum()).item()
-               / (2 * len(true)),
-               "itm_pairwise": 100.0 * pair.float().mean().item(),
-               "heldout_pairs": 100.0 * pair[named].float().mean().item() if named.any() else None,
-               "heldout_pairs_n": int(named.sum()), "heldout_combos": data.heldout_combos}
+               **itm_metrics(true, false, data.heldout_pair), "heldout_combos": data.heldout_combos}
         for group, ids in group_token_ids(tokenizer).items():
             result = _mlm_accuracy(model, tokenizer, data, ids, batch_size)
             out.update({f"mlm_{group}_{k}": v for k, v in result.items()})
@@ -329,5 +337,5 @@ def pretrain_lxmert(cfg: LxmertPretrainConfig) -> dict:
 
 
 __all__ = ["ATTRIBUTE_GROUPS", "RECIPE", "LxmertPretrainConfig", "LxmertSize", "build_lxmert",
-           "caption_metrics", "fit_lxmert", "heldout_split", "load_heldout_captions",
+           "caption_metrics", "fit_lxmert", "heldout_split", "itm_metrics", "load_heldout_captions",
            "lxmert_losses", "masking_of", "pretrain_lxmert"]
