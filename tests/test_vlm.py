@@ -267,7 +267,13 @@ def test_pkd_vlm_two_stages(bench, tiny_lxmert, tmp_path):
                   "method.pkd.predictor_hidden": 16, "method.pkd.predictor_layers": 1,
                   "method.pkd.memory_size": 32}).run_dir
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["mkd_loss"] >= 0
+    assert rows[0]["mkd_loss"] >= 0 and "mkd_mlm_loss" not in rows[0]
+    both = _fit(bench, tiny_lxmert, tmp_path / "pkd-mlm",
+                **{"method.name": "pkd-vlm", "method.pkd.predictors": stage1,
+                   "method.pkd.predictor_hidden": 16, "method.pkd.predictor_layers": 1,
+                   "method.pkd.mkd_heads": "itm+mlm", "run.max_steps": 2}).run_dir
+    rows = [json.loads(x) for x in (both / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["mkd_mlm_loss"] >= 0 and rows[0]["mkd_loss"] >= rows[0]["mkd_mlm_loss"]
     best, _ = ck.load_checkpoint(ck.latest_checkpoint(run / "best"))
     assert int(best["feature_fusion.memory.queue.count"]) > 0  # the memory is D's own state
     metrics, _ = evaluate_checkpoint(run, "test")

@@ -27,7 +27,12 @@ the caption corpus.
 - *model-level distillation* on D's own (inherited, fine-tuned) ITM head:
   ``L_mkd = T² KL(σ(s_F0/T) ‖ σ(s_D/T))`` over the positive and rolled pairs (``BinaryKL``);
 
-``L = L_vqa + λ_mkd · L_mkd``. At test time only D (with its memory) runs. Ablations:
+``L = L_vqa + λ_mkd · L_mkd``. With ``method.pkd.mkd_heads=itm+mlm`` (ours: D answers through
+its masked-LM head, which the paper's ITM term never reaches) ``L_mkd`` also holds
+``T² KL(softmax(m_F0/T) ‖ softmax(m_D/T))`` at a random share (``mkd_mask_share``, at least one)
+of the predicted text positions, each replaced by the model's own ``[MASK]`` embedding, on the
+positive pairs — pre-training's masked-LM, on pre-training-like pairs.
+At test time only D (with its memory) runs. Ablations:
 ``method.pkd.use_memory=false``, ``use_model_kd=false`` (stage 2), ``lambda_itm=0``,
 ``lambda_div=0`` (stage 1).
 """
@@ -43,6 +48,7 @@ from torch import nn
 
 from pkd.errors import PkdError
 from pkd.train.losses.divergence import mmd2, pool_tokens
+from pkd.train.losses.lwf import masked_lm_kd
 from pkd.train.losses.model_kd import BinaryKL
 from pkd.train.losses.vqa import VQALoss
 from pkd.train.models.memory import FeatureMemory, PKDFeatureFusion
@@ -125,13 +131,13 @@ class PKDVLMTask(FrozenOutside):
     """Stage 2: D + memory fusion + L_mkd on predicted pairs (module docstring)."""
 
     def __init__(self, model: nn.Module, predictors: PairPredictors, foundation: nn.Module,
-                 lambda_mkd: float, temperature: float, model_kd: bool):
+                 lambda_mkd: float, temperature: float, model_kd: bool, mlm_share: float = 0.0):
         super().__init__()
         self.model, self.vqa = model, VQALoss()
         self.hold("predictors", predictors.eval().requires_grad_(False))
         self.hold("foundation", foundation)
         self.lambda_mkd, self.model_kd = lambda_mkd, model_kd
-        self.kd = BinaryKL(temperature)
+        self.kd, self.temperature, self.mlm_share = BinaryKL(temperature), temperature, mlm_share
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.model(batch)
@@ -150,10 +156,35 @@ class PKDVLMTask(FrozenOutside):
             with torch.no_grad():
                 ref = match_logodds(self.foundation, words, regions, boxes)
             mkd = self.kd(mine, ref)
+            if self.mlm_share > 0:
+                parts["mkd_mlm_loss"] = self._masked_lm(v, b, t)
+                mkd = mkd + parts["mkd_mlm_loss"]
             total = total + self.lambda_mkd * mkd
             parts["mkd_loss"] = mkd
         self._remember(v, t)
         return {"loss": total, **parts, "logits": out["logits"]}
+
+    def _masked_lm(self, v: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """KL of the masked-LM heads at masked positions of the predicted positive pairs."""
+        n, length = t.shape[:2]
+        chosen = torch.rand(n, length, device=t.device) < self.mlm_share
+        chosen[torch.arange(n), torch.randint(length, (n,), device=t.device)] = True
+        ones = torch.ones(n, length, dtype=torch.bool, device=t.device)
+        region_mask = torch.ones(v.shape[:2], dtype=torch.bool, device=t.device)
+
+        def masked_logits(model: nn.Module, fused: bool) -> torch.Tensor:
+            mask = model.embed_words(torch.full((1, 1), model.mask_id, device=t.device))[0, 0]
+            words = torch.where(chosen[..., None], mask.to(t.dtype), t)
+            regions = v
+            if fused and model.feature_fusion is not None:
+                words, regions = model.feature_fusion(words, ones, v, region_mask)
+            language = model.encode(words, ones, regions, b, region_mask).language_output
+            return model.backbone.cls.predictions(language[chosen])  # (k, V)
+
+        mine = masked_logits(self.model, fused=True)
+        with torch.no_grad():
+            ref = masked_logits(self.foundation, fused=False)
+        return masked_lm_kd(mine, ref, self.temperature)
 
     @torch.no_grad()
     def _remember(self, v: torch.Tensor, t: torch.Tensor) -> None:
@@ -238,7 +269,7 @@ class PKDVLM(Method):
             raise PkdError(f"method.name={self.name}: predictors and foundation are missing")
         p = cfg.method.pkd
         return PKDVLMTask(model, predictors, foundation, p.lambda_mkd, p.kd_temperature,
-                          p.use_model_kd)
+                          p.use_model_kd, p.mkd_mask_share if p.mkd_heads == "itm+mlm" else 0.0)
 
     def build_task(self, cfg, model, vocabs, stores) -> PKDVLMTask:
         from pkd.train.tasks.pkd import load_predictors
