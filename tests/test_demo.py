@@ -445,8 +445,8 @@ def test_a_data_folder_of_another_size_is_refused(tmp_path):
     with pytest.raises(PkdError, match="generated with caption_relations=True"):
         check_same_benchmark({**saved, "caption_relations": True}, DemoConfig.of("quick", tmp_path),
                              tmp_path)
-    with pytest.raises(PkdError, match=r"generated with train_images=1500, this demo \(full\) "
-                                       r"needs 15000; give another --out"):
+    with pytest.raises(PkdError, match=r"generated with max_objects=4, this demo \(full\) "
+                                       r"needs 6; give another --out"):
         check_same_benchmark(saved, DemoConfig.of("full", tmp_path), tmp_path)
 
 
