@@ -142,7 +142,7 @@ class DemoConfig:
     teacher_epochs: int = 20  # the fusion teacher's epochs (adapted on the student's regions)
     batch_size: int = 64  # VQA training batch size
     vlm_epochs: int = 6  # fine-tuning epochs of the rows in PKD's setting (pkd.demo.vlm)
-    vlm_pretrain_epochs: int = 20  # F0's masked-LM + matching pre-training epochs on the captions
+    vlm_pretrain_epochs: int = 10  # F0's masked-LM + matching pre-training epochs on the captions (10: 6 min on one core at quick size)
     preset: str = "quick"  # the size name printed with the results (see DemoConfig.of)
     jobs: int = 1  # runs trained side by side, in processes (pkd.demo.jobs)
 
@@ -232,7 +232,7 @@ def prepare(cfg: DemoConfig) -> Paths:
     if any(m in VLM_ROWS for m in cfg.methods):
         _stage("extracting the caption images' regions; pre-training F0 (tiny LXMERT) on captions")
         prepare_vlm(paths.data, out, paths.stores, cfg.synth.max_objects, cfg.vlm_pretrain_epochs,
-                    cfg.synth.seed)
+                    cfg.synth.seed, threads_per_job(cfg.jobs) if cfg.jobs > 1 else 0)
     return paths
 
 

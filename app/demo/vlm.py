@@ -45,9 +45,11 @@ def foundation_dir(out: Path) -> Path:
     return Path(out) / FOUNDATION_DIR
 
 
-def prepare_vlm(data: Path, out: Path, stores: Path, max_boxes: int, epochs: int, seed: int
-                ) -> Path:
-    """The caption images' regions (the student's backbone and boxes) and ``F0``, once."""
+def prepare_vlm(data: Path, out: Path, stores: Path, max_boxes: int, epochs: int, seed: int,
+                threads: int = 0) -> Path:
+    """The caption images' regions (the student's backbone and boxes) and ``F0``, once
+    (``threads``: torch threads of its pre-training, 0 = every usable core; one per job when
+    jobs share the machine — two threads on two busy cores made an epoch 20x slower)."""
     from pkd.pipeline.extract import RegionRecipe, extract_regions
     from pkd.pipeline.runner import RunOptions
     from pkd.pipeline.sources import SourceConfig
@@ -61,7 +63,8 @@ def prepare_vlm(data: Path, out: Path, stores: Path, max_boxes: int, epochs: int
     f0 = foundation_dir(out)
     if not (f0 / "pretrain_metrics.json").is_file():
         pretrain_lxmert(LxmertPretrainConfig(data_dir=data, regions=stores / CAPTION_REGIONS,
-                                             out_dir=f0, epochs=epochs, seed=seed))
+                                             out_dir=f0, epochs=epochs, seed=seed,
+                                             threads=threads))
     return f0
 
 
