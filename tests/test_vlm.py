@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from train_fixtures import FEATURE_DIM, benchmark_and_regions, train_overrides
 
 from pkd.data.cloze import MASK, answer_word, generic_prompt, synth_prompt
 from pkd.data.synth_questions import EXIST_Q
 from pkd.errors import PkdError
 from pkd.train.models.verbalizer import NO, OUTSIDE, WORD, YES, Verbalizer
 from pkd.train.wise_ft import interpolate
-from tests.train_fixtures import FEATURE_DIM, benchmark_and_regions, train_overrides
 
 
 def _questions(data):
