@@ -274,6 +274,13 @@ def test_pkd_vlm_two_stages(bench, tiny_lxmert, tmp_path):
                    "method.pkd.mkd_heads": "itm+mlm", "run.max_steps": 2}).run_dir
     rows = [json.loads(x) for x in (both / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["mkd_mlm_loss"] >= 0 and rows[0]["mkd_loss"] >= rows[0]["mkd_mlm_loss"]
+    real = _fit(bench, tiny_lxmert, tmp_path / "pkd-real",
+                **{"method.name": "pkd-vlm", "method.pkd.predictors": stage1,
+                   "method.pkd.predictor_hidden": 16, "method.pkd.predictor_layers": 1,
+                   "method.pkd.mkd_heads": "itm+mlm", "method.pkd.mkd_vision": "real",
+                   "run.max_steps": 2}).run_dir
+    rows = [json.loads(x) for x in (real / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["mkd_mlm_loss"] >= 0
     best, _ = ck.load_checkpoint(ck.latest_checkpoint(run / "best"))
     assert int(best["feature_fusion.memory.queue.count"]) > 0  # the memory is D's own state
     metrics, _ = evaluate_checkpoint(run, "test")

@@ -198,6 +198,7 @@ class PKDConfig:
     memory_at_test: bool = True  # D reads the memory at evaluation too (false: training only, a regulariser; METHODS.md alternative)
     use_model_kd: bool = True  # ablation: model-level distillation through the ITM head
     mkd_heads: Literal["itm", "itm+mlm"] = "itm"  # model.arch=vlm (pkd-vlm): L_mkd on D's ITM head only (the paper), or also on its masked-LM head at masked positions of the predicted text (ours: D answers through that head)
+    mkd_vision: Literal["predicted", "real"] = "predicted"  # mkd_heads=itm+mlm: the masked-LM term reads the predicted text with the predicted regions, or with the item's real regions (ours: caption-like text about the real image)
     mkd_mask_share: float = allowed(0.15, gt=0, le=1)  # mkd_heads=itm+mlm: share of the predicted text tokens replaced by [MASK] (at least one) (ours)
     finetune_predictors: bool = False  # stage 2 also trains predictors with L_itm + L_div
     foundation_model: str = ""  # model dir of the frozen matching head ("" = the store's model)

@@ -17,6 +17,7 @@ below is ``model.arch=vlm`` on that ``F0`` (``METHODS.md``, PKD's setting):
 | ``lwf-oracle`` | fine-tuning + ``F0``'s outputs distilled on the real caption corpus (the ideal) |
 | ``pkd-vlm`` | PKD (:mod:`pkd.train.tasks.pkd_vlm`): memory of predicted pre-training-like pairs + ``L_mkd`` |
 | ``pkd-vlm-mlm`` | PKD with ``L_mkd`` on the masked-LM head too (ours: D answers through it) |
+| ``pkd-vlm-mlm-real`` | the same, the masked-LM term on the predicted text with the real regions |
 | ``pkd-vlm-memory`` / ``-model-kd`` | PKD without its memory / without ``L_mkd`` |
 
 Each row also reports forgetting: ``D``'s caption matching and masked-word accuracy on the
@@ -29,7 +30,8 @@ import json
 from pathlib import Path
 
 VLM_ROWS = ("zero-shot", "scratch", "finetune", "new-head", "lp", "lp-ft", "wise-ft", "kd-id",
-            "lwf-oracle", "pkd-vlm", "pkd-vlm-mlm", "pkd-vlm-memory", "pkd-vlm-model-kd")
+            "lwf-oracle", "pkd-vlm", "pkd-vlm-mlm", "pkd-vlm-mlm-real", "pkd-vlm-memory",
+            "pkd-vlm-model-kd")
 VLM_NEEDS = {"lp-ft": ("lp",), "wise-ft": ("finetune",),  # runs a row builds on
              **{row: ("pkd-vlm-predictors",) for row in VLM_ROWS if row.startswith("pkd-vlm")}}
 PKD_VLM = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
@@ -89,6 +91,8 @@ def vlm_overrides(out: Path, stores: Path, name: str, epochs: int, run_of) -> di
                                "run.epochs": max(1, epochs // 2)},
         "pkd-vlm": {**pkd, **PKD_VLM},
         "pkd-vlm-mlm": {**pkd, **PKD_VLM, "method.pkd.mkd_heads": "itm+mlm"},
+        "pkd-vlm-mlm-real": {**pkd, **PKD_VLM, "method.pkd.mkd_heads": "itm+mlm",
+                             "method.pkd.mkd_vision": "real"},
         "pkd-vlm-memory": {**pkd, **PKD_VLM, "method.pkd.use_memory": False},
         "pkd-vlm-model-kd": {**pkd, **PKD_VLM, "method.pkd.use_model_kd": False},
     }[name]}

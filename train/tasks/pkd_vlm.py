@@ -31,7 +31,8 @@ the caption corpus.
 its masked-LM head, which the paper's ITM term never reaches) ``L_mkd`` also holds
 ``T² KL(softmax(m_F0/T) ‖ softmax(m_D/T))`` at a random share (``mkd_mask_share``, at least one)
 of the predicted text positions, each replaced by the model's own ``[MASK]`` embedding, on the
-positive pairs — pre-training's masked-LM, on pre-training-like pairs.
+positive pairs — pre-training's masked-LM, on pre-training-like pairs (``mkd_vision=real``: the
+predicted text with the item's real regions instead of the predicted ones).
 At test time only D (with its memory) runs. Ablations:
 ``method.pkd.use_memory=false``, ``use_model_kd=false`` (stage 2), ``lambda_itm=0``,
 ``lambda_div=0`` (stage 1).
@@ -131,13 +132,15 @@ class PKDVLMTask(FrozenOutside):
     """Stage 2: D + memory fusion + L_mkd on predicted pairs (module docstring)."""
 
     def __init__(self, model: nn.Module, predictors: PairPredictors, foundation: nn.Module,
-                 lambda_mkd: float, temperature: float, model_kd: bool, mlm_share: float = 0.0):
+                 lambda_mkd: float, temperature: float, model_kd: bool, mlm_share: float = 0.0,
+                 real_vision: bool = False):
         super().__init__()
         self.model, self.vqa = model, VQALoss()
         self.hold("predictors", predictors.eval().requires_grad_(False))
         self.hold("foundation", foundation)
         self.lambda_mkd, self.model_kd = lambda_mkd, model_kd
         self.kd, self.temperature, self.mlm_share = BinaryKL(temperature), temperature, mlm_share
+        self.real_vision = real_vision
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self.model(batch)
@@ -157,20 +160,26 @@ class PKDVLMTask(FrozenOutside):
                 ref = match_logodds(self.foundation, words, regions, boxes)
             mkd = self.kd(mine, ref)
             if self.mlm_share > 0:
-                parts["mkd_mlm_loss"] = self._masked_lm(v, b, t)
+                seen = ((batch["region_features"], batch["region_geometry"][..., :4],
+                         batch["region_mask"]) if self.real_vision else (v, b, None))
+                parts["mkd_mlm_loss"] = self._masked_lm(*seen, t)
                 mkd = mkd + parts["mkd_mlm_loss"]
             total = total + self.lambda_mkd * mkd
             parts["mkd_loss"] = mkd
         self._remember(v, t)
         return {"loss": total, **parts, "logits": out["logits"]}
 
-    def _masked_lm(self, v: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """KL of the masked-LM heads at masked positions of the predicted positive pairs."""
+    def _masked_lm(self, v: torch.Tensor, b: torch.Tensor, region_mask: torch.Tensor | None,
+                   t: torch.Tensor) -> torch.Tensor:
+        """KL of the masked-LM heads at masked positions of the predicted text read with the
+        regions ``v`` (boxes ``b``, ``region_mask`` or all valid)."""
         n, length = t.shape[:2]
         chosen = torch.rand(n, length, device=t.device) < self.mlm_share
         chosen[torch.arange(n), torch.randint(length, (n,), device=t.device)] = True
         ones = torch.ones(n, length, dtype=torch.bool, device=t.device)
-        region_mask = torch.ones(v.shape[:2], dtype=torch.bool, device=t.device)
+        if region_mask is None:
+            region_mask = torch.ones(v.shape[:2], dtype=torch.bool, device=t.device)
+        v = v.to(t.dtype)
 
         def masked_logits(model: nn.Module, fused: bool) -> torch.Tensor:
             mask = model.embed_words(torch.full((1, 1), model.mask_id, device=t.device))[0, 0]
@@ -269,7 +278,8 @@ class PKDVLM(Method):
             raise PkdError(f"method.name={self.name}: predictors and foundation are missing")
         p = cfg.method.pkd
         return PKDVLMTask(model, predictors, foundation, p.lambda_mkd, p.kd_temperature,
-                          p.use_model_kd, p.mkd_mask_share if p.mkd_heads == "itm+mlm" else 0.0)
+                          p.use_model_kd, p.mkd_mask_share if p.mkd_heads == "itm+mlm" else 0.0,
+                          p.mkd_vision == "real")
 
     def build_task(self, cfg, model, vocabs, stores) -> PKDVLMTask:
         from pkd.train.tasks.pkd import load_predictors
