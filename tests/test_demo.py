@@ -164,6 +164,9 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     assert vlm["pkd-vlm-memory"].method.pkd.use_memory is False
     assert configs["pkd-vlm-predictors"].method.name == "pkd-vlm-predictors"
     assert reference_of("pkd-vlm") == "finetune" == reference_of("lwf-oracle")
+    from pkd.demo import needs
+
+    assert needs("pkd-vlm-mlm-real") == ("pkd-vlm-predictors",) and needs("pkd-vlm-predictors") == ()
     assert configs["baseline"].model.use_foundation_features is False
     for item in ("pkd-item", "pkd-item-full"):  # D fed its item's predicted e_v, e_t
         m = configs[item].model

@@ -33,6 +33,7 @@ VLM_ROWS = ("zero-shot", "scratch", "finetune", "new-head", "lp", "lp-ft", "wise
             "lwf-oracle", "pkd-vlm", "pkd-vlm-mlm", "pkd-vlm-mlm-real", "pkd-vlm-memory",
             "pkd-vlm-model-kd")
 VLM_NEEDS = {"lp-ft": ("lp",), "wise-ft": ("finetune",),  # runs a row builds on
+             "pkd-vlm-predictors": (),  # (not the "pkd" family's UpDn + CLIP predictors)
              **{row: ("pkd-vlm-predictors",) for row in VLM_ROWS if row.startswith("pkd-vlm")}}
 PKD_VLM = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
            "method.pkd.memory_size": 256}  # the predictors' size (stage 1 and 2)
