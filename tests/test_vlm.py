@@ -116,6 +116,13 @@ def test_vlm_trains_and_evaluates(bench, tiny_lxmert, tmp_path):
     _fit(bench, tiny_lxmert, run)
     words = json.loads((run / "words.json").read_text())
     assert words["format"] == "pkd.prompt_tokenizer" and words["style"] == "synth"
+    from pkd.train.models.vlm import foundation_tokenizer
+    from pkd.train.prompts import PromptTokenizer
+
+    broken = tmp_path / "words.json"
+    broken.write_text('{"format": "pkd.prompt_tokenizer", ')  # a truncated file
+    with pytest.raises(PkdError, match="words.json: not valid JSON"):
+        PromptTokenizer.load(broken, foundation_tokenizer(str(tiny_lxmert)))
     metrics, path = evaluate_checkpoint(run, "test")
     assert metrics["missing"] == 0 and 0.0 <= metrics["overall"] <= 100.0
     data, _ = bench

@@ -83,8 +83,14 @@ class PromptTokenizer:
     @classmethod
     def load(cls, path: str | Path, tokenizer) -> PromptTokenizer:
         """Read a reference written by :meth:`save`, checked against ``tokenizer``."""
-        data = json.loads(Path(path).read_text())
-        if data.get("format") != FORMAT:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as err:
+            raise PkdError(f"{path}: cannot read the prompt tokenizer ({err.strerror or err})") \
+                from None
+        except json.JSONDecodeError as err:
+            raise PkdError(f"{path}: not valid JSON (line {err.lineno})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise PkdError(f"{path}: not a pkd prompt tokenizer (format != '{FORMAT}')")
         if data.get("vocab_sha256") != vocab_digest(tokenizer):
             raise PkdError(f"{path}: written with the tokenizer of {data.get('foundation')!r}, "
