@@ -14,6 +14,11 @@ temporary folder, then times sha256 over the whole file:
 The file is read once before timing, so the other variants read from the page cache. Variants are interleaved ``--repeat`` times and the fastest
 of each is kept (the machine may be shared). Run:
 ``python benchmarks/bench_fingerprint.py [--mb 500 --repeat 3]``.
+
+``--inputs N`` instead measures what an extraction pays to fingerprint its images
+(:mod:`pkd.data.inputs_digest`): ``N`` 640x480 JPEGs (quality 90, smooth noise: ~100-200 kB,
+like COCO), per image: the content digest, the listing digest, and pkd's full decode
+(``load_rgb``) for scale; page cache warm.
 """
 
 from __future__ import annotations
@@ -62,11 +67,57 @@ def cold_sha256(path: Path) -> str:
     return file_sha256(path)
 
 
+def write_jpegs(folder: Path, n: int) -> list[tuple[int, Path]]:
+    """``n`` 640x480 JPEGs of smooth random colour (sizes like COCO photos)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(n):
+        coarse = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        noisy = np.asarray(Image.fromarray(coarse).resize((640, 480), Image.BILINEAR), np.int16)
+        noisy = np.clip(noisy + rng.integers(-12, 13, noisy.shape), 0, 255).astype(np.uint8)
+        path = folder / f"{i:012d}.jpg"
+        Image.fromarray(noisy).save(path, quality=90)
+        entries.append((i, path))
+    return entries
+
+
+def bench_inputs(n: int, repeat: int) -> None:
+    from pkd.data.images import load_rgb
+    from pkd.data.inputs_digest import images_digest
+
+    with tempfile.TemporaryDirectory(prefix="pkd-bench-inputs-") as tmp:
+        entries = write_jpegs(Path(tmp), n)
+        kb = sum(p.stat().st_size for _, p in entries) / n / 1000
+        variants = {
+            "content digest (sha256 of each file)": lambda: images_digest(entries, True),
+            "listing digest (stat of each file)": lambda: images_digest(entries, False),
+            "decode (load_rgb, for scale)": lambda: [load_rgb(p) for _, p in entries],
+        }
+        best = {name: float("inf") for name in variants}
+        for _ in range(repeat):
+            for name, fn in variants.items():
+                best[name] = min(best[name], timed(fn)[0])
+    print(f"bench_fingerprint --inputs: {n} JPEGs of 640x480, {kb:.0f} kB each on average, "
+          f"page cache warm, best of {repeat} rounds")
+    print(machine())
+    decode = best["decode (load_rgb, for scale)"]
+    print_table([{"what": name, "ms/img": 1000 * s / n, "x decode": s / decode}
+                 for name, s in best.items()], "what")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=500, help="file size in MB (10^6 bytes)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the fastest is kept")
+    parser.add_argument("--inputs", type=int, default=0,
+                        help="instead: fingerprint cost of N JPEG images against decoding them")
     args = parser.parse_args()
+    if args.inputs:
+        bench_inputs(args.inputs, args.repeat)
+        return
     with tempfile.TemporaryDirectory(prefix="pkd-bench-fp-") as tmp:
         folder = Path(tmp)
         path = folder / "model.safetensors"  # random bytes: weights_sha256 only hashes files

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ DETECTRON2_MISSING = ("detectron2 is not installed: pip install "
 SPEC_FORMS = ("given:PATH | hf:MODEL | detectron2:CONFIG | grid:K | whole | "
               "simulated:student|teacher:PATH")
 MAX_GRID = 32  # grid:K with K up to this (1024 cells)
+DEFAULT_MAX_BOXES = 100  # a detector's max_boxes when none is given (a grid gives its K*K)
 
 
 @dataclass
@@ -81,13 +83,16 @@ def parse_detector(spec: str) -> DetectorSpec:
 
 
 def build_detector(spec: str, conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10,
-                   max_boxes: int = 100, device: str = "cpu"):
-    """The detector a spec names, with the box-selection settings of the region recipe."""
+                   max_boxes: int | None = None, device: str = "cpu"):
+    """The detector a spec names, with the box-selection settings of the region recipe.
+    ``max_boxes=None``: :data:`DEFAULT_MAX_BOXES` for a detector; a grid gives exactly its K*K
+    boxes and refuses a smaller ``max_boxes`` (:class:`GridBoxes`)."""
     parsed = parse_detector(spec)
+    if parsed.kind == "grid":
+        return GridBoxes(int(parsed.target), max_boxes)
+    max_boxes = DEFAULT_MAX_BOXES if max_boxes is None else max_boxes
     if parsed.kind == "given":
         return GivenBoxes(parsed.target, max_boxes=max_boxes)
-    if parsed.kind == "grid":
-        return GridBoxes(int(parsed.target))
     if parsed.kind == "simulated":
         from pkd.pipeline.simulated import SimulatedDetector  # it builds on GivenBoxes' reader
 
@@ -108,17 +113,32 @@ def whole_image(width: int, height: int) -> Detections:
 class GridBoxes:
     """``k x k`` cells over each whole image (:func:`pkd.pipeline.boxes.grid_boxes`), score 1,
     label -1, no features; ``k = 1`` (``whole``) is one whole-image box. ``max_regions = k*k``,
-    so the store is padded to exactly the grid."""
+    so the store is padded to exactly the grid. A ``max_boxes`` below ``k*k`` cannot apply (the
+    cells tile the image; dropping some would leave holes) and is refused; ``None`` or at least
+    ``k*k`` is accepted (the grid never exceeds it)."""
 
     feature_dim = None
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, max_boxes: int | None = None):
         self.k = k
         self.max_regions = k * k
+        if max_boxes is not None and max_boxes < self.max_regions:
+            raise PkdError(self._too_few(max_boxes))
+
+    @property
+    def name(self) -> str:
+        return "whole" if self.k == 1 else f"grid:{self.k}"
+
+    def _too_few(self, max_boxes: int) -> str:
+        """The one-line refusal of a ``max_boxes`` below the grid's cells, with the way out."""
+        n = self.max_regions
+        fits = f" or use grid:{math.isqrt(max_boxes)}" if max_boxes >= 1 else ""
+        return (f"--max-boxes {max_boxes}: the {self.name} detector gives exactly {n} "
+                f"box{'es' if n > 1 else ''} (omit --max-boxes{fits})")
 
     def provenance(self) -> dict:
-        return {"detector": "whole" if self.k == 1 else f"grid:{self.k}", "grid": self.k,
-                "cells": self.max_regions, "cell_order": "row-major"}
+        return {"detector": self.name, "grid": self.k, "cells": self.max_regions,
+                "cell_order": "row-major"}
 
     def detect(self, images: Sequence[Image.Image], image_ids: Sequence[int]) -> list[Detections]:
         n = self.max_regions

@@ -50,7 +50,8 @@ class RegionRecipe:
     conf: float = 0.2  # detector score threshold
     iou: float = 0.5  # NMS IoU threshold
     min_boxes: int = 10  # bottom-up convention: at least this many boxes per image
-    max_boxes: int = 100  # at most this many boxes per image (= store padding)
+    max_boxes: int | None = None  # at most this many boxes per image (= store padding);
+    # None: 100 for a detector, exactly K*K for grid:K (a smaller value is refused)
     device: str = "cpu"  # torch device
     batch_size: int = 16  # images per forward pass
 
@@ -73,7 +74,10 @@ def build_foundation_stage(recipe: FoundationRecipe):
     spec = FoundationSpec(recipe.model, device=recipe.device, dtype=recipe.dtype,
                           max_text_len=recipe.max_text_len, attn=recipe.attn)
     model = cached(spec, load_foundation)  # one model for the image and the text targets
-    producer = {**model.provenance(), "stage": f"foundation/{recipe.target}"}
+    # the batch size changes numbers (padding, kernels: one float16 step), so resuming with
+    # another one is refused like another model
+    producer = {**model.provenance(), "stage": f"foundation/{recipe.target}",
+                "batch_size": recipe.batch_size}
     source = load_source(recipe.source, with_images=recipe.target == "images")
     if recipe.target == "images":
         return FoundationImageStage(model, source, recipe.batch_size, producer)

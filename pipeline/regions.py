@@ -22,7 +22,7 @@ from pkd.errors import PkdError
 from pkd.pipeline.boxes import box_geometry
 from pkd.pipeline.detectors import Detections
 from pkd.pipeline.sources import Source
-from pkd.pipeline.stages import empty_arrays, iter_image_batches
+from pkd.pipeline.stages import empty_arrays, image_inputs, iter_image_batches
 from pkd.stores import ArraySpec, Failure, FeatureStore, StoreSpec
 
 
@@ -100,6 +100,9 @@ class RegionStage:
                 self._fill(arrays, p, img.size, det, f)
         return arrays, failures
 
+    def inputs(self, ids: Sequence[int], content: bool) -> str:
+        return image_inputs(self.source, ids, content)
+
     def _features(self, images: list, dets: list[Detections]) -> list[np.ndarray]:
         if self.backbone is not None:
             boxes = [np.asarray(d.boxes)[: self.max_regions] for d in dets]
@@ -136,13 +139,13 @@ def make_region_stage(recipe, source: Source) -> RegionStage:
         boxes = build_detector(recipe.detector, conf=recipe.conf, iou=recipe.iou,
                                min_boxes=recipe.min_boxes, max_boxes=recipe.max_boxes,
                                device=recipe.device)
-        max_regions = getattr(boxes, "max_regions", None) or recipe.max_boxes  # grid:K: K*K
+        max_regions = getattr(boxes, "max_regions", None) or boxes.max_boxes  # grid:K: K*K
     backbone = (RegionBackbone(recipe.backbone, device=recipe.device, pooling=recipe.pooling)
                 if recipe.backbone else None)
     if backbone is None and getattr(boxes, "feature_dim", None) is None:
         raise PkdError(f"extract regions: {recipe.detector or recipe.boxes_from} gives no "
                        "per-box features; add --backbone MODEL to pool them")
     dim = backbone.dim if backbone is not None else boxes.feature_dim
-    producer = {"stage": "regions", **boxes.provenance(),
+    producer = {"stage": "regions", **boxes.provenance(), "batch_size": recipe.batch_size,
                 **({"backbone": backbone.provenance()} if backbone else {})}
     return RegionStage(source, boxes, backbone, max_regions, dim, recipe.batch_size, producer)

@@ -25,6 +25,7 @@ the workers of a ``--scheduler`` cluster keep their own setting (dask's nanny st
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 import uuid
@@ -36,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from pkd.cores import torch_threads, usable_cores
+from pkd.errors import PkdError
+from pkd.pipeline.stages import kept_ids, shard_inputs
 from pkd.progress import track
 from pkd.stores import Failure, StoreWriter
 from pkd.stores.records import failures_of, read_records
@@ -105,16 +108,33 @@ def _spec_of(stage, opts: RunOptions):
 def compute_shard(stage, writer: StoreWriter, k: int, retry: Sequence[int] = ()) -> list[Failure]:
     """Compute shard ``k`` with ``stage`` and write it (done record last); the failures recorded.
     ``retry``: ids of a done shard to compute again, keeping its other rows as stored."""
+    inputs = functools.partial(shard_inputs, stage, writer.shard_ids(k))
     if not len(retry):
         arrays, failures = stage.run(writer.shard_ids(k))
-        return writer.write_shard(k, arrays, failures)
+        return writer.write_shard(k, arrays, failures, inputs=inputs)
     arrays, ok = writer.read_shard(k)
     pos = np.searchsorted(writer.shard_ids(k), np.asarray(retry, dtype=np.int64))
     fresh, failures = stage.run(writer.shard_ids(k)[pos])
     for name, a in arrays.items():
         a[pos] = fresh[name]
     ok[pos] = True  # write_shard clears the rows that failed again
-    return writer.write_shard(k, arrays, failures, ok=ok)
+    return writer.write_shard(k, arrays, failures, ok=ok, inputs=inputs)
+
+
+def check_inputs(stage, writer: StoreWriter, records: dict[int, dict]) -> None:
+    """Refuse to resume when a done shard's inputs changed since it was written: its recorded
+    listing digest (file names, sizes, modification times of the items that did not fail)
+    differs from the files now."""
+    for k in sorted(records):
+        saved = records[k].get("inputs", {}).get("stat")
+        if saved is None or getattr(stage, "inputs", None) is None:
+            continue
+        failed = [f["id"] for f in records[k]["failures"]]
+        now = stage.inputs(kept_ids(writer.shard_ids(k), failed), False)
+        if now != saved:
+            raise PkdError(f"{writer.path}: shard {k} was extracted from other inputs (listing "
+                           f"digest {saved[:12]}… recorded, {now[:12]}… now: images or texts "
+                           "changed since); re-extract with --overwrite")
 
 
 def retry_ids(records: dict[int, dict], shards: Sequence[int]) -> dict[int, list[int]]:
@@ -161,6 +181,7 @@ def run_stage(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, la
     stage = cached(recipe, build)
     writer = StoreWriter(out, _spec_of(stage, opts), stage.ids, overwrite=opts.overwrite)
     records = read_records(out)
+    check_inputs(stage, writer, records)
     pending = writer.pending(opts.part, retry_failed=opts.retry_failed)
     retry = retry_ids(records, pending)  # empty unless retry_failed
     i, n = opts.part or (0, 1)

@@ -4,6 +4,9 @@ Rows of every store are fixed at creation from these sorted id lists, so a re-ru
 a shard on another node and a dask worker all agree on which row holds which id:
 - images: sorted union of the image ids of the requested splits (plus caption images);
 - questions: sorted by ``(image_id, question_id)`` so a chunk of questions touches few images;
+  one question id is one row, so an id found in two split files must be the same question (text
+  and image) in both, as GQA-OOD's subsets of testdev are; otherwise the later file would
+  silently replace the earlier one's question and the split files are refused;
 - captions: sorted by caption id.
 """
 
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pkd.data.images import ImageIndex
-from pkd.data.vqa import dataset_files, load_questions
+from pkd.data.vqa import Question, dataset_files, load_questions
 from pkd.errors import PkdError
 
 
@@ -55,16 +58,38 @@ def _load_captions(path: Path) -> tuple[dict[int, str], dict[int, int]]:
     return texts, images
 
 
+def _read_splits(root: Path, dataset: str, splits: tuple[str, ...]) -> tuple[dict[int, str], dict[int, int]]:
+    """``({question_id: text}, {question_id: image_id})`` of the split files read together; an
+    id in two files must be the same question in both (:func:`_check_same_questions`)."""
+    questions: dict[int, str] = {}
+    image_of: dict[int, int] = {}
+    file_of: dict[int, Path] = {}
+    for split in splits:
+        qpath, _ = dataset_files(root, dataset, split)
+        loaded = load_questions(qpath)
+        _check_same_questions(qpath, loaded, questions, image_of, file_of)
+        for q in loaded:
+            questions[q.question_id], image_of[q.question_id] = q.question, q.image_id
+            file_of.setdefault(q.question_id, qpath)
+    return questions, image_of
+
+
+def _check_same_questions(path: Path, loaded: list[Question], questions: dict[int, str],
+                          image_of: dict[int, int], file_of: dict[int, Path]) -> None:
+    """Refuse the questions of ``path`` whose ids an earlier split file holds with another text
+    or image: one line naming both files, the first such id and how many there are."""
+    clash = [q.question_id for q in loaded if q.question_id in questions
+             and (questions[q.question_id], image_of[q.question_id]) != (q.question, q.image_id)]
+    if clash:
+        raise PkdError(f"{path}: {len(clash)} question ids are also in {file_of[clash[0]]} with "
+                       f"another question or image (e.g. question_id {clash[0]}); a question id "
+                       "must name one question across the splits read together")
+
+
 def load_source(cfg: SourceConfig, with_images: bool = True) -> Source:
     """Collect the ids and texts an extraction covers; scan the image folder once."""
     root = Path(cfg.root)
-    questions: dict[int, str] = {}
-    image_of: dict[int, int] = {}
-    for split in cfg.splits:
-        qpath, _ = dataset_files(root, cfg.dataset, split)
-        for q in load_questions(qpath):
-            questions[q.question_id] = q.question
-            image_of[q.question_id] = q.image_id
+    questions, image_of = _read_splits(root, cfg.dataset, cfg.splits)
     caption_texts: dict[int, str] = {}
     caption_images: dict[int, int] = {}
     if cfg.captions:

@@ -8,11 +8,12 @@ process (or dask worker) builds each stage once and runs many shards with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
 from pkd.data.images import ImageError, load_rgb
+from pkd.data.inputs_digest import images_digest, texts_digest
 from pkd.pipeline.sources import Source
 from pkd.prefetch import prefetch
 from pkd.stores import ArraySpec, Failure, StoreSpec
@@ -46,6 +47,29 @@ def load_images(source: Source, ids: Sequence[int], positions: range) -> ImageBa
 def iter_image_batches(source: Source, ids: Sequence[int], batch_size: int) -> Iterator[ImageBatch]:
     """Image batches of one shard, decoded one batch ahead in a background thread."""
     yield from prefetch(lambda r: load_images(source, ids, r), batches(len(ids), batch_size))
+
+
+def image_inputs(source: Source, ids: Sequence[int], content: bool) -> str:
+    """Digest of the image files of ``ids`` (:func:`pkd.data.inputs_digest.images_digest`)."""
+    return images_digest(((int(i), source.image_path(int(i))) for i in ids), content)
+
+
+def kept_ids(ids: Sequence[int], failed: Collection[int]) -> list[int]:
+    """``ids`` without the failed ones (their files are broken or absent: a fixed one is read
+    again by ``--retry-failed``, so it is not part of what the shard was made from)."""
+    failed = set(failed)
+    return [int(i) for i in ids if int(i) not in failed]
+
+
+def shard_inputs(stage, ids: Sequence[int], failed: Collection[int]) -> dict[str, str] | None:
+    """``{"sha256": content digest, "stat": listing digest}`` of what ``stage`` read for
+    ``ids`` except the ``failed`` ones; None for a stage that does not say (no
+    ``inputs(ids, content)``)."""
+    inputs = getattr(stage, "inputs", None)
+    if inputs is None:
+        return None
+    kept = kept_ids(ids, failed)
+    return {"sha256": inputs(kept, True), "stat": inputs(kept, False)}
 
 
 def empty_arrays(spec: StoreSpec, n: int) -> dict[str, np.ndarray]:
@@ -87,6 +111,9 @@ class FoundationImageStage:
                     arrays[name][pos] = out[name]
         return arrays, failures
 
+    def inputs(self, ids: Sequence[int], content: bool) -> str:
+        return image_inputs(self.source, ids, content)
+
 
 class FoundationTextStage:
     """Text tokens, projected text embedding and token ids of the foundation model, per text."""
@@ -121,3 +148,7 @@ class FoundationTextStage:
             for name in arrays:
                 arrays[name][r.start : r.stop] = out[name]
         return arrays, []
+
+    def inputs(self, ids: Sequence[int], content: bool) -> str:
+        """The texts of ``ids`` (one digest for content and listing: both are the texts)."""
+        return texts_digest((int(i), self.texts[int(i)]) for i in ids)

@@ -32,7 +32,7 @@ from zarr.core.sync import sync  # zarr's own event loop (the sync API runs on i
 
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores.chunk_cache import ChunkCache
-from pkd.stores.records import failures_of, n_shards, read_records, shard_range
+from pkd.stores.records import failures_of, inputs_sha256, n_shards, read_records, shard_range
 from pkd.stores.schema import Failure, StoreSpec, canonical, done_path, read_attrs
 
 DAMAGED = (ValueError, RuntimeError)  # zarr: "checksum do not match"; blosc: undecodable bytes
@@ -85,6 +85,8 @@ class FeatureStore:
         self.pending = [k for k in range(n_shards(self.n_items, spec.items_per_shard)) if k not in records]
         self.complete = not self.pending
         self.failures: list[Failure] = failures_of(records)
+        # content digest of the images / texts the store was made from (None: not recorded)
+        self.inputs_sha256: str | None = inputs_sha256(records)
         done = np.ones(self.n_items, dtype=bool)
         for k in self.pending:  # a crashed shard may hold written rows: they do not count
             r = shard_range(k, self.n_items, spec.items_per_shard)

@@ -4,7 +4,11 @@ Rows ``[k * items_per_shard, min((k + 1) * items_per_shard, n))`` form shard ``k
 file per array, one writer, one completion record written last and atomically::
 
     _pkd/done/shard-000007.json  {"shard": 7, "rows": [3584, 4096],
-                                  "failures": [{"id": 42, "path": "img/42.jpg", "reason": "..."}]}
+                                  "failures": [{"id": 42, "path": "img/42.jpg", "reason": "..."}],
+                                  "inputs": {"sha256": "...", "stat": "..."}}
+
+``inputs`` (extractions only; :mod:`pkd.data.inputs_digest`): the content and listing digests of
+the images (or texts) the shard was made from.
 
 A shard is done iff its record exists. File existence of chunks says nothing (a chunk equal to the
 fill value is never written), so the record is the only source of truth for completeness.
@@ -18,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from pkd.data.inputs_digest import combine
 from pkd.errors import PkdError
 from pkd.stores.schema import DONE_DIR, Failure, done_path
 
@@ -33,13 +38,17 @@ def shard_range(k: int, n_items: int, items_per_shard: int) -> range:
     return range(k * items_per_shard, min((k + 1) * items_per_shard, n_items))
 
 
-def write_record(root: Path, k: int, rows: range, failures: Sequence[Failure]) -> None:
-    """Write shard ``k``'s completion record atomically (temporary file, then ``os.replace``)."""
+def write_record(root: Path, k: int, rows: range, failures: Sequence[Failure],
+                 inputs: dict[str, str] | None = None) -> None:
+    """Write shard ``k``'s completion record atomically (temporary file, then ``os.replace``);
+    ``inputs``: digests of what the shard was made from (:mod:`pkd.data.inputs_digest`)."""
     record = {
         "shard": k,
         "rows": [rows.start, rows.stop],
         "failures": [{"id": int(f.id), "path": str(f.path), "reason": str(f.reason)} for f in failures],
     }
+    if inputs:
+        record["inputs"] = dict(inputs)
     final = done_path(root, k)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
@@ -60,6 +69,15 @@ def read_records(root: Path) -> dict[int, dict]:
             raise PkdError(f"{entry}: unreadable completion record ({err})") from None
         records[int(record["shard"])] = record
     return records
+
+
+def inputs_sha256(records: dict[int, dict]) -> str | None:
+    """One content digest of every recorded shard's inputs (None when a record lacks one: a
+    store written before inputs were recorded, or an import)."""
+    parts = [(k, r.get("inputs", {}).get("sha256")) for k, r in records.items()]
+    if not parts or any(d is None for _, d in parts):
+        return None
+    return combine(parts)
 
 
 def failures_of(records: dict[int, dict]) -> list[Failure]:

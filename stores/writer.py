@@ -28,7 +28,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -188,10 +188,13 @@ class StoreWriter:
         return arrays, self._arrays["ok"][rows.start:rows.stop].astype(bool)
 
     def write_shard(self, k: int, arrays: dict[str, np.ndarray], failures: Sequence[Failure] = (),
-                    ok: np.ndarray | None = None) -> list[Failure]:
+                    ok: np.ndarray | None = None,
+                    inputs: Callable[[set[int]], dict[str, str] | None] | None = None
+                    ) -> list[Failure]:
         """Write every array of shard ``k`` (shape ``(len(shard_rows(k)), *item_shape)``), then
-        ``ok`` (default: 1 except the failed ids), then the completion record. Rows holding inf /
-        nan become failures too (zeroed, ``ok = 0``); returns every failure recorded."""
+        ``ok`` (default: 1 except the failed ids), then the completion record (with
+        ``inputs(failed ids)``: the digests of what the shard was made from, failures excluded). Rows holding inf / nan become failures
+        too (zeroed, ``ok = 0``); returns every failure recorded."""
         rows = self.shard_rows(k)
         self._validate(k, rows, arrays)
         arrays, failures = self._refuse_non_finite(k, arrays, list(failures))
@@ -200,7 +203,8 @@ class StoreWriter:
         for name in self.spec.names:
             self._arrays[name][rows.start:rows.stop] = arrays[name]
         self._arrays["ok"][rows.start:rows.stop] = ok_column
-        write_record(self.path, k, rows, failures)
+        digests = inputs({int(f.id) for f in failures}) if inputs is not None else None
+        write_record(self.path, k, rows, failures, digests)
         return failures
 
     def _refuse_non_finite(self, k: int, arrays: dict[str, np.ndarray], failures: list[Failure]

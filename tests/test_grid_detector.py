@@ -67,3 +67,30 @@ def test_extract_grid_regions(synth_data, tiny_resnet_dir, tmp_path, spec, k):
         img = load_rgb(synth_data / "images" / f"{int(image_id):012d}.png")
         feats = backbone.pool([img], [want_boxes])[0].numpy()
         np.testing.assert_allclose(got["region_features"][i].astype(np.float32), feats, rtol=2e-3, atol=2e-3)
+
+
+def test_max_boxes_below_the_grid_is_refused():
+    """A grid gives exactly K*K boxes: a smaller --max-boxes cannot apply, so it is refused (in
+    the library too), never silently ignored; omitted or large enough, it is accepted."""
+    want = r"^--max-boxes 2: the grid:3 detector gives exactly 9 boxes \(omit --max-boxes or use grid:1\)$"
+    with pytest.raises(PkdError, match=want):
+        build_detector("grid:3", max_boxes=2)
+    with pytest.raises(PkdError, match=want):
+        GridBoxes(3, max_boxes=2)
+    with pytest.raises(PkdError, match=r"^--max-boxes 50: the grid:8 detector gives exactly 64 boxes "
+                                       r"\(omit --max-boxes or use grid:7\)$"):
+        build_detector("grid:8", max_boxes=50)
+    with pytest.raises(PkdError, match=r"^--max-boxes 0: the whole detector gives exactly 1 box "
+                                       r"\(omit --max-boxes\)$"):
+        build_detector("whole", max_boxes=0)
+    for spec, max_boxes in (("grid:3", 9), ("grid:3", 100), ("grid:11", None), ("grid:32", None)):
+        assert build_detector(spec, max_boxes=max_boxes).max_regions == int(spec[5:]) ** 2
+
+
+def test_cli_grid_with_too_few_max_boxes(synth_data, tiny_resnet_dir, tmp_path, capsys):
+    out = tmp_path / "grid.zarr"
+    assert pkd("extract", "regions", "--data", synth_data, "--out", out, "--detector", "grid:3",
+               "--max-boxes", "2", "--backbone", tiny_resnet_dir, "--splits", "val") == 2
+    assert capsys.readouterr().err == ("error: --max-boxes 2: the grid:3 detector gives exactly 9 "
+                                       "boxes (omit --max-boxes or use grid:1)\n")
+    assert not out.exists()

@@ -225,3 +225,144 @@ def test_vinvl_features_and_predictions(tmp_path):
         assert got["region_scores"][i, :n].tobytes() == im["objects_conf"].tobytes()
         assert got["region_labels"][i, :n].tolist() == [[1, 2, 3][j % 3] for j in range(n)]
         assert got["image_size"][i].tolist() == [im["w"], im["h"]]
+
+
+# --- what users break: a changed source, bad sizes / boxes, empty inputs ----------------------
+
+def _interrupted(path, out, monkeypatch):
+    """Start an import of ``path`` into ``out`` and kill it after its first shard."""
+    from pkd.stores.writer import StoreWriter
+
+    real = StoreWriter.write_shard
+    calls = []
+
+    def crash_second(self, k, *args, **kwargs):
+        calls.append(k)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(StoreWriter, "write_shard", crash_second)
+    with pytest.raises(KeyboardInterrupt):
+        import_tsv(path, out, items_per_shard=SHARD)
+    monkeypatch.setattr(StoreWriter, "write_shard", real)
+
+
+def _edit_same_size(path):
+    """Regenerate the file as a user would by mistake: other features, same size and mtime."""
+    import os
+
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    start = data.index(b"\r\n") - 8  # inside the features of line 1 (base64, no padding there)
+    data[start] = ord("B") if data[start] != ord("B") else ord("C")
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # e.g. cp -p / rsync -t
+    assert path.stat().st_size == stat.st_size
+
+
+def test_resume_refuses_a_changed_source(lxmert, tmp_path, monkeypatch, capsys):
+    from pkd.hf.fingerprint import file_sha256
+
+    path, _, _ = lxmert
+    out = tmp_path / "r.zarr"
+    _interrupted(path, out, monkeypatch)
+    old = file_sha256(path)
+    assert FeatureStore.open(out).spec.producer["sha256"] == old
+    _edit_same_size(path)
+    new = file_sha256(path)
+    want = (f"{out}: was imported from {path.resolve()} with sha256 {old[:12]}…, {path} now has "
+            f"{new[:12]}… (re-import with --overwrite)")
+    with pytest.raises(PkdError) as err:
+        import_tsv(path, out, items_per_shard=SHARD)
+    assert str(err.value) == want
+    assert main(["stores", "import-tsv", str(path), str(out), "--items-per-shard", "8"]) == 2
+    assert capsys.readouterr().err == f"error: {want}\n"
+    import_tsv(path, out, items_per_shard=SHARD, overwrite=True)  # the way out it names
+    assert FeatureStore.open(out).complete and FeatureStore.open(out).spec.producer["sha256"] == new
+
+
+def test_store_without_a_source_digest(lxmert, tmp_path):
+    """A store imported before digests were recorded reads as before; resuming it is refused
+    (nothing says the source is still the file it was built from)."""
+    from pkd.stores.schema import ATTR, config_hash
+
+    path, images, _ = lxmert
+    out, _ = import_tsv(path, tmp_path / "old.zarr", items_per_shard=SHARD)
+    meta = json.loads((out / "zarr.json").read_text())
+    producer = meta["attributes"][ATTR]["producer"]
+    del producer["sha256"]
+    producer["config_hash"] = config_hash({k: producer[k] for k in ("source", "bytes", "layout")})
+    (out / "zarr.json").write_text(json.dumps(meta))
+    store = FeatureStore.open(out, kind="regions")
+    assert store.complete and store.read(store.rows_of([images[0]["id"]]))["num_regions"][0] > 0
+    with pytest.raises(PkdError, match=rf"^{out}: was imported from .*val2014_obj36.tsv before imports "
+                                       r"recorded the source's sha256: cannot tell whether .* changed "
+                                       r"\(re-import with --overwrite\)$"):
+        import_tsv(path, out, items_per_shard=SHARD)
+
+
+def test_image_sizes_and_boxes_are_checked(tmp_path, capsys):
+    """Swapped img_h / img_w, a zero size, a box outside the image or upside down: a failed
+    image (ok = 0) with one line saying what is wrong; a box 1 px over the edge is accepted."""
+    rng = np.random.default_rng(4)
+    images = [_image(rng, 500 + i, 4) for i in range(7)]
+    wide = images[1]
+    wide["w"], wide["h"] = 600, 300
+    wide["boxes"][0] = [10, 10, 550, 290]  # fits 600 x 300, not 300 x 600
+    rows = [_lxmert_row(im) for im in images]
+    rows[1]["img_h"], rows[1]["img_w"] = wide["w"], wide["h"]  # swapped
+    rows[2]["img_h"] = 0
+    images[3]["boxes"][2] = [0, 0, 2 * images[3]["w"], images[3]["h"]]  # twice the width
+    rows[3]["boxes"] = _b64(images[3]["boxes"])
+    images[4]["boxes"][1, [0, 2]] = images[4]["boxes"][1, [2, 0]]  # x1 > x2
+    rows[4]["boxes"] = _b64(images[4]["boxes"])
+    images[5]["boxes"][3, 2:] = [images[5]["w"] + 0.9, images[5]["h"] + 0.5]  # rounding: kept
+    rows[5]["boxes"] = _b64(images[5]["boxes"])
+    path = tmp_path / "sizes.tsv"
+    _write(path, LXMERT, rows)
+    out = tmp_path / "s.zarr"
+    assert main(["stores", "import-tsv", str(path), str(out)]) == 0
+    b3 = images[3]["boxes"][2]
+    x1, _, x2, _ = images[4]["boxes"][1]
+    want = {501: "line 2: box 0 (10, 10, 550, 290) is outside the 300 x 600 image (w x h; "
+                 "tolerance 1 px): are img_h / img_w swapped?",
+            502: f"line 3: image size {images[2]['w']} x 0 (w x h): must be positive",
+            503: f"line 4: box 2 ({b3[0]:g}, {b3[1]:g}, {b3[2]:g}, {b3[3]:g}) is outside the "
+                 f"{images[3]['w']} x {images[3]['h']} image (w x h; tolerance 1 px)",
+            504: f"line 5: box 1 has x2 {x2:g} < x1 {x1:g}"}
+    store = FeatureStore.open(out)
+    assert {f.id: f.reason for f in store.failures} == want
+    assert store.ok.tolist() == [1, 0, 0, 0, 0, 1, 1]
+    err = capsys.readouterr().err.splitlines()
+    assert sorted(err) == sorted(f"failed image {i}: {r}" for i, r in want.items())
+    geometry = store.read(np.arange(7), ["region_geometry"])["region_geometry"]
+    assert geometry.min() >= -1e-6 and geometry.max() <= 1 + 1 / min(images[5]["w"], images[5]["h"])
+
+
+def test_empty_inputs_are_refused(tmp_path, capsys):
+    empty = tmp_path / "empty.tsv"
+    empty.write_bytes(b"")
+    blank = tmp_path / "blank.tsv"
+    blank.write_bytes(b"\r\n\r\n")
+    for path in (empty, blank):
+        with pytest.raises(PkdError, match=rf"^{path}: no lines \(empty or blank file\)$"):
+            import_tsv(path, tmp_path / "e.zarr")
+    assert not (tmp_path / "e.zarr").exists()
+    rng = np.random.default_rng(5)
+    rows = [_lxmert_row(_image(rng, i, 3)) for i in (7, 8)]
+    for row in rows:
+        row["img_w"] = 0  # every line fails: a store with no usable image
+    path = tmp_path / "allbad.tsv"
+    _write(path, LXMERT, rows)
+    out = tmp_path / "allbad.zarr"
+    want = (f"{out}: none of the 2 images of {path} could be imported (first: image 7, line 1: "
+            f"image size 0 x {rows[0]['img_h']} (w x h): must be positive; all in "
+            f"`pkd stores info {out}`)")
+    for _ in range(2):  # the import, then a re-run of the complete store
+        assert main(["stores", "import-tsv", str(path), str(out)]) == 2
+        assert capsys.readouterr().err == f"error: {want}\n"
+    features = tmp_path / "features.tsv"
+    features.write_text(f"COCO_test2015_000000000009\t1\t{_b64(np.zeros((1, D + 6), np.float32))}\n")
+    with pytest.raises(PkdError, match=rf"^{empty}: no lines \(empty or blank file\)$"):
+        import_tsv(features, tmp_path / "v.zarr", predictions=empty)

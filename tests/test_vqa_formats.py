@@ -80,6 +80,9 @@ def _error(fn, path) -> str:
 
 @pytest.mark.parametrize(("questions", "message"), [
     ("[{", "not valid JSON"),
+    ("", r"empty file \(expected JSON\)$"),
+    ("[]", r"no questions \(an empty list\)$"),
+    ('{"questions": []}', r"no questions \(an empty list\)$"),
     ('"text"', "expected a JSON object with 'questions' or a list"),
     ('{"info": {}}', "no 'questions' field"),
     ('{"questions": {}}', "questions: expected a list, got dict"),

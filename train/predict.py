@@ -18,7 +18,6 @@ foundation model never saw (its memory width comes from the run's ``stores.json`
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from pkd.errors import PkdError
+from pkd.fsio import write_json
 from pkd.train import checkpoint as ck
 from pkd.train.config import load_config
 from pkd.train.distributed import World
@@ -156,9 +156,9 @@ def run_file(run_dir: Path, kind: str, split: str, adjust: str = "none") -> Path
 
 
 def write_results(results: list[dict], path: Path) -> Path:
+    """Write a VQA results list ``[{question_id, answer}]`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results))
-    return path
+    return write_json(path, results)
 
 
 def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",

@@ -32,6 +32,7 @@ from torch import nn
 from pkd.data.answers import AnswerVocab
 from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError, StoreMismatch
+from pkd.fsio import write_json
 from pkd.stores import FeatureStore
 from pkd.stores.records import n_shards, shard_range
 from pkd.stores.schema import config_hash
@@ -258,22 +259,26 @@ def _check_vocab(store: FeatureStore, v: Vocabs) -> None:
 
 
 def store_provenance(stores: Stores) -> dict:
-    """``{role: {"producer": ..., "dims": ...}}`` of every open store."""
+    """``{role: {"producer", "dims", "inputs_sha256"}}`` of every open store
+    (``inputs_sha256``: the digest of the images / texts it was made from, when recorded)."""
     out = {}
     for role in ("regions", "foundation_image", "foundation_text", "teacher_regions", "teacher",
                  "predicted"):
         store = getattr(stores, role)
         if store is not None:
             out[role] = {"producer": store.spec.producer, "dims": store.spec.dims}
+            if store.complete and store.inputs_sha256 is not None:  # partial: still growing
+                out[role]["inputs_sha256"] = store.inputs_sha256
     return out
 
 
 def check_provenance(run_dir: Path, stores: Stores) -> None:
-    """Record store provenance on the first call; refuse other stores afterwards."""
+    """Record store provenance on the first call; refuse other stores afterwards (another
+    producer or dims, or the same options run on other images: ``inputs_sha256``)."""
     path = run_dir / "stores.json"
     now = store_provenance(stores)
     if not path.is_file():
-        path.write_text(json.dumps(now, indent=2, sort_keys=True))
+        write_json(path, now, indent=2, sort_keys=True)
         return
     saved = json.loads(path.read_text())
     for role, info in now.items():
@@ -287,6 +292,12 @@ def check_provenance(run_dir: Path, stores: Stores) -> None:
                         f"{getattr(stores, role).path}: {part}.{key} is "
                         f"{info[part].get(key)!r}, but this run was trained with "
                         f"{before[part].get(key)!r} (see {path})")
+        was, now_digest = before.get("inputs_sha256"), info.get("inputs_sha256")
+        if was is not None and now_digest is not None and was != now_digest:
+            raise StoreMismatch(
+                f"{getattr(stores, role).path}: made from other inputs than this run was "
+                f"trained with (inputs digest {now_digest[:12]}…, the run's {was[:12]}…: "
+                f"images or texts changed and the store was re-extracted; see {path})")
 
 
 def held_out(image_ids: np.ndarray, fraction: float) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Each command module parses options into one typed config and calls one library function;
 the modules' heavy imports stay inside their command bodies.
-User errors (:class:`pkd.errors.PkdError`) become one ``error:`` line and exit status 2.
+User errors (:class:`pkd.errors.PkdError`) and file-system errors a user can fix (no space,
+read-only, permission, is a folder: :func:`pkd.fsio.os_error_line`) become one ``error:`` line
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pkd.cli import (
     wise_ft,
 )
 from pkd.errors import PkdError
+from pkd.fsio import os_error_line
 
 app = typer.Typer(
     name="pkd",
@@ -50,6 +53,16 @@ results.register(app)  # pkd results OUT [--readme README.md]
 wise_ft.register(app)  # pkd wise-ft RUN --alpha A
 
 
+def _output_option(argv: list[str]) -> str | None:
+    """The value of ``--out`` (``--out X`` or ``--out=X``) in ``argv``, if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--out="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
     from pkd.progress import quiet_transformers
@@ -59,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="pkd")  # standalone mode: always ends in SystemExit
     except PkdError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a read-only output, a path that is a file: one line
+        line = os_error_line(err, _output_option(sys.argv[1:] if argv is None else argv))
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except SystemExit as done:
         if done.code is None or isinstance(done.code, int):

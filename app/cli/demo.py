@@ -31,7 +31,9 @@ def demo(
     written to results.md)."""
     from pkd.cli.report import print_table
     from pkd.demo import ABLATIONS, DemoConfig, extra_tables, results_table, run_demo
+    from pkd.fsio import check_writable
 
+    check_writable(out, "--out")  # a file, read-only or full: refused now, not after an hour
     cfg = DemoConfig.of(preset, out)
     rows = tuple(m.strip() for m in methods.split(",") if m.strip()) or cfg.methods
     rows += tuple(a for a in (ABLATIONS if ablations else ()) if a not in rows)

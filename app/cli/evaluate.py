@@ -5,7 +5,7 @@ Mode 2: ``--checkpoint RUN --split test [--which best|last]`` predicts with a tr
 (``RUN/results_<split>.json``), then scores it (``RUN/metrics_<split>.json`` or ``--out``); it
 opens only the stores the run's model reads (regions; foundation stores only for a model fed their
 embeddings), so a PKD run evaluates on a split no foundation features were extracted for.
-``--bootstrap N`` (both modes) adds the 95% percentile-bootstrap CI over questions of the
+``--bootstrap N`` (both modes; ``N`` ≥ 100 or 0) adds the 95% percentile-bootstrap CI over questions of the
 overall and each answer type's accuracy (``N`` resamples, seed 0; :mod:`pkd.stats`) to the table
 and to the metrics JSON (``"bootstrap"``). It is the test-set noise of one model; the spread over
 training seeds is the larger one (``pkd demo --seeds``).
@@ -24,6 +24,9 @@ from typing import Annotated
 import typer
 
 from pkd.errors import PkdError
+from pkd.fsio import check_writable
+
+MIN_RESAMPLES = 100  # fewer resamples than this give a CI that is mostly noise
 
 Questions = Annotated[Path | None, typer.Option(help="questions JSON (VQA v2 / VQA-CP v2 / synth)")]
 Answers = Annotated[Path | None, typer.Option("--annotations", help="annotations JSON")]
@@ -44,6 +47,11 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
 
     if bootstrap < 0:
         raise PkdError(f"--bootstrap {bootstrap}: expected 0 (off) or a number of resamples")
+    if 0 < bootstrap < MIN_RESAMPLES:
+        raise PkdError(f"--bootstrap {bootstrap}: a 95% CI needs at least {MIN_RESAMPLES} "
+                       "resamples (1000 is usual; 0 turns it off)")
+    if out is not None:
+        _check_output_file(out)
     if adjust != "none":
         from pkd.train.prior_adjust import ADJUSTMENTS
 
@@ -58,6 +66,7 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
             from pkd.train.predict import load_run_config
 
             split = load_run_config(checkpoint).data.test_split
+        check_writable(checkpoint, "run folder")  # before the predictions, not after them
         metrics, _ = evaluate_checkpoint(checkpoint, split, which, out, bootstrap, adjust)
         _print_metrics(metrics, out or run_file(checkpoint, "metrics", split, adjust))
         return
@@ -74,6 +83,13 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
     if out is not None:
         write_metrics(metrics, out)
     _print_metrics(metrics, out)
+
+
+def _check_output_file(out: Path) -> None:
+    """``--out`` must name a file in a writable folder: refused in one line before any work."""
+    if out.is_dir():
+        raise PkdError(f"{out}: --out is a folder, a file was expected (give a file path)")
+    check_writable(out.parent, "--out's folder")
 
 
 def _print_metrics(metrics: dict, out: Path | None) -> None:

@@ -112,7 +112,9 @@ def regions(
         help="backbone pooling per box: mean | grid:K (K x K cells, C*K*K dims)")] = "mean",
     dataset: Dataset = "synth", splits: Splits = "train,val,test,test_iid", images: Images = None,
     captions: Annotated[bool, typer.Option(help="also cover caption images")] = False,
-    conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10, max_boxes: int = 100,
+    conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10,
+    max_boxes: Annotated[int | None, typer.Option(
+        help="at most this many boxes per image (default 100); grid:K gives exactly K*K")] = None,
     device: Device = "cpu", batch_size: BatchSize = 16, shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
     items_per_shard: PerShard = 512, threads: Threads = 0, retry_failed: RetryFailed = False,

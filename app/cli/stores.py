@@ -117,7 +117,8 @@ def import_tsv(
     strict: Annotated[bool, typer.Option(help="Exit 1 when any line failed or was skipped.")] = False,
 ) -> None:
     """Convert TSV region features into a `regions` store, streaming and resumable. Lines that do
-    not decode are recorded with their line number (failed images, or skipped lines)."""
+    not decode, or whose image size / boxes are impossible, are recorded with their line number
+    (failed images, or skipped lines). Resuming from a changed TSV (another sha256) is refused."""
     from pkd.stores import FeatureStore
     from pkd.stores.tsvimport import import_tsv as run_import
 

@@ -960,7 +960,7 @@ def plot_results(results: dict, out: Path) -> Path:
 
     import matplotlib
 
-    from pkd.demo.results_file import write_atomic
+    from pkd.fsio import write_atomic
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -118,7 +118,13 @@ def split_image_ids(data: Path, split: str) -> np.ndarray:
 
 def probe_benchmark_store(store_path: Path, data: Path, train_split: str = "train",
                           eval_split: str = "test") -> dict[str, dict[str, float]]:
-    """:func:`probe_store` with the benchmark folder's boxes and splits."""
+    """:func:`probe_store` with the benchmark folder's boxes and splits; refused (one line)
+    when the store was made from another folder's boxes or images."""
+    from pkd.stores.made_from import check_boxes, check_images
+
     data = Path(data)
+    store = FeatureStore.open(store_path, kind="regions")
+    check_boxes(store, data / "boxes.json")
+    check_images(store, data / "images")
     return probe_store(store_path, data / "boxes.json", split_image_ids(data, train_split),
                        split_image_ids(data, eval_split))

@@ -27,40 +27,15 @@ is not JSON or has no ``"rows"`` is refused, never overwritten. ``pkd results OU
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from pkd.errors import PkdError
+from pkd.fsio import write_atomic
 
 RESULTS_FILE = "results.json"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # README lines around the table
 LATEST = ("elapsed_s", "preset", "machine")  # scalars of the latest invocation
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it and putting it back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in its folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have made
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load_results(path: Path) -> dict:

@@ -41,6 +41,7 @@ from pkd.data.vqa import (
     read_json,
 )
 from pkd.errors import PkdError
+from pkd.fsio import write_json
 
 DECIMALS = 2  # official VQAEval(n=2)
 
@@ -224,8 +225,7 @@ def bootstrap_metrics(annotations: Sequence[Annotation], results: Mapping[int, s
 
 
 def write_metrics(metrics: dict, path: str | Path) -> Path:
-    """Write metrics as indented JSON (parent folders created)."""
+    """Write metrics as indented JSON, atomically (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
-    return path
+    return write_json(path, metrics, indent=2)

@@ -48,6 +48,7 @@ from pkd.data.synth_questions import (
 )
 from pkd.data.synth_scene import ALL_COMBOS, COLORS, SHAPES, Scene, render_scene, sample_scene
 from pkd.errors import PkdError
+from pkd.fsio import check_writable, write_atomic
 from pkd.progress import track
 
 SYNTH_VERSION = "6"
@@ -284,6 +285,7 @@ def _prepare(out: Path) -> tuple[Path, Path]:
         raise PkdError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / "synth_meta.json").exists():
         raise PkdError(f"{out}: folder is not empty and holds no earlier synth output")
+    check_writable(out)
     folders = (out / "images", out / "detection" / "images")
     for folder in folders:
         if folder.is_dir():
@@ -296,7 +298,7 @@ def _prepare(out: Path) -> tuple[Path, Path]:
 
 
 def _write_json(path: Path, obj: dict, indent: int | None = None) -> None:
-    path.write_text(json.dumps(obj, indent=indent) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def _write_split(cfg: SynthConfig, out: Path, split: str, items: list[Item]) -> list[dict]:

@@ -69,6 +69,8 @@ def read_json(path: str | Path) -> Any:
     except IsADirectoryError:
         raise PkdError(f"{path}: is a folder, expected a JSON file") from None
     except json.JSONDecodeError as err:
+        if not err.doc.strip():
+            raise PkdError(f"{path}: empty file (expected JSON)") from None
         raise PkdError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     except UnicodeDecodeError:
         raise PkdError(f"{path}: not valid JSON (not UTF-8 text)") from None
@@ -115,10 +117,13 @@ def load_questions(path: str | Path) -> list[Question]:
 
 
 def parse_questions(path: str | Path, data: Any) -> list[Question]:
-    """:func:`load_questions` of already parsed JSON ``data`` (``path`` names it in errors)."""
+    """:func:`load_questions` of already parsed JSON ``data`` (``path`` names it in errors); a
+    file without any question is refused (nothing could train on or score it)."""
     if is_gqa(data):
         return gqa_questions(path, data)
     records, where = _records(path, data, "questions")
+    if not records:
+        raise PkdError(f"{path}: no questions (an empty list)")
     out = []
     for i, rec in enumerate(records):
         loc = f"{path}: {where}[{i}]"
