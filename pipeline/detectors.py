@@ -46,6 +46,8 @@ DETECTRON2_MISSING = ("detectron2 is not installed: pip install "
 SPEC_FORMS = ("given:PATH | hf:MODEL | detectron2:CONFIG | grid:K | whole | "
               "simulated:student|teacher:PATH")
 MAX_GRID = 32  # grid:K with K up to this (1024 cells)
+DETECTOR_DEFAULTS = {"conf": 0.2, "iou": 0.5, "min_boxes": 10}  # score threshold, NMS IoU,
+# bottom-up's at-least-this-many boxes per image: a model detector's box selection
 DEFAULT_MAX_BOXES = 100  # a detector's max_boxes when none is given (a grid gives its K*K)
 
 
@@ -82,12 +84,23 @@ def parse_detector(spec: str) -> DetectorSpec:
     return DetectorSpec(kind, target.strip())  # type: ignore[arg-type]
 
 
-def build_detector(spec: str, conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10,
-                   max_boxes: int | None = None, device: str = "cpu"):
+def build_detector(spec: str, conf: float | None = None, iou: float | None = None,
+                   min_boxes: int | None = None, max_boxes: int | None = None,
+                   device: str = "cpu"):
     """The detector a spec names, with the box-selection settings of the region recipe.
     ``max_boxes=None``: :data:`DEFAULT_MAX_BOXES` for a detector; a grid gives exactly its K*K
-    boxes and refuses a smaller ``max_boxes`` (:class:`GridBoxes`)."""
+    boxes and refuses a smaller ``max_boxes`` (:class:`GridBoxes`). ``conf`` / ``iou`` /
+    ``min_boxes`` (None: :data:`DETECTOR_DEFAULTS`) only apply to a model detector (hf:,
+    detectron2:); given to a grid or a boxes file they are refused, not ignored."""
     parsed = parse_detector(spec)
+    given = {name: value for name, value in (("--conf", conf), ("--iou", iou),
+                                              ("--min-boxes", min_boxes)) if value is not None}
+    if parsed.kind in ("grid", "given", "simulated") and given:
+        raise PkdError(f"{', '.join(given)}: {parsed.kind}:{parsed.target} boxes are not scored or "
+                       "suppressed by a model, so these options cannot apply (omit them)")
+    conf = DETECTOR_DEFAULTS["conf"] if conf is None else conf
+    iou = DETECTOR_DEFAULTS["iou"] if iou is None else iou
+    min_boxes = DETECTOR_DEFAULTS["min_boxes"] if min_boxes is None else min_boxes
     if parsed.kind == "grid":
         return GridBoxes(int(parsed.target), max_boxes)
     max_boxes = DEFAULT_MAX_BOXES if max_boxes is None else max_boxes

@@ -47,9 +47,9 @@ class RegionRecipe:
     boxes_from: str | None = None  # take boxes from this regions store instead of a detector
     backbone: str | None = None  # HF vision backbone (id/path) to pool features from
     pooling: str = "mean"  # per box: "mean" of the RoIAlign grid, or "grid:K" cells (C K² dims)
-    conf: float = 0.2  # detector score threshold
-    iou: float = 0.5  # NMS IoU threshold
-    min_boxes: int = 10  # bottom-up convention: at least this many boxes per image
+    conf: float | None = None  # detector score threshold (None: 0.2); model detectors only
+    iou: float | None = None  # NMS IoU threshold (None: 0.5); model detectors only
+    min_boxes: int | None = None  # at least this many boxes per image (None: 10, bottom-up)
     max_boxes: int | None = None  # at most this many boxes per image (= store padding);
     # None: 100 for a detector, exactly K*K for grid:K (a smaller value is refused)
     device: str = "cpu"  # torch device

@@ -94,3 +94,15 @@ def test_cli_grid_with_too_few_max_boxes(synth_data, tiny_resnet_dir, tmp_path, 
     assert capsys.readouterr().err == ("error: --max-boxes 2: the grid:3 detector gives exactly 9 "
                                        "boxes (omit --max-boxes or use grid:1)\n")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["grid:3", "whole", "given:boxes.json"])
+def test_model_detector_options_on_fixed_boxes_are_refused(spec, tmp_path):
+    """``--conf`` / ``--iou`` / ``--min-boxes`` select among a model's scored boxes; a grid or a
+    boxes file has none to select, so the options are refused, never ignored."""
+    from pkd.pipeline.detectors import build_detector
+
+    with pytest.raises(PkdError, match=r"--min-boxes: .* cannot apply \(omit them\)"):
+        build_detector(spec, min_boxes=1)
+    with pytest.raises(PkdError, match=r"--conf, --iou: "):
+        build_detector(spec, conf=0.3, iou=0.4)

@@ -23,6 +23,7 @@ import torch
 
 from pkd.cores import usable_cores
 from pkd.errors import PkdError
+from pkd.fsio import check_writable
 from pkd.prefetch import prefetch
 from pkd.stores import ChunkShuffleSampler
 from pkd.train import checkpoint as ck
@@ -122,7 +123,7 @@ class Trainer:
             raise PkdError(f"{self.run_dir}: run folder already has checkpoints "
                            "(use --resume to continue, or another run.out_dir)")
         if self.world.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            check_writable(self.run_dir, "run.out_dir")  # created; refused if not writable
             self.vocabs = vocabs(cfg, self.run_dir, create=True)
         barrier(self.world)
         self.vocabs = vocabs(cfg, self.run_dir, create=False)

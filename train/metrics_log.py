@@ -8,8 +8,11 @@ dropped so the files describe exactly one run.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from pkd.fsio import write_atomic
 
 
 class MetricsLog:
@@ -18,7 +21,7 @@ class MetricsLog:
         self.csv = Path(run_dir) / "metrics.csv"
         rows = self.rows() if resume_step is not None else []
         rows = [r for r in rows if r["step"] <= (resume_step or 0)]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_atomic(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
         self._rewrite_csv(rows)
         self.tb = _tensorboard(Path(run_dir) / "tb")
 
@@ -36,10 +39,11 @@ class MetricsLog:
 
     def _rewrite_csv(self, rows: list[dict]) -> None:
         keys = sorted({k for r in rows for k in r} - {"step", "split"})
-        with self.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "split", *keys])
-            writer.writeheader()
-            writer.writerows(rows)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=["step", "split", *keys])
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.csv, text.getvalue())  # a reader never sees half a table
 
     def close(self) -> None:
         if self.tb is not None:

@@ -57,23 +57,56 @@ def resplit(
     annotations: Annotated[list[Path], typer.Option(help="its annotations file (same order)")],
     seed: Annotated[int, typer.Option(help="random seed; same seed, identical files")] = 0,
     test_share: Annotated[float, typer.Option(help="target test share of each question type")] = 0.3,
+    shift: Annotated[float, typer.Option(help="0 = i.i.d. split of every (type, answer) group, "
+                                         "1 = whole groups to a side (VQA-CP)")] = 0.3,
+    disjoint_images: Annotated[bool, typer.Option(
+        "--disjoint-images", help="no image in both splits (drops the questions that conflict)")] = False,
     min_per_type: Annotated[int, typer.Option(help="questions a type needs to be split")] = 10,
-    seen_share: Annotated[float, typer.Option(help="share of a test group kept in train when no other "
-                                              "type's train questions hold its answer")] = 0.1,
+    seen_share: Annotated[float, typer.Option(help="share of a group kept in train when no other "
+                                              "train question holds its answer")] = 0.1,
+    blind_sample: Annotated[int, typer.Option(min=0, help="score the blind-rule table on at most "
+                                              "this many test questions (0 = all)")] = 5000,
 ) -> None:
     """Re-split VQA v2-format data VQA-CP-style (Agrawal et al., CVPR 2018) into OUT."""
     from pkd.data.resplit import ResplitConfig
     from pkd.data.resplit import resplit as run
 
     s = run(ResplitConfig(tuple(questions), tuple(annotations), out, seed, test_share, min_per_type,
-                          seen_share))
+                          seen_share, shift, disjoint_images, blind_sample))
+    _shift_table(s["shift"])
+    _blind_table(s["blind_rules"])
+    z, share = s["sizes"], s["test_share"]
+    typer.echo(f"train {z['train']['questions']} questions / {z['train']['images']} images, test "
+               f"{z['test']['questions']} / {z['test']['images']} ({z['images_in_both']} images in "
+               f"both); test share {share['achieved']:.3f} (requested {share['requested']:g}); "
+               f"dropped {z['dropped_image']} (image in both) + {z['dropped_unseen']} (answer "
+               f"unseen in train) of {z['input_questions']} -> {out}")
+    for line in s["warnings"]:
+        typer.echo(f"warning: {line}", err=True)
+
+
+def _shift_table(rows: dict) -> None:
     typer.echo(f"{'question type':24s} {'train':>7s} {'test':>7s} {'favourite':>12s} "
                f"{'test_fav':>8s} {'kl':>8s}")
-    for qtype, r in s["shift"].items():
+    for qtype, r in rows.items():
         typer.echo(f"{qtype[:24]:24s} {r['train']:7d} {r['test']:7d} {str(r['train_favourite'])[:12]:>12s} "
                    f"{r['test_favourite']:8.4f} {r['kl']:8.4f}")
-    z = s["sizes"]
-    typer.echo(f"train {z['train']['questions']} questions / {z['train']['images']} images, test "
-               f"{z['test']['questions']} / {z['test']['images']}; dropped {z['dropped_image']} "
-               f"(image in both) + {z['dropped_unseen']} (answer unseen in train) of "
-               f"{z['input_questions']} -> {out}")
+
+
+def _blind_table(blind: dict) -> None:
+    """The blind rules on test; the 'favourite of <type>' family as its best member."""
+    table = blind["table"]
+    family = [r for r in table if r.startswith("favourite of ")]
+    shown = [r for r in table if r not in family]
+    if family:
+        shown.insert(-2, max(family, key=lambda r: table[r]))
+    typer.echo(f"{'blind rule (from train)':40s} {'test %':>7s}  ({blind['test_questions']} test "
+               "questions scored)")
+    for rule in shown:
+        note = f"  (best of {len(family)} 'favourite of' rules)" if rule in family else ""
+        typer.echo(f"{rule[:40]:40s} {table[rule]:7.2f}{note}")
+    per = blind["per_answer_type"]
+    for rule in dict.fromkeys([blind["best"]["rule"], "favourite", "least frequent"]):
+        by = ", ".join(f"{t} {v:.2f}" for t, v in per[rule].items())
+        lead = "best blind rule" if rule == blind["best"]["rule"] else "rule"
+        typer.echo(f"{lead} {rule!r} on test per answer type: {by}")

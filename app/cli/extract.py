@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pkd.errors import PkdError
+from pkd.fsio import check_writable
 
 app = typer.Typer(help="Extract features into Zarr stores (resumable, shardable, dask).",
                   no_args_is_help=True)
@@ -98,6 +99,7 @@ def foundation(
                               batch_size=batch_size, attn=attn)
     targets = ("images", "questions", "captions") if captions else ("images", "questions")
     opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed)
+    check_writable(out, "--out")  # read-only or full: refused before the model loads
     _finish(extract_foundation(recipe, out, opts, targets), strict)
 
 
@@ -112,7 +114,12 @@ def regions(
         help="backbone pooling per box: mean | grid:K (K x K cells, C*K*K dims)")] = "mean",
     dataset: Dataset = "synth", splits: Splits = "train,val,test,test_iid", images: Images = None,
     captions: Annotated[bool, typer.Option(help="also cover caption images")] = False,
-    conf: float = 0.2, iou: float = 0.5, min_boxes: int = 10,
+    conf: Annotated[float | None, typer.Option(
+        help="score threshold of a model detector (default 0.2)")] = None,
+    iou: Annotated[float | None, typer.Option(
+        help="NMS IoU threshold of a model detector (default 0.5)")] = None,
+    min_boxes: Annotated[int | None, typer.Option(
+        help="a model detector keeps at least this many boxes (default 10)")] = None,
     max_boxes: Annotated[int | None, typer.Option(
         help="at most this many boxes per image (default 100); grid:K gives exactly K*K")] = None,
     device: Device = "cpu", batch_size: BatchSize = 16, shard: Shard = None, workers: Workers = 0,
@@ -125,6 +132,7 @@ def regions(
     recipe = RegionRecipe(_source(data, dataset, splits, images, captions), detector, boxes_from,
                           backbone, pooling, conf, iou, min_boxes, max_boxes, device, batch_size)
     opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed)
+    check_writable(out.parent, "--out's folder")
     _finish(extract_regions(recipe, out, opts), strict)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pkd.errors import PkdError
+from pkd.fsio import write_json
 
 app = typer.Typer(help="Feature stores: info, probe, probe-predicted, import-h5, import-tsv.", no_args_is_help=True)
 MAX_LISTED = 20  # failed images printed by import-h5 (`pkd stores info` lists them all)
@@ -60,7 +61,7 @@ def probe_predicted(
     names = tuple(s.strip() for s in splits.split(",") if s.strip())
     result = probe_run(load_config(config, overrides or []), names)
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2))
+        write_json(json_out, result, indent=2)
     for split, r in result["retrieval"].items():
         typer.echo(f"{split}: own image R@1 / R@5 among {r['images']} images (chance "
                    f"{r['chance_r1']:.2f} / {r['chance_r5']:.2f}%): " + "; ".join(

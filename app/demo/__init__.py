@@ -50,6 +50,7 @@ from pkd.demo.vlm import (
     prepare_vlm,
     vlm_overrides,
 )
+from pkd.fsio import write_json
 
 if TYPE_CHECKING:
     from pkd.data.synth import SynthConfig
@@ -287,7 +288,7 @@ def extract(cfg: DemoConfig, paths: Paths) -> None:
     extract_foundation(FoundationRecipe(source, str(paths.foundation)), paths.stores, opts)
     _stage("extracting student regions (given boxes) and aligned teacher regions (same boxes)")
     student = RegionRecipe(source, detector=f"given:{paths.data / 'boxes.json'}",
-                           backbone=str(cfg.out / "backbone-student"), min_boxes=1,
+                           backbone=str(cfg.out / "backbone-student"),
                            max_boxes=cfg.synth.max_objects)
     extract_regions(student, paths.store("regions.zarr"), opts)
     teacher = RegionRecipe(source, boxes_from=str(paths.store("regions.zarr")),
@@ -296,7 +297,7 @@ def extract(cfg: DemoConfig, paths: Paths) -> None:
     if any(m in ALIGNMENT for m in cfg.methods):  # the teacher's own detector (simulated)
         _stage("extracting teacher regions on the teacher's own simulated detector's boxes")
         own = RegionRecipe(source, detector=f"simulated:teacher:{paths.data / 'boxes.json'}",
-                           backbone=str(cfg.out / "backbone-teacher"), min_boxes=1,
+                           backbone=str(cfg.out / "backbone-teacher"),
                            max_boxes=cfg.synth.max_objects + 2)
         extract_regions(own, paths.store(OWN_REGIONS), opts)
 
@@ -511,7 +512,7 @@ def control_rows(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> list[di
                    for a in anns]
         out = run_dir(cfg, name, seed) / f"results_{split}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results))
+        write_json(out, results)
         metrics = evaluate_files(qpath, apath, out)
         prior = prior_agreement({r["question_id"]: r["answer"] for r in results}, anns, favourites)
         rows.append({"method": name, "seed": seed, "split": split, "overall": metrics["overall"],

@@ -60,7 +60,7 @@ def prepare_vlm(data: Path, out: Path, stores: Path, max_boxes: int, epochs: int
 
     source = SourceConfig(root=data, splits=(), captions=True)
     extract_regions(RegionRecipe(source, detector=f"given:{data / 'boxes.json'}",
-                                 backbone=str(out / "backbone-student"), min_boxes=1,
+                                 backbone=str(out / "backbone-student"),
                                  max_boxes=max_boxes), stores / CAPTION_REGIONS,
                     RunOptions(items_per_shard=256))
     f0 = foundation_dir(out)

@@ -32,6 +32,7 @@ import numpy as np
 from pkd.data.normalize import preprocess_answer
 from pkd.data.vqa import Annotation, read_json
 from pkd.errors import PkdError
+from pkd.fsio import write_atomic
 
 FORMAT, VERSION = "pkd-answer-vocab", 1
 SCORE_OF_COUNT = (0.0, 0.3, 0.6, 0.9)  # count of an answer among the 10 -> score; >= 4 -> 1.0
@@ -95,8 +96,7 @@ class AnswerVocab:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "version": VERSION, "min_count": self.min_count,
                 "answers": self.answers, "counts": self.counts}
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=0) + "\n")
-        return path
+        return write_atomic(path, json.dumps(data, ensure_ascii=False, indent=0) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> AnswerVocab:

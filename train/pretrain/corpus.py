@@ -26,6 +26,7 @@ import torch
 
 from pkd.data.images import load_rgb
 from pkd.errors import PkdError
+from pkd.fsio import write_atomic
 from pkd.progress import track
 
 
@@ -155,7 +156,7 @@ def canonical_token_ids(folder: Path, texts: list[str]) -> None:
         vocab = {t: i for t, i in vocab.items() if t in used or len(t.removeprefix("##")) == 1}
     rest = sorted(set(vocab) - set(specials))
     spec["model"]["vocab"] = {**specials, **{t: len(specials) + i for i, t in enumerate(rest)}}
-    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    write_atomic(path, json.dumps(spec, ensure_ascii=False))
 
 
 # --------------------------------------------------------------------------- pixels
