@@ -64,6 +64,7 @@ from pkd.hf.loading import (  # noqa: F401 (re-exported)
     quiet_loading,
     resolve_model,
 )
+from pkd.pipeline.events import span
 
 ATTENTION = ("eager", "sdpa")  # extraction never needs attention maps: sdpa is safe here
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -135,17 +136,19 @@ class FoundationModel:
         """``vision_tokens`` (B, P, d_v) as token_dtype, ``image_embeds`` (B, d_e) f32 unit norm."""
         if not images:
             return self._empty("images")
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.device)  # (B, 3, H, W)
-        with self._autocast():
+        with span("preprocess"):
+            pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            pixels = pixels.to(self.device)  # (B, 3, H, W)
+        with span("forward"), self._autocast():
             if self.family == "clip":
                 out = self.model.get_image_features(pixel_values=pixels)
                 tokens, embeds = out.last_hidden_state, out.pooler_output  # (B, P, d_v), (B, d_e)
             else:
                 tokens = self.model.vision_model(pixel_values=pixels).last_hidden_state
                 embeds = self.model.vision_proj(tokens[:, 0])  # (B, d_e)
-        return {"vision_tokens": _numpy(tokens, self.spec.token_dtype),
-                "image_embeds": _numpy(F.normalize(embeds.float(), dim=-1), "float32")}
+        with span("to_host"):
+            return {"vision_tokens": _numpy(tokens, self.spec.token_dtype),
+                    "image_embeds": _numpy(F.normalize(embeds.float(), dim=-1), "float32")}
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids`` (B, L) and ``num_tokens`` (B,), padded / truncated to ``max_text_len``."""
@@ -376,6 +379,7 @@ def _length_mask(num_tokens: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def _numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
-    """A detached CPU copy as ``dtype`` (floats go through f32, numpy has no bfloat16)."""
-    x = x.detach().cpu()
-    return (x.float() if x.is_floating_point() else x).numpy().astype(dtype)
+    """A detached CPU copy as ``dtype`` (float16 / float32 / int32 ...), cast on the device
+    before the copy: half the bytes cross to the host for float16 tokens and no numpy cast runs
+    in the main thread (the same values as casting on the host: round to nearest even)."""
+    return x.detach().to(getattr(torch, dtype)).cpu().numpy()

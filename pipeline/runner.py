@@ -29,7 +29,8 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ import numpy as np
 
 from pkd.cores import torch_threads, usable_cores
 from pkd.errors import PkdError
+from pkd.pipeline.events import span
 from pkd.pipeline.stages import kept_ids, shard_inputs
 from pkd.progress import track
 from pkd.stores import Failure, StoreWriter
@@ -105,20 +107,48 @@ def _spec_of(stage, opts: RunOptions):
                                items_per_chunk=min(opts.items_per_chunk, opts.items_per_shard))
 
 
-def compute_shard(stage, writer: StoreWriter, k: int, retry: Sequence[int] = ()) -> list[Failure]:
-    """Compute shard ``k`` with ``stage`` and write it (done record last); the failures recorded.
-    ``retry``: ids of a done shard to compute again, keeping its other rows as stored."""
+def shard_job(stage, writer: StoreWriter, k: int, retry: Sequence[int] = ()
+              ) -> Callable[[], list[Failure]]:
+    """Compute shard ``k`` with ``stage`` now; return the write of it (done record last) as a
+    call that gives the failures recorded. ``retry``: ids of a done shard to compute again,
+    keeping its other rows as stored."""
     inputs = functools.partial(shard_inputs, stage, writer.shard_ids(k))
     if not len(retry):
         arrays, failures = stage.run(writer.shard_ids(k))
-        return writer.write_shard(k, arrays, failures, inputs=inputs)
+        return functools.partial(_write, writer, k, arrays, failures, None, inputs)
     arrays, ok = writer.read_shard(k)
     pos = np.searchsorted(writer.shard_ids(k), np.asarray(retry, dtype=np.int64))
     fresh, failures = stage.run(writer.shard_ids(k)[pos])
     for name, a in arrays.items():
         a[pos] = fresh[name]
     ok[pos] = True  # write_shard clears the rows that failed again
-    return writer.write_shard(k, arrays, failures, ok=ok, inputs=inputs)
+    return functools.partial(_write, writer, k, arrays, failures, ok, inputs)
+
+
+def _write(writer: StoreWriter, k: int, arrays, failures, ok, inputs) -> list[Failure]:
+    with span("write", k):
+        return writer.write_shard(k, arrays, failures, ok=ok, inputs=inputs)
+
+
+def compute_shard(stage, writer: StoreWriter, k: int, retry: Sequence[int] = ()) -> list[Failure]:
+    """Compute shard ``k`` and write it; the failures recorded."""
+    return shard_job(stage, writer, k, retry)()
+
+
+def compute_overlapped(stage, writer: StoreWriter, shards: Sequence[int],
+                       retry: dict[int, Sequence[int]]) -> Iterator[list[Failure]]:
+    """The failures of each shard in ``shards``, in order; shard k is written by a writer
+    thread while shard k+1 computes (one write in flight: at most two shards in memory). A
+    kill at any moment leaves shards without a done record, recomputed on resume."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkd-write") as pool:
+        writing = None
+        for k in shards:
+            write = shard_job(stage, writer, k, retry.get(k, ()))
+            if writing is not None:
+                yield writing.result()
+            writing = pool.submit(write)
+        if writing is not None:
+            yield writing.result()
 
 
 def check_inputs(stage, writer: StoreWriter, records: dict[int, dict]) -> None:
@@ -201,8 +231,9 @@ def run_stage(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, la
             report.shards_run += 1
     else:
         with torch_threads(opts.threads or auto_threads()):
-            for k in track(pending, total=len(pending), description=label):
-                report.failures += compute_shard(stage, writer, k, retry.get(k, ()))
+            done = compute_overlapped(stage, writer, pending, retry)
+            for failures in track(done, total=len(pending), description=label):
+                report.failures += failures
                 report.shards_run += 1
     report.seconds = time.monotonic() - setup_done
     return report

@@ -14,6 +14,7 @@ import numpy as np
 
 from pkd.data.images import ImageError, load_rgb
 from pkd.data.inputs_digest import images_digest, texts_digest
+from pkd.pipeline.events import span
 from pkd.pipeline.sources import Source
 from pkd.prefetch import prefetch
 from pkd.stores import ArraySpec, Failure, StoreSpec
@@ -29,6 +30,11 @@ def batches(n: int, size: int) -> Iterator[range]:
 
 def load_images(source: Source, ids: Sequence[int], positions: range) -> ImageBatch:
     """Decode the images at ``positions`` of ``ids``; unreadable ones become failures."""
+    with span("decode", positions.start):
+        return _load_images(source, ids, positions)
+
+
+def _load_images(source: Source, ids: Sequence[int], positions: range) -> ImageBatch:
     ok_pos, images, failures = [], [], []
     for p in positions:
         image_id = int(ids[p])

@@ -185,7 +185,9 @@ class FeatureStore:
         """``{name: array [len(rows), *item_shape]}`` for ``rows`` in the given order.
 
         Chunks held by the cache are not read again; the others are fetched concurrently as runs
-        of consecutive chunks and (with a cache) kept for the next batches.
+        of consecutive chunks and (with a cache) kept for the next batches. Each requested row
+        is copied once, straight from its decoded chunk into the output (no concatenation of
+        the chunks first): bytes copied = bytes delivered.
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_items):
@@ -194,19 +196,18 @@ class FeatureStore:
         names = list(names or self.spec.names)
         arrays = {name: self._array(name) for name in names}
         ipc = self.spec.items_per_chunk
-        unique, inverse = np.unique(rows, return_inverse=True)
-        chunks = np.unique(unique // ipc)
+        chunk_of = rows // ipc
+        order = np.argsort(chunk_of, kind="stable")  # output positions grouped by chunk
+        chunks, first = np.unique(chunk_of[order], return_index=True)
+        bounds = np.r_[first, len(rows)]
         have = self._fetch_chunks(arrays, chunks.tolist())
-        # position of each unique row inside the concatenation of its chunks
-        starts = chunks * ipc
-        lengths = np.minimum(starts + ipc, self.n_items) - starts
-        chunk_pos = np.searchsorted(chunks, unique // ipc)
-        offset = (np.cumsum(lengths) - lengths)[chunk_pos] + unique - starts[chunk_pos]
         out = {}
         for name, array in arrays.items():
-            mine = [have[name, c] for c in chunks.tolist()]
-            flat = np.concatenate(mine) if mine else np.zeros((0, *array.shape[1:]), array.dtype)
-            out[name] = flat[offset[inverse]]
+            dest = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+            for i, c in enumerate(chunks.tolist()):
+                pos = order[bounds[i]:bounds[i + 1]]
+                dest[pos] = have[name, c][rows[pos] - c * ipc]
+            out[name] = dest
         return out
 
     def _fetch_chunks(self, arrays: dict[str, zarr.Array], chunks: list[int]) -> dict:

@@ -33,12 +33,12 @@ def demo(
     from pkd.demo import ABLATIONS, DemoConfig, extra_tables, results_table, run_demo
     from pkd.fsio import check_writable
 
-    check_writable(out, "--out")  # a file, read-only or full: refused now, not after an hour
     cfg = DemoConfig.of(preset, out)
     rows = tuple(m.strip() for m in methods.split(",") if m.strip()) or cfg.methods
     rows += tuple(a for a in (ABLATIONS if ablations else ()) if a not in rows)
     cfg.methods, cfg.seeds, cfg.jobs = rows, seeds or cfg.seeds, jobs
     cfg.data_seeds = parse_seeds(data_seeds) if data_seeds.strip() else cfg.data_seeds
+    check_writable(out, "--out")  # a file, read-only or full: refused now, not after an hour
     results = run_demo(cfg)
     print_table(*results_table(results))  # every row of the folder (pkd.demo.save_results)
     for table in extra_tables(results):  # grounding checks, blind rules and targets
