@@ -54,3 +54,33 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], depth: int = 2) -> Iterat
                 slots.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+def prefetch_pool(fn: Callable[[T], R], items: Iterable[T], workers: int,
+                  depth: int | None = None) -> Iterator[R]:
+    """Yield ``fn(item)`` for each item in order, computed by ``workers`` threads, up to
+    ``depth`` (default ``2 * workers``) results ahead. ``workers <= 1``: :func:`prefetch`.
+
+    For work that releases the GIL (image decoding, PIL resizes, numpy): decoding and
+    preprocessing on several cores while the consumer drives the model. An exception is
+    re-raised at the item that caused it.
+    """
+    if workers <= 1:
+        yield from prefetch(fn, items, depth or 2)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    depth = max(1, depth or 2 * workers)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pkd-decode") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

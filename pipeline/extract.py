@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pkd.cores import usable_cores
+from pkd.errors import PkdError
 from pkd.pipeline.runner import (
     RunOptions,
     RunReport,
@@ -38,6 +40,8 @@ class FoundationRecipe:
     max_text_len: int = 32  # text tokens kept per question / caption
     batch_size: int = 32  # items per forward pass
     attn: str = "eager"  # attention kernel of the foundation model: "eager" | "sdpa"
+    decode: str = "draft"  # JPEG decoding: "draft" (scaled down to the model's input size) | "full"
+    decode_workers: int = 0  # threads decoding + preprocessing; 0: cores - 1 on CUDA, else 1
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,24 @@ def build_foundation_stage(recipe: FoundationRecipe):
                 "batch_size": recipe.batch_size}
     source = load_source(recipe.source, with_images=recipe.target == "images")
     if recipe.target == "images":
-        return FoundationImageStage(model, source, recipe.batch_size, producer)
+        if recipe.decode not in ("draft", "full"):
+            raise PkdError(f"--decode {recipe.decode!r}: expected draft or full")
+        producer["decode"] = recipe.decode  # a draft-decoded JPEG gives other pixels
+        return FoundationImageStage(model, source, recipe.batch_size, producer,
+                                    decode_workers(recipe), recipe.decode == "draft")
     if recipe.target == "questions":
         return FoundationTextStage(model, source.questions, source.question_ids, "question_id",
                                    recipe.batch_size, producer)
     return FoundationTextStage(model, source.captions, source.caption_ids, "caption_id",
                                recipe.batch_size, producer)
+
+
+def decode_workers(recipe: FoundationRecipe) -> int:
+    """Decode + preprocess threads: as asked, else every core but one when a GPU computes
+    (the host is the bottleneck), one beside torch's threads on a CPU."""
+    if recipe.decode_workers > 0:
+        return recipe.decode_workers
+    return max(1, usable_cores() - 1) if recipe.device.startswith("cuda") else 1
 
 
 def build_region_stage(recipe: RegionRecipe):

@@ -136,9 +136,29 @@ class FoundationModel:
         """``vision_tokens`` (B, P, d_v) as token_dtype, ``image_embeds`` (B, d_e) f32 unit norm."""
         if not images:
             return self._empty("images")
+        return self.encode_pixels(self.preprocess(images))
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        """The image processor's ``pixel_values`` (B, 3, H, W) float32 on the host; thread-safe,
+        so extraction runs it in its decode workers, off the thread that drives the model."""
         with span("preprocess"):
-            pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-            pixels = pixels.to(self.device)  # (B, 3, H, W)
+            return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+    @property
+    def decode_size(self) -> tuple[int, int] | None:
+        """The smallest (w, h) a decoded image may have without changing what the processor
+        makes of it (its resize target, both sides: the shortest edge or the fixed size);
+        JPEG decoding may scale down to it (PIL draft). None when the processor says none."""
+        size = getattr(self.image_processor, "size", None) or {}
+        side = size.get("shortest_edge") or max(size.get("height", 0), size.get("width", 0))
+        return (int(side), int(side)) if side else None
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        """:meth:`encode_images` from ``pixel_values`` already made by :meth:`preprocess`."""
+        if not len(pixels):
+            return self._empty("images")
+        pixels = pixels.to(self.device, non_blocking=True)  # (B, 3, H, W)
         with span("forward"), self._autocast():
             if self.family == "clip":
                 out = self.model.get_image_features(pixel_values=pixels)

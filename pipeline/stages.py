@@ -8,7 +8,7 @@ process (or dask worker) builds each stage once and runs many shards with it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from pkd.data.images import ImageError, load_rgb
 from pkd.data.inputs_digest import images_digest, texts_digest
 from pkd.pipeline.events import span
 from pkd.pipeline.sources import Source
-from pkd.prefetch import prefetch
+from pkd.prefetch import prefetch_pool
 from pkd.stores import ArraySpec, Failure, StoreSpec
 
 ImageBatch = tuple[list[int], list, list[Failure]]  # (positions in shard, PIL images, failures)
@@ -28,13 +28,16 @@ def batches(n: int, size: int) -> Iterator[range]:
         yield range(start, min(n, start + size))
 
 
-def load_images(source: Source, ids: Sequence[int], positions: range) -> ImageBatch:
-    """Decode the images at ``positions`` of ``ids``; unreadable ones become failures."""
+def load_images(source: Source, ids: Sequence[int], positions: range,
+                draft: tuple[int, int] | None = None) -> ImageBatch:
+    """Decode the images at ``positions`` of ``ids``; unreadable ones become failures.
+    ``draft``: JPEGs may be decoded down to that size (:func:`pkd.data.images.load_rgb`)."""
     with span("decode", positions.start):
-        return _load_images(source, ids, positions)
+        return _load_images(source, ids, positions, draft)
 
 
-def _load_images(source: Source, ids: Sequence[int], positions: range) -> ImageBatch:
+def _load_images(source: Source, ids: Sequence[int], positions: range,
+                 draft: tuple[int, int] | None) -> ImageBatch:
     ok_pos, images, failures = [], [], []
     for p in positions:
         image_id = int(ids[p])
@@ -43,16 +46,23 @@ def _load_images(source: Source, ids: Sequence[int], positions: range) -> ImageB
             failures.append(Failure(image_id, "", "no image file for this id"))
             continue
         try:
-            images.append(load_rgb(path))
+            images.append(load_rgb(path, draft=draft))
             ok_pos.append(p)
         except ImageError as err:
             failures.append(Failure(image_id, str(path), str(err)))
     return ok_pos, images, failures
 
 
-def iter_image_batches(source: Source, ids: Sequence[int], batch_size: int) -> Iterator[ImageBatch]:
-    """Image batches of one shard, decoded one batch ahead in a background thread."""
-    yield from prefetch(lambda r: load_images(source, ids, r), batches(len(ids), batch_size))
+def iter_image_batches(source: Source, ids: Sequence[int], batch_size: int,
+                       prepare: Callable | None = None, workers: int = 1,
+                       draft: tuple[int, int] | None = None) -> Iterator[ImageBatch]:
+    """Image batches of one shard, decoded (and ``prepare`` d: images -> model inputs, e.g. the
+    processor's pixels) ahead of the consumer by ``workers`` threads."""
+    def load(r: range) -> ImageBatch:
+        pos, images, failures = load_images(source, ids, r, draft)
+        return pos, (prepare(images) if prepare is not None and images else images), failures
+
+    yield from prefetch_pool(load, batches(len(ids), batch_size), workers)
 
 
 def image_inputs(source: Source, ids: Sequence[int], content: bool) -> str:
@@ -88,8 +98,11 @@ class FoundationImageStage:
 
     kind = "foundation_image"
 
-    def __init__(self, model, source: Source, batch_size: int, producer: dict):
+    def __init__(self, model, source: Source, batch_size: int, producer: dict, workers: int = 1,
+                 draft: bool = False):
         self.model, self.source, self.batch_size = model, source, batch_size
+        self.workers = workers  # decode + preprocess threads
+        self.draft = model.decode_size if draft else None  # JPEG decode scale floor
         self.ids = source.image_ids
         d = model.dims
         self._spec = StoreSpec(
@@ -109,10 +122,12 @@ class FoundationImageStage:
     def run(self, ids: Sequence[int]) -> tuple[dict[str, np.ndarray], list[Failure]]:
         arrays = empty_arrays(self._spec, len(ids))
         failures: list[Failure] = []
-        for pos, images, failed in iter_image_batches(self.source, ids, self.batch_size):
+        batches = iter_image_batches(self.source, ids, self.batch_size, self.model.preprocess,
+                                     self.workers, self.draft)
+        for pos, pixels, failed in batches:
             failures += failed
-            if images:
-                out = self.model.encode_images(images)
+            if pos:
+                out = self.model.encode_pixels(pixels)
                 for name in arrays:
                     arrays[name][pos] = out[name]
         return arrays, failures

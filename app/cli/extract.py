@@ -84,19 +84,32 @@ def foundation(
     out: Annotated[Path, typer.Option(help="folder for foundation_<target>.zarr stores")],
     dataset: Dataset = "synth", splits: Splits = "train,val,test,test_iid", images: Images = None,
     captions: Annotated[bool, typer.Option(help="also encode DATA/captions.json")] = False,
-    dtype: Annotated[str, typer.Option(help="float32 | float16 | bfloat16")] = "float32",
+    dtype: Annotated[str | None, typer.Option(
+        help="float32 | float16 | bfloat16 (default: bfloat16 on CUDA, float32 on CPU)")] = None,
     max_text_len: Annotated[int, typer.Option(help="text tokens per item")] = 32,
-    attn: Annotated[str, typer.Option(help="eager | sdpa (fused attention; features only)")] = "eager",
-    device: Device = "cpu", batch_size: BatchSize = 32, shard: Shard = None, workers: Workers = 0,
+    attn: Annotated[str | None, typer.Option(
+        help="eager | sdpa (fused; features only) (default: sdpa on CUDA, eager on CPU)")] = None,
+    decode: Annotated[str, typer.Option(
+        help="JPEG decoding: draft (scaled down to the model's input) | full")] = "draft",
+    decode_workers: Annotated[int, typer.Option(
+        help="threads decoding + preprocessing images (0: cores - 1 on CUDA, 1 on CPU)")] = 0,
+    device: Device = "cpu",
+    batch_size: Annotated[int | None, typer.Option(
+        help="items per forward pass (default: 256 on CUDA, 32 on CPU)")] = None,
+    shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
     items_per_shard: PerShard = 512, threads: Threads = 0, retry_failed: RetryFailed = False,
 ) -> None:
     """Frozen foundation model features: images, questions (and captions)."""
     from pkd.pipeline.extract import FoundationRecipe, extract_foundation
 
+    fast = device.startswith("cuda")  # the GPU's fast path; the CPU keeps exact float32
     recipe = FoundationRecipe(_source(data, dataset, splits, images, captions), model,
-                              device=device, dtype=dtype, max_text_len=max_text_len,
-                              batch_size=batch_size, attn=attn)
+                              device=device, dtype=dtype or ("bfloat16" if fast else "float32"),
+                              max_text_len=max_text_len,
+                              batch_size=batch_size or (256 if fast else 32),
+                              attn=attn or ("sdpa" if fast else "eager"), decode=decode,
+                              decode_workers=decode_workers)
     targets = ("images", "questions", "captions") if captions else ("images", "questions")
     opts = _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed)
     check_writable(out, "--out")  # read-only or full: refused before the model loads
