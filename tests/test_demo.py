@@ -28,6 +28,7 @@ from pkd.demo import (
     save_results,
     summarize,
 )
+from pkd.demo.vlm import PREDICTOR_RUNS
 from pkd.train.config import load_config
 
 
@@ -139,7 +140,7 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
         return load_config(None, [f"{k}={v}" for k, v in overrides(cfg, paths, name, 1).items()])
 
     configs = {n: resolved(n) for n in (*KNOWN, "predictors", "predictors-cross", "predictors-mmd",
-                                        "predictors-emb", "pkd-vlm-predictors")
+                                        "predictors-emb", *PREDICTOR_RUNS)
                if n not in CONTROLS and n not in POSTHOC_ROWS}  # no run of their own
     cross = configs["pkd-cross"]
     assert cross.method.pkd.predictor_inputs == "cross" == configs["predictors-cross"].method.pkd.predictor_inputs
@@ -167,6 +168,13 @@ def test_every_demo_run_spec_is_a_valid_config(tmp_path):
     from pkd.demo import needs
 
     assert needs("pkd-vlm-mlm-real") == ("pkd-vlm-predictors",) and needs("pkd-vlm-predictors") == ()
+    for row, weight in (("pkd-vlm-noitm", "lambda_itm"), ("pkd-vlm-nodiv", "lambda_div")):
+        stage1, stage2 = configs[f"{row}-predictors"].method.pkd, configs[row]
+        assert getattr(stage1, weight) == 0.0 and needs(row) == (f"{row}-predictors",)
+        assert stage2.method.pkd.predictors.endswith(f"{row}-predictors-seed1")
+        headline = configs["pkd-vlm-mlm-real"].method.pkd
+        assert (stage2.method.pkd.mkd_heads, stage2.method.pkd.mkd_vision) == (
+            headline.mkd_heads, headline.mkd_vision)
     assert configs["baseline"].model.use_foundation_features is False
     for item in ("pkd-item", "pkd-item-full"):  # D fed its item's predicted e_v, e_t
         m = configs[item].model

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from pkd.demo.jobs import locked, run_tasks, threads_per_job
 from pkd.demo.vlm import (
+    PREDICTOR_RUNS,
     VLM_NEEDS,
     VLM_ROWS,
     forgetting,
@@ -395,7 +396,7 @@ def overrides(cfg: DemoConfig, paths: Paths, name: str, seed: int) -> dict:
                                  "method.distill.teacher_checkpoint":
                                      run_dir(cfg, "teacher-own", seed) / "best"},
     }
-    if name in (*VLM_ROWS, "pkd-vlm-predictors"):
+    if name in (*VLM_ROWS, *PREDICTOR_RUNS):
         return {**base, **vlm_overrides(cfg.out, paths.stores, name, cfg.vlm_epochs,
                                         lambda row: run_dir(cfg, row, seed))}
     return {**base, **specific[name]}

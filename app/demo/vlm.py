@@ -19,6 +19,7 @@ below is ``model.arch=vlm`` on that ``F0`` (``METHODS.md``, PKD's setting):
 | ``pkd-vlm-mlm`` | PKD with ``L_mkd`` on the masked-LM head too (ours: D answers through it) |
 | ``pkd-vlm-mlm-real`` | the same, the masked-LM term on the predicted text with the real regions |
 | ``pkd-vlm-memory`` / ``-model-kd`` | PKD without its memory / without ``L_mkd`` |
+| ``pkd-vlm-noitm`` / ``-nodiv`` | ``pkd-vlm-mlm-real`` on predictors trained without ``L_itm`` / ``L_div`` |
 
 Each row also reports forgetting: ``D``'s caption matching and masked-word accuracy on the
 captions ``F0``'s pre-training held out (:func:`forgetting`), against ``F0``'s own.
@@ -31,10 +32,16 @@ from pathlib import Path
 
 VLM_ROWS = ("zero-shot", "scratch", "finetune", "new-head", "lp", "lp-ft", "wise-ft", "kd-id",
             "lwf-oracle", "pkd-vlm", "pkd-vlm-mlm", "pkd-vlm-mlm-real", "pkd-vlm-memory",
-            "pkd-vlm-model-kd")
+            "pkd-vlm-model-kd", "pkd-vlm-noitm", "pkd-vlm-nodiv")
+# stage-1 ablations: predictors trained without L_itm / without L_div, read by the headline
+# stage 2 (pkd-vlm-mlm-real's settings)
+STAGE1_ABLATIONS = {"pkd-vlm-noitm": {"method.pkd.lambda_itm": 0.0},
+                    "pkd-vlm-nodiv": {"method.pkd.lambda_div": 0.0}}
+PREDICTOR_RUNS = ("pkd-vlm-predictors", *(f"{row}-predictors" for row in STAGE1_ABLATIONS))
 VLM_NEEDS = {"lp-ft": ("lp",), "wise-ft": ("finetune",),  # runs a row builds on
-             "pkd-vlm-predictors": (),  # (not the "pkd" family's UpDn + CLIP predictors)
-             **{row: ("pkd-vlm-predictors",) for row in VLM_ROWS if row.startswith("pkd-vlm")}}
+             **{run: () for run in PREDICTOR_RUNS},  # (not the "pkd" family's predictors)
+             **{row: (f"{row}-predictors" if row in STAGE1_ABLATIONS else "pkd-vlm-predictors",)
+                for row in VLM_ROWS if row.startswith("pkd-vlm")}}
 PKD_VLM = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
            "method.pkd.memory_size": 256}  # the predictors' size (stage 1 and 2)
 WISE_ALPHA = 0.5  # the wise-ft row's α
@@ -77,7 +84,16 @@ def vlm_overrides(out: Path, stores: Path, name: str, epochs: int, run_of) -> di
             "run.epochs": epochs}
     new = {"model.answer_head": "new"}
     pkd = {"method.name": "pkd-vlm", "method.pkd.predictors": run_of("pkd-vlm-predictors")}
+    predictors = {**PKD_VLM, "method.name": "pkd-vlm-predictors",
+                  "run.epochs": max(1, epochs // 2)}
+    headline = {**pkd, **PKD_VLM, "method.pkd.mkd_heads": "itm+mlm",
+                "method.pkd.mkd_vision": "real"}
+    ablations = {**{f"{row}-predictors": {**predictors, **off}
+                    for row, off in STAGE1_ABLATIONS.items()},
+                 **{row: {**headline, "method.pkd.predictors": run_of(f"{row}-predictors")}
+                    for row in STAGE1_ABLATIONS}}
     return {**base, **{
+        **ablations,
         "zero-shot": {"run.epochs": 0},
         "scratch": {"model.init": "scratch"},
         "finetune": {},
@@ -88,12 +104,10 @@ def vlm_overrides(out: Path, stores: Path, name: str, epochs: int, run_of) -> di
         "kd-id": {"method.name": "kd-id"},
         "lwf-oracle": {"method.name": "lwf-oracle",
                        "method.lwf.caption_regions": stores / CAPTION_REGIONS},
-        "pkd-vlm-predictors": {**PKD_VLM, "method.name": "pkd-vlm-predictors",
-                               "run.epochs": max(1, epochs // 2)},
+        "pkd-vlm-predictors": predictors,
         "pkd-vlm": {**pkd, **PKD_VLM},
         "pkd-vlm-mlm": {**pkd, **PKD_VLM, "method.pkd.mkd_heads": "itm+mlm"},
-        "pkd-vlm-mlm-real": {**pkd, **PKD_VLM, "method.pkd.mkd_heads": "itm+mlm",
-                             "method.pkd.mkd_vision": "real"},
+        "pkd-vlm-mlm-real": headline,
         "pkd-vlm-memory": {**pkd, **PKD_VLM, "method.pkd.use_memory": False},
         "pkd-vlm-model-kd": {**pkd, **PKD_VLM, "method.pkd.use_model_kd": False},
     }[name]}
