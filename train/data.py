@@ -184,6 +184,9 @@ class VQABatches(torch.utils.data.Dataset):
         self.num_answers, self.foundation_tokens = num_answers, foundation_tokens
         self.type_vocab = question_type_vocab(split) if type_vocab is None else list(type_vocab)
         self.question_type = question_type_ids(split.question_types, self.type_vocab)  # (Q,)
+        # float16 store arrays stay float16 on the host (half the bytes to pin and copy; the
+        # device converts them: :func:`to_device`) — for a GPU; on a CPU they become float32 here
+        self.half_on_host = False
 
     def __len__(self) -> int:
         return len(self.split)
@@ -207,7 +210,7 @@ class VQABatches(torch.utils.data.Dataset):
         batch.update(self._teacher(pos, batch["region_mask"], tokens.shape[1]))
         if self.stores.predicted is not None:
             batch.update(read_predicted(self.stores.predicted, self.rows["predicted"][pos]))
-        return {k: _tensor(v) for k, v in batch.items()}
+        return {k: _tensor(v, self.half_on_host) for k, v in batch.items()}
 
     def _foundation(self, pos: np.ndarray) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -247,7 +250,23 @@ class VQABatches(torch.utils.data.Dataset):
         return out
 
 
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """A batch tensor; float16 store arrays become float32 (torch converts ~6x faster than numpy)."""
+def _tensor(a: np.ndarray, keep_half: bool = False) -> torch.Tensor:
+    """A batch tensor; float16 store arrays become float32 (torch converts ~6x faster than
+    numpy) unless ``keep_half`` (the device converts them after the copy)."""
     t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.float() if t.dtype == torch.float16 else t
+    return t.float() if t.dtype == torch.float16 and not keep_half else t
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch on ``device`` (asynchronous from pinned memory); float16 tensors become
+    float32 there — the same values as converting on the host (f16 -> f32 is exact)."""
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device, non_blocking=True)
+        out[k] = v.float() if v.dtype == torch.float16 else v
+    return out
+
+
+def pinned(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch in page-locked memory (for an asynchronous host -> device copy)."""
+    return {k: v.pin_memory() for k, v in batch.items()}

@@ -28,6 +28,7 @@ from pkd.prefetch import prefetch
 from pkd.stores import ChunkShuffleSampler
 from pkd.train import checkpoint as ck
 from pkd.train.config import TrainConfig, config_to_dict, save_config, validate_config
+from pkd.train.data import pinned, to_device
 from pkd.train.distributed import World, all_reduce_sum, barrier, close_world, init_world
 from pkd.train.metrics_log import MetricsLog, plot_curves
 from pkd.train.prepare import (
@@ -96,7 +97,7 @@ def evaluate_batches(model, batches, cfg: TrainConfig, world: World) -> float:
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return to_device(batch, device)
 
 
 def _autocast(cfg: TrainConfig, world: World):
@@ -135,6 +136,8 @@ class Trainer:
             foundation_tokens=self.method.foundation_tokens(cfg), teacher=True)
         val_data, self.val = split_batches(cfg, val_split_name(cfg), self.vocabs, stores,
                                            type_vocab=self.train.type_vocab)
+        cuda = self.world.device.type == "cuda"
+        self.train.half_on_host = self.val.half_on_host = cuda  # float16 crosses, then converts
         if self.validates:  # best/ is chosen on val: refuse an empty split before training
             require_questions(val_data, "validation")
         self.model = build_run_model(cfg, self.vocabs, stores)
@@ -227,7 +230,10 @@ class Trainer:
         stores; on GPU nodes with many cores, and the batches come back in order)."""
         n = self.cfg.run.num_workers
         if n <= 0:
-            return prefetch(self.train.__getitem__, self.epoch_batches(), depth=2)
+            read = self.train.__getitem__
+            if self.world.device.type == "cuda":  # pinned in the read-ahead thread
+                return prefetch(lambda p: pinned(read(p)), self.epoch_batches(), depth=2)
+            return prefetch(read, self.epoch_batches(), depth=2)
         loader = torch.utils.data.DataLoader(
             self.train, batch_size=None, sampler=list(self.epoch_batches()), num_workers=n,
             prefetch_factor=2, pin_memory=self.world.device.type == "cuda")
