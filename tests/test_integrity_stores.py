@@ -10,7 +10,7 @@ import pickle
 import h5py
 import numpy as np
 import pytest
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pkd.cli import main
 from pkd.errors import PkdError
@@ -128,6 +128,32 @@ def test_stores_without_checksums_stay_readable_and_info_says_so(tmp_path, old_c
     (path / "_pkd" / "done" / "shard-000001.json").unlink()
     write_store(path)
     assert FeatureStore.open(path).complete
+
+
+def test_stores_of_the_previous_codec_read_check_and_resume(tmp_path, monkeypatch):
+    """Blosc zstd 3 + crc32c (pkd's codec before issue 32's E3 chose lz4): zarr takes the codecs
+    from each array's zarr.json, so such stores read, still catch damage, and resume."""
+    path = tmp_path / "zstd.zarr"
+    with monkeypatch.context() as m:
+        m.setattr(writer_module, "codec",
+                  lambda: [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()])
+        want = write_store(path)
+    inner = json.loads((path / "region_features" / "zarr.json").read_text())["codecs"][0]
+    assert inner["configuration"]["codecs"][1]["configuration"]["cname"] == "zstd"
+    assert writer_module.codec()[0].cname.value != "zstd"  # read below with the current code
+    store = FeatureStore.open(path)
+    assert all(store.checksums.values())
+    got = store.read(np.arange(40))
+    assert all((got[n] == want[n]).all() for n in want)
+    (path / "_pkd" / "done" / "shard-000001.json").unlink()  # resumed: the shard is rewritten
+    write_store(path)
+    store = FeatureStore.open(path)
+    assert store.complete
+    got = store.read_range(0, 40)
+    assert all((got[n] == want[n]).all() for n in want)
+    zero_bytes(path / "region_features" / "c" / "1" / "0" / "0")
+    with pytest.raises(PkdError, match=r"array 'region_features', chunk 4, rows \[16, 20\)"):
+        FeatureStore.open(path).read_range(16, 20)
 
 
 def test_new_stores_have_checksums_on_every_array(tmp_path, capsys):

@@ -225,7 +225,7 @@ def test_round_trip_extract_with_the_trained_backbone(bench, trained, tmp_path):
     assert not list(trained.parent.glob(".*partial*"))  # the staging folder is gone
     store_path = tmp_path / "r.zarr"
     assert pkd("extract", "regions", "--data", bench, "--detector",
-               f"given:{bench / 'boxes.json'}", "--backbone", trained, "--min-boxes", "1",
+               f"given:{bench / 'boxes.json'}", "--backbone", trained,
                "--max-boxes", "4", "--out", store_path) == 0
     store = FeatureStore.open(store_path, kind="regions")
     assert store.complete and store.spec.dims["feature_dim"] == 64  # the student's width
