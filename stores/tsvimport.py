@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from pkd.errors import PkdError
+from pkd.fsio import write_json
 from pkd.hf.fingerprint import file_sha256
 from pkd.progress import track
 from pkd.stores.h5import import float16_reason, geometry, region_arrays
@@ -426,7 +427,7 @@ def _save_index(out: Path, source: Path, index: TsvIndex) -> None:
     (out / "_pkd").mkdir(parents=True, exist_ok=True)
     np.savez(out / INDEX_FILE, meta=np.array(json.dumps(meta)), ids=index.ids, offsets=index.offsets,
              lines=index.lines)
-    (out / SKIPPED_FILE).write_text(json.dumps(index.skipped, indent=1) + "\n")
+    write_json(out / SKIPPED_FILE, index.skipped, indent=1)
 
 
 def import_tsv(tsv_path: str | Path, out: str | Path, *, predictions: str | Path | None = None,

@@ -38,3 +38,21 @@ def fill(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """``folder`` (with its files) made read-only for the block by a read-only bind mount of
+    itself; skips the test when mounting is not permitted."""
+    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here ({done.stderr.strip() or 'not root'})")
+    try:
+        again = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)],
+                               capture_output=True, text=True, check=False)
+        if again.returncode != 0:
+            pytest.skip(f"cannot remount read-only here ({again.stderr.strip()})")
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)

@@ -7,7 +7,7 @@ import errno
 import json
 
 import pytest
-from fs_fixtures import fill, tmpfs
+from fs_fixtures import fill, read_only, tmpfs
 
 from pkd.cli import main
 from pkd.errors import PkdError
@@ -96,3 +96,23 @@ def test_extract_into_a_read_only_file_system_is_one_line(synth_data, tiny_resne
 
 
 pytest_plugins = ["fixtures_extract"]  # synth_data (session fixture)
+
+
+def test_evaluate_refuses_a_read_only_run_before_predicting(tmp_path, capsys, monkeypatch):
+    import torch
+    from train_fixtures import make_benchmark, make_regions_store, train_overrides
+
+    import pkd.train.predict as predict
+
+    torch.set_num_threads(1)
+    data = make_benchmark(tmp_path / "data")
+    regions = make_regions_store(data, tmp_path / "regions.zarr")
+    run = tmp_path / "run"
+    assert main(["train", *train_overrides(data, regions, run)]) == 0
+    called = []
+    monkeypatch.setattr(predict, "predict", lambda *a, **k: called.append(1))
+    capsys.readouterr()
+    with read_only(run):
+        assert main(["evaluate", "--checkpoint", str(run)]) == 2
+    assert "run folder is not writable: read-only file system" in one_error_line(capsys)
+    assert not called  # refused before any prediction was computed
