@@ -11,7 +11,7 @@ what ``pkd extract`` picks itself, ``auto_threads()`` = cores - 1):
   PNG -> RGB PIL), preprocess (the checkpoint's ``CLIPImageProcessorPil``), forward
   (``get_image_features`` under ``inference_mode`` on the already-preprocessed pixels: **the
   limit**), convert (f16 tokens / unit-norm f32 embeddings as numpy) and write (one
-  ``StoreWriter`` shard write per 512 images, Blosc zstd);
+  ``StoreWriter`` shard write per 512 images, the default codec, Blosc lz4);
 * ``extract_foundation(..., targets=("images",))`` in-process: its compute + write time
   (``RunReport.seconds``) and its wall time including setup (model load, image scan, store
   creation); the ratio to the forward time is the overhead (target <= 1.15x);
@@ -159,7 +159,7 @@ def report(t: dict[str, float], args, threads: int, n_questions: int) -> None:
         "preprocess": "preprocess (CLIPImageProcessorPil)",
         "forward": "forward, eager (the limit)",
         "convert": "convert (f16 tokens, normalize)",
-        "write": "write (StoreWriter, zstd)",
+        "write": "write (StoreWriter, default codec)",
         "serial": "sum of the phases (serial)",
         "run": "extract_foundation: compute + write",
         "wall": "extract_foundation: wall incl. setup",

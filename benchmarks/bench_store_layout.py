@@ -2,7 +2,7 @@
 
 Synthetic region features: ``--items`` images with 10-100 regions each (uniform), ``--dim``
 features per region, float16, ReLU'd Gaussians (about half zeros, like detector features).
-Layouts, all with Blosc zstd level 3 and chunks of ``16`` items:
+Layouts, all with the store default codec (``pkd.stores.writer.codec``) and chunks of ``16`` items:
 
 * ``padded+counts``: ``region_features`` [n, 100, d] + ``num_regions`` [n], written and read with
   :class:`pkd.stores.StoreWriter` / :class:`pkd.stores.FeatureStore` (the pkd layout);

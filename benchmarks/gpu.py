@@ -92,7 +92,7 @@ WORDS = ("what color is the square circle triangle star there a red blue green y
          "shapes are where left right top bottom center small large of next to photo").split()
 COCO_NAME = "COCO_train2014_{:012d}.jpg"
 COMPUTE_ROW = "compute only: decoded tensors, sdpa (no runner, no store)"
-WRITE_ROW = "store write alone (StoreWriter: f16 vision tokens + embeds, zstd)"
+WRITE_ROW = "store write alone (StoreWriter: f16 vision tokens + embeds, default codec)"
 LEGEND = ("ratio: what 'ratio is' says (x forward: seconds per image / the bare forward's at that "
           "dtype and attention); wait ms: mean time a training step waited for its batch; GPU "
           "busy %: mean NVML utilisation sampled every 50 ms during the row")

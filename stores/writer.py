@@ -55,12 +55,13 @@ def codec() -> list:
     the codecs from each array's metadata, so they stay readable (``pkd stores info`` says when
     they have no chunk checksums)."""
     # Chosen from issue 32's E3 (`OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/feed.py
-    # --only E3`, one busy core; see benchmarks/README.md): on float16 vision tokens (ViT-B/16,
-    # 197 x 768) zstd saves only ~8% (ratio 1.09) at ~0.4-0.5 GB/s per thread each way, while lz4
-    # stores them at ratio 1.00 at ~1.3-1.6 GB/s compress / ~1.6-2 GB/s decompress (Blosc copies
-    # incompressible blocks), keeps zero-rich data compressed (region features 1.14x vs zstd
-    # 1.6x), and the store writes / reads ~1.7x / ~2x faster than with zstd. Byte shuffle gains
-    # nothing for lz4 on these arrays and costs a pass.
+    # --only E3 [--store PATH]`, one busy core, 2026-12-07; tables in benchmarks/README.md). On
+    # float16 vision tokens (random ViT-B/16 197 x 768, trained tiny CLIP 65 x 128) Blosc zstd 3
+    # saves 8% (ratio 1.09) at 0.54-0.67 GB/s compress / 0.64-0.70 decompress on one thread;
+    # Blosc lz4 3 stores them at ratio 1.00 (incompressible blocks are copied) at 2.1-2.2 /
+    # 2.0-3.0 GB/s, and the store writes 1.35x and reads 1.6-1.7x faster than with zstd. lz4
+    # still compresses zeros: padded region features 2.0x (zstd 2.9x), half-zero ones 1.14x
+    # (zstd 1.6x). Byte shuffle gains nothing for lz4 here and costs a pass.
     return [BloscCodec(cname="lz4", clevel=3, shuffle="noshuffle"), Crc32cCodec()]
 
 

@@ -23,7 +23,7 @@ EXTRACT = [
     "extract: decoded tensors (uint8 in RAM), eager",
     "extract: decoded tensors (uint8 in RAM), sdpa",
     "compute only: decoded tensors, sdpa (no runner, no store)",
-    "store write alone (StoreWriter: f16 vision tokens + embeds, zstd)",
+    "store write alone (StoreWriter: f16 vision tokens + embeds, default codec)",
     "extract: JPEG, pkd as is (1 decode thread, PIL processor), eager",
     "extract: `pkd extract foundation` CLI (as is; + questions)",
 ]
