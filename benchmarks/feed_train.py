@@ -6,7 +6,9 @@ shuffled, items shuffled inside a window of ``window`` chunks) read with
 ``FeatureStore.read`` and the trainer's chunk cache (``data.chunk_cache_mib``), against
 ``memmap[rows]`` of the same arrays saved raw (``np.save``; page cache warm for both, one
 thread each, no prefetch: the read path alone). Store variants: runs of consecutive chunks
-fetched in one read (then split, a copy per chunk for the cache) or one read per chunk.
+fetched in one read (then split, a copy per chunk for the cache) or one read per chunk (both
+the default lz4 codec, through Zarr), and an uncompressed store (``--codec none``) read as mmap
+views of its shard files (:mod:`pkd.stores.raw_chunks`).
 
 Figures per variant: GB/s delivered, ratio to the memmap gather (target >= 0.9), chunk decodes
 per epoch (misses / chunks; target 1), bytes copied / delivered (target <= 1.2).
@@ -48,7 +50,7 @@ def teacher_like(n: int, seed: int = 0, tokens: int = 52, hidden: int = 768,
             "num_tokens": np.full(n, tokens, np.int32)}
 
 
-def write(path: Path, kind: str, arrays: dict[str, np.ndarray]):
+def write(path: Path, kind: str, arrays: dict[str, np.ndarray], compression: str = "lz4"):
     from pkd.stores import ArraySpec, FeatureStore, StoreSpec, StoreWriter
 
     n = len(next(iter(arrays.values())))
@@ -56,7 +58,7 @@ def write(path: Path, kind: str, arrays: dict[str, np.ndarray]):
     spec = StoreSpec(kind, key, tuple(ArraySpec(k, v.shape[1:], str(v.dtype))
                                              for k, v in arrays.items()),
                      {"model": "synthetic"}, {}, PER_CHUNK, PER_SHARD)
-    with StoreWriter(path, spec, np.arange(1, n + 1)) as writer:
+    with StoreWriter(path, spec, np.arange(1, n + 1), compression=compression) as writer:
         for k in writer.pending():
             r = writer.shard_rows(k)
             writer.write_shard(k, {name: a[r.start:r.stop] for name, a in arrays.items()})
@@ -98,6 +100,7 @@ def run_t1(images: int = 1024, batch: int = 256, window: int = 16, cache_mib: in
             names = list(arrays)
             path = Path(tmp) / f"{kind}.zarr"
             write(path, kind, arrays)
+            write(Path(tmp) / f"{kind}-none.zarr", kind, arrays, "none")
             maps = {}
             for name, a in arrays.items():
                 np.save(Path(tmp) / f"{kind}-{name}.npy", a)
@@ -108,14 +111,17 @@ def run_t1(images: int = 1024, batch: int = 256, window: int = 16, cache_mib: in
             delivered = memmap_epoch(maps, batches)
             rows.append({"what": f"{label}: memmap gather", "GB/s": delivered / best["memmap"] / 1e9,
                          "x memmap": 1.0, "decodes/chunk": "", "copied/delivered": 1.0})
-            for variant, what in (("runs", "store, runs of chunks"), ("chunks", "store, per chunk")):
+            for variant, what in (("runs", "store lz4, runs of chunks"),
+                                  ("chunks", "store lz4, per chunk"),
+                                  ("none", "store uncompressed (--codec none, mmap views)"),
+                                  ("none, epoch 2", "  the same, a later epoch (crc32c checked)")):
                 st = stores[variant]
                 rows.append({"what": f"{label}: {what}",
                              "GB/s": delivered / best[variant] / 1e9,
                              "x memmap": best["memmap"] / best[variant],
                              "decodes/chunk": st.stats["decoded"] / _chunk_bytes(st, names),
                              "copied/delivered": st.stats["copied"] / st.stats["delivered"]})
-            chosen = min(("runs", "chunks"), key=best.get)
+            chosen = min(("runs", "chunks", "none"), key=best.get)
             st = stores[chosen]
             targets += [("T1", f"{label} store / memmap ({chosen})",
                          best["memmap"] / best[chosen], ">=", 0.9),
@@ -132,13 +138,19 @@ def measure(path: Path, names: list[str], maps: dict, batches, cache_mib: int, r
     opened per store variant (its counters)."""
     from common import timed
 
-    best = {"memmap": np.inf, "runs": np.inf, "chunks": np.inf}
+    best = {"memmap": np.inf, "runs": np.inf, "chunks": np.inf, "none": np.inf,
+            "none, epoch 2": np.inf}
     stores = {}
+    raw = path.with_name(path.name.replace(".zarr", "-none.zarr"))
+    warm = store_epoch(raw, names, batches, cache_mib, False)  # its chunks' crc32c checked
+    stores["none, epoch 2"] = warm
     for _ in range(repeat):
+        best["none, epoch 2"] = min(best["none, epoch 2"],
+                                    timed(lambda: [warm.read(r, names) for r in batches])[0])
         best["memmap"] = min(best["memmap"], timed(lambda: memmap_epoch(maps, batches))[0])
-        for variant in ("runs", "chunks"):
+        for variant in ("runs", "chunks", "none"):
             seconds, stores[variant] = timed(lambda v=variant: store_epoch(
-                path, names, batches, cache_mib, v == "runs"))
+                raw if v == "none" else path, names, batches, cache_mib, v == "runs"))
             best[variant] = min(best[variant], seconds)
     return best, stores
 

@@ -59,6 +59,7 @@ class RunOptions:
     items_per_shard: int = 512  # rows per work unit (= Zarr shard)
     items_per_chunk: int = 16  # rows per compressed chunk inside a shard (capped at the shard)
     threads: int = 0  # torch CPU threads per process; 0 = auto (see the module doc)
+    codec: str = "lz4"  # a new store's chunk codec: lz4 | none (pkd.stores.writer.codec)
 
 
 @dataclass
@@ -182,7 +183,8 @@ def run_shard(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, k:
     with _LOCK:
         writers = _SESSION["writers"]
         if (str(out), recipe) not in writers:
-            writers[str(out), recipe] = StoreWriter(out, _spec_of(stage, opts), stage.ids)
+            writers[str(out), recipe] = StoreWriter(out, _spec_of(stage, opts), stage.ids,
+                                                    compression=opts.codec)
         writer = writers[str(out), recipe]
     if opts.threads > 0:
         import torch
@@ -209,7 +211,8 @@ def run_stage(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, la
     start = time.monotonic()
     out = Path(out)
     stage = cached(recipe, build)
-    writer = StoreWriter(out, _spec_of(stage, opts), stage.ids, overwrite=opts.overwrite)
+    writer = StoreWriter(out, _spec_of(stage, opts), stage.ids, overwrite=opts.overwrite,
+                         compression=opts.codec)
     records = read_records(out)
     check_inputs(stage, writer, records)
     pending = writer.pending(opts.part, retry_failed=opts.retry_failed)

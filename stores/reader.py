@@ -32,6 +32,7 @@ from zarr.core.sync import sync  # zarr's own event loop (the sync API runs on i
 
 from pkd.errors import PkdError, StoreMismatch
 from pkd.stores.chunk_cache import ChunkCache
+from pkd.stores.raw_chunks import RawChunks
 from pkd.stores.records import failures_of, inputs_sha256, n_shards, read_records, shard_range
 from pkd.stores.schema import Failure, StoreSpec, canonical, done_path, read_attrs
 
@@ -93,6 +94,7 @@ class FeatureStore:
             done[r.start:r.stop] = False
         self.ok = self._checked_read("ok", zarr.open_array(path / "ok", mode="r")).astype(bool) & done
         self._arrays: dict[str, zarr.Array] = {}
+        self._raw: dict[str, RawChunks | None] = {}  # uncompressed arrays: mmap chunk views
         self.cache_bytes = cache_bytes  # decoded chunks kept for later reads (0 = none)
         self._cache = ChunkCache(cache_bytes) if cache_bytes > 0 else None
         # bytes decoded from disk, copied after decoding, and handed out by read() (benchmarks)
@@ -125,7 +127,7 @@ class FeatureStore:
         return cls(path, spec, attrs, cache_bytes)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_arrays": {}, "_cache": None}
+        return {**self.__dict__, "_arrays": {}, "_cache": None, "_raw": {}}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -217,10 +219,26 @@ class FeatureStore:
             self.stats["copied"] += dest.nbytes
         return out
 
+    def _raw_chunks(self, name: str) -> RawChunks | None:
+        if name not in self._raw:
+            self._raw[name] = RawChunks.of(self.path / name)
+        return self._raw[name]
+
     def _fetch_chunks(self, arrays: dict[str, zarr.Array], chunks: list[int]) -> dict:
-        """``{(name, chunk): rows of that chunk}``: from the cache, else read (runs, concurrently)."""
+        """``{(name, chunk): rows of that chunk}``: views into the page cache for an
+        uncompressed array (:class:`RawChunks`), else from the chunk cache, else read through
+        Zarr (concurrently)."""
         ipc, have, jobs = self.spec.items_per_chunk, {}, []
         for name, array in arrays.items():
+            raw = self._raw_chunks(name)
+            if raw is not None:
+                for c in chunks:
+                    try:
+                        have[name, c] = raw.chunk(c)
+                    except DAMAGED as err:
+                        raise self._damaged(name, array, c * ipc,
+                                            min((c + 1) * ipc, self.n_items), err) from None
+                continue
             missing = []
             for c in chunks:
                 hit = self._cache.get((name, c)) if self._cache is not None else None

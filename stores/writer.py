@@ -47,8 +47,13 @@ EXPONENT_BITS = {2: 0x7C00, 4: 0x7F800000, 8: 0x7FF0000000000000}  # IEEE all-on
 FINITE_CHECK_ROWS = 16  # rows checked at a time (bounds the temporary)
 
 
-def codec() -> list:
-    """The bytes-to-bytes codecs of every chunk: Blosc lz4 (level 3, no shuffle), then a crc32c
+CODECS = ("lz4", "none")  # what a new store's feature arrays are written with
+
+
+def codec(name: str = "lz4") -> list:
+    """The bytes-to-bytes codecs of a chunk. ``none``: the raw bytes and a crc32c — larger on
+    disk, read as zero-copy views through mmap (:mod:`pkd.stores.raw_chunks`: a training read at
+    page-cache speed). ``lz4`` (the default): Blosc lz4 (level 3, no shuffle), then a crc32c
     of the compressed bytes (checked on every read: a flipped or zeroed byte raises instead of
     decoding to wrong numbers). Stores written before pkd added the checksum have the compressor
     alone, stores written before issue 32's E3 have Blosc zstd 3 with byte shuffle: zarr reads
@@ -62,6 +67,10 @@ def codec() -> list:
     # 2.0-3.0 GB/s, and the store writes 1.35x and reads 1.6-1.7x faster than with zstd. lz4
     # still compresses zeros: padded region features 2.0x (zstd 2.9x), half-zero ones 1.14x
     # (zstd 1.6x). Byte shuffle gains nothing for lz4 here and costs a pass.
+    if name not in CODECS:
+        raise PkdError(f"--codec {name!r}: expected one of {', '.join(CODECS)}")
+    if name == "none":
+        return [Crc32cCodec()]
     return [BloscCodec(cname="lz4", clevel=3, shuffle="noshuffle"), Crc32cCodec()]
 
 
@@ -103,8 +112,9 @@ def sorted_ids(ids: Sequence[int], where: Path) -> np.ndarray:
     return arr
 
 
-def create_store(path: Path, spec: StoreSpec, ids: np.ndarray) -> None:
-    """Build the empty store in a temporary sibling folder and rename it to ``path``."""
+def create_store(path: Path, spec: StoreSpec, ids: np.ndarray, compression: str = "lz4") -> None:
+    """Build the empty store in a temporary sibling folder and rename it to ``path``; its feature
+    arrays are written with :func:`codec` ``(compression)`` (``ok`` and ``ids`` with lz4)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -113,7 +123,7 @@ def create_store(path: Path, spec: StoreSpec, ids: np.ndarray) -> None:
         for a in spec.arrays:
             group.create_array(a.name, shape=(len(ids), *a.item_shape), dtype=a.dtype,
                                chunks=(ipc, *a.item_shape), shards=(ips, *a.item_shape),
-                               compressors=codec(), fill_value=0)
+                               compressors=codec(compression), fill_value=0)
         group.create_array("ok", shape=(len(ids),), dtype="uint8", chunks=(ipc,), shards=(ips,),
                            compressors=codec(), fill_value=0)
         id_array = group.create_array("ids", shape=(len(ids),), dtype="int64",
@@ -134,17 +144,20 @@ class StoreWriter:
     """Create or resume the store at ``path`` for ``ids`` (sorted, unique) under ``spec``.
 
     ``overwrite=True`` deletes an existing pkd store at ``path`` first (never a foreign folder).
+    ``compression`` (``lz4`` | ``none``, :func:`codec`) applies to a store it creates.
     """
 
-    def __init__(self, path: str | Path, spec: StoreSpec, ids: Sequence[int], *, overwrite: bool = False):
+    def __init__(self, path: str | Path, spec: StoreSpec, ids: Sequence[int], *,
+                 overwrite: bool = False, compression: str = "lz4"):
         self.path = Path(path)
+        codec(compression)  # an unknown name is refused before anything is written
         self.spec = spec
         self.ids = sorted_ids(ids, self.path)
         if overwrite and self.path.exists():
             read_attrs(self.path)  # refuse to delete something that is not a pkd store
             shutil.rmtree(self.path)
         if not self.path.exists():
-            create_store(self.path, spec, self.ids)
+            create_store(self.path, spec, self.ids, compression)  # a resume keeps the store's
         self._check_same()
         self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         self._arrays = {name: self._group[name] for name in [*spec.names, "ok"]}

@@ -92,7 +92,7 @@ def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict
                   producer: dict | None = None, batch_size: int = 64,
                   device: str | torch.device = "cpu", overwrite: bool = False,
                   part: tuple[int, int] | None = None, items_per_chunk: int = 16,
-                  items_per_shard: int = 256) -> Path:
+                  items_per_shard: int = 256, compression: str = "lz4") -> Path:
     """Run the frozen ``teacher`` over ``question_ids`` and write the teacher store.
 
     ``batch_for_ids(ids)`` returns the model batch of those questions in the *teacher's* view
@@ -115,7 +115,7 @@ def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict
 
     return fill_question_store(out_store_path, spec, question_ids, rows_of,
                                batch_size=batch_size, what="teacher outputs",
-                               overwrite=overwrite, part=part)
+                               overwrite=overwrite, part=part, compression=compression)
 
 
 def trim_teacher(arrays: dict[str, np.ndarray], num_tokens: int,

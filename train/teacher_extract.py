@@ -25,8 +25,10 @@ from pkd.train.teacher_cache import cache_teacher
 
 
 def extract_teacher(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,
-                    part: tuple[int, int] | None = None, device: str = "cpu") -> Path:
-    """Cache teacher logits, attention maps and hidden states for the training split."""
+                    part: tuple[int, int] | None = None, device: str = "cpu",
+                    compression: str = "lz4") -> Path:
+    """Cache teacher logits, attention maps and hidden states for the training split
+    (``compression``: lz4 | none, :func:`pkd.stores.writer.codec`)."""
     d = cfg.method.distill
     path = out or cfg.data.teacher
     if not isinstance(method_of(cfg), DistillVLM) or not path or not cfg.data.teacher_regions:
@@ -46,4 +48,5 @@ def extract_teacher(cfg: TrainConfig, out: str | None = None, overwrite: bool = 
     return cache_teacher(teacher, batches_by_id(batches), data.question_ids, path, layers=layers,
                          max_question_length=cfg.data.max_question_length,
                          max_regions=int(regions.spec.dims["max_regions"]), producer=producer,
-                         overwrite=overwrite, part=part, device=device)
+                         overwrite=overwrite, part=part, device=device,
+                         compression=compression)

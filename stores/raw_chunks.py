@@ -1,0 +1,122 @@
+"""Zero-copy chunk views of uncompressed store arrays, through ``mmap`` of their shard files.
+
+An array written with codec ``none`` (:func:`pkd.stores.writer.codec`) holds, inside each shard
+file, every inner chunk as its raw little-endian bytes followed by a 4-byte crc32c, and at the
+end of the file the shard index (Zarr v3 ``sharding_indexed``, ``index_location: end``)::
+
+    index[j] = (offset, nbytes) uint64 little-endian   j = inner chunk of the shard
+    then crc32c(index) (4 bytes)                       (2^64 - 1, 2^64 - 1): chunk never written
+
+so chunk ``j`` *is* ``mmap[offset : offset + nbytes - 4]`` viewed as ``dtype (rows, *item)``:
+the reader gathers batch rows straight from the page cache, one copy, as a numpy memmap does,
+instead of Zarr's decode path (~0.2-0.3 GB/s even without a compressor,
+``benchmarks/feed.py`` E3 / T1). Each chunk's crc32c (and each shard index's) is checked the
+first time this process touches it (google_crc32c, ~4 GB/s); a mismatch is the same one-line
+error as Zarr's. Any other layout (a compressor, another index location, chunks split along an
+item axis) gets ``None`` from :meth:`RawChunks.of` and is read through Zarr as before.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import threading
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+MISSING = np.uint64(2**64 - 1)  # an index entry of a chunk that was never written (fill value)
+
+
+class ChecksumError(ValueError):
+    """Raised like Zarr's crc32c codec: ``Stored and computed checksum do not match``."""
+
+
+def _crc_ok(data: memoryview, stored: bytes) -> bool:
+    """Whether crc32c(``data``) is ``stored`` (google_crc32c takes a numpy view, not a
+    memoryview: no copy either way)."""
+    return np.uint32(google_crc32c.value(np.frombuffer(data, np.uint8))).tobytes() == stored
+
+
+class RawChunks:
+    """Chunk views of one uncompressed sharded array (see the module doc)."""
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], dtype: np.dtype, shard_rows: int,
+                 chunk_rows: int, separator: str, fill_value):
+        self.folder, self.shape, self.dtype = folder, shape, dtype
+        self.shard_rows, self.chunk_rows, self.separator = shard_rows, chunk_rows, separator
+        self.fill_value = fill_value
+        self.per_shard = shard_rows // chunk_rows
+        self.item = shape[1:]
+        self._maps: dict[int, tuple[mmap.mmap | None, np.ndarray | None]] = {}
+        self._checked: set[int] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, folder: str | Path) -> RawChunks | None:
+        """The chunk views of the array at ``folder``, or None when it is not uncompressed
+        little-endian shards of whole items with a crc32c per chunk and the index at the end."""
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "zarr.json").read_text())
+            (shard,) = meta["codecs"]
+            conf = shard["configuration"]
+            inner = [c["name"] for c in conf["codecs"]]
+            endian = conf["codecs"][0].get("configuration", {}).get("endian", "little")
+            shard_shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            chunk_shape = conf["chunk_shape"]
+            separator = meta["chunk_key_encoding"]["configuration"]["separator"]
+            dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        shape = tuple(meta["shape"])
+        whole_items = list(shard_shape[1:]) == list(shape[1:]) == list(chunk_shape[1:])
+        index = [c["name"] for c in conf.get("index_codecs", [])]
+        if (shard["name"] != "sharding_indexed" or inner != ["bytes", "crc32c"]
+                or endian != "little" or not whole_items or index != ["bytes", "crc32c"]
+                or conf.get("index_location", "end") != "end"
+                or meta["chunk_key_encoding"]["name"] != "default"
+                or shard_shape[0] % chunk_shape[0]):
+            return None
+        return cls(folder, shape, dtype, int(shard_shape[0]), int(chunk_shape[0]), separator,
+                   meta.get("fill_value", 0))
+
+    def _shard(self, s: int) -> tuple[mmap.mmap | None, np.ndarray | None]:
+        """The shard file's map and its checked index ((None, None): never written)."""
+        with self._lock:
+            if s in self._maps:
+                return self._maps[s]
+            key = self.separator.join(["c", str(s), *("0" for _ in self.item)])
+            path = self.folder / key
+            if not path.is_file():
+                self._maps[s] = (None, None)
+                return self._maps[s]
+            with open(path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            size = self.per_shard * 16
+            raw = memoryview(mm)[len(mm) - size - 4:]
+            if not _crc_ok(raw[:size], bytes(raw[size:])):
+                raise ChecksumError(f"{path}: shard index: Stored and computed checksum do not "
+                                    "match")
+            index = np.frombuffer(raw[:size], dtype="<u8").reshape(self.per_shard, 2)
+            self._maps[s] = (mm, index)
+            return self._maps[s]
+
+    def chunk(self, c: int) -> np.ndarray:
+        """Rows of inner chunk ``c`` (a read-only view into the page cache; fill values for a
+        chunk never written)."""
+        s, j = divmod(c, self.per_shard)
+        first = c * self.chunk_rows
+        rows = min(self.chunk_rows, self.shape[0] - first)
+        mm, index = self._shard(s)
+        if mm is None or index[j, 0] == MISSING:
+            return np.full((rows, *self.item), self.fill_value, dtype=self.dtype)
+        offset, nbytes = int(index[j, 0]), int(index[j, 1])
+        data = memoryview(mm)[offset:offset + nbytes]
+        if c not in self._checked:
+            if not _crc_ok(data[:-4], bytes(data[-4:])):
+                raise ChecksumError("Stored and computed checksum do not match")
+            self._checked.add(c)
+        view = np.frombuffer(data[:-4], dtype=self.dtype)
+        return view.reshape(self.chunk_rows, *self.item)[:rows]

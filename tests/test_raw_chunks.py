@@ -1,0 +1,96 @@
+"""Uncompressed stores (``--codec none``) are read as mmap views of their shard files: the same
+rows as through Zarr, checksums checked, a damaged chunk one line, pickling still works."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from pkd.errors import PkdError
+from pkd.stores import ArraySpec, FeatureStore, StoreSpec, StoreWriter
+from pkd.stores.raw_chunks import RawChunks
+
+SPEC = StoreSpec("regions", "image_id", (ArraySpec("region_features", (3, 5), "float16"),
+                                         ArraySpec("num_regions", (), "int32")),
+                 {"model": "test"}, {}, items_per_chunk=4, items_per_shard=8)
+N = 21  # 3 shards, the last one partial (a partial last chunk too)
+
+
+def arrays(n: int = N) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"region_features": rng.standard_normal((n, 3, 5)).astype(np.float16),
+            "num_regions": np.arange(n, dtype=np.int32)}
+
+
+def write(path, compression: str, skip: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+    data = arrays()
+    with StoreWriter(path, SPEC, np.arange(100, 100 + N), compression=compression) as w:
+        for k in w.pending():
+            if k in skip:
+                continue
+            r = w.shard_rows(k)
+            w.write_shard(k, {name: a[r.start:r.stop] for name, a in data.items()})
+    return data
+
+
+def test_uncompressed_arrays_read_as_views_equal_to_zarr(tmp_path):
+    data = write(tmp_path / "none.zarr", "none")
+    write(tmp_path / "lz4.zarr", "lz4")
+    raw, packed = FeatureStore.open(tmp_path / "none.zarr"), FeatureStore.open(tmp_path / "lz4.zarr")
+    assert RawChunks.of(raw.path / "region_features") is not None
+    assert RawChunks.of(packed.path / "region_features") is None  # compressed: through Zarr
+    rows = np.random.default_rng(1).permutation(N)
+    got, ref = raw.read(rows), packed.read(rows)
+    for name in data:
+        np.testing.assert_array_equal(got[name], data[name][rows])
+        np.testing.assert_array_equal(got[name], ref[name])
+    assert raw.stats["decoded"] == 0 and raw.stats["copied"] == raw.stats["delivered"]
+    again = pickle.loads(pickle.dumps(raw))  # DataLoader workers reopen the maps
+    np.testing.assert_array_equal(again.read(rows)["num_regions"], data["num_regions"][rows])
+
+
+def test_a_shard_never_written_reads_as_fill_values(tmp_path):
+    write(tmp_path / "s.zarr", "none", skip=(1,))
+    chunks = RawChunks.of(tmp_path / "s.zarr" / "region_features")
+    assert not chunks.chunk(2).any() and chunks.chunk(2).shape == (4, 3, 5)
+    assert chunks.chunk(5).shape == (1, 3, 5)  # rows 20..20 of the partial last chunk
+
+
+def test_a_damaged_chunk_is_one_line_naming_it(tmp_path):
+    write(tmp_path / "d.zarr", "none")
+    shard = tmp_path / "d.zarr" / "region_features" / "c" / "1" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 0xFF  # inside chunk 2 (the first chunk of shard 1)
+    shard.write_bytes(bytes(data))
+    store = FeatureStore.open(tmp_path / "d.zarr")
+    np.testing.assert_array_equal(store.read([0, 1])["num_regions"], [0, 1])  # shard 0 is fine
+    with pytest.raises(PkdError) as err:
+        store.read([9])
+    line = str(err.value)
+    assert "\n" not in line and "'region_features'" in line and "chunk 2" in line
+    assert "checksum" in line
+
+
+def test_an_unknown_codec_is_refused(tmp_path):
+    with pytest.raises(PkdError, match="--codec 'zip': expected one of lz4, none"):
+        StoreWriter(tmp_path / "x.zarr", SPEC, np.arange(3), compression="zip")
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_extract_with_codec_none_gives_the_same_rows(synth_data, tiny_resnet_dir, tmp_path):
+    from fixtures_extract import pkd
+
+    args = ["extract", "regions", "--data", synth_data, "--splits", "val", "--detector",
+            f"given:{synth_data / 'boxes.json'}", "--backbone", tiny_resnet_dir, "--threads", "1"]
+    assert pkd(*args, "--out", tmp_path / "lz4.zarr") == 0
+    assert pkd(*args, "--out", tmp_path / "none.zarr", "--codec", "none") == 0
+    a, b = FeatureStore.open(tmp_path / "lz4.zarr"), FeatureStore.open(tmp_path / "none.zarr")
+    assert RawChunks.of(b.path / "region_features") is not None
+    rows = np.arange(a.n_items)[::-1]
+    for name, value in a.read(rows).items():
+        np.testing.assert_array_equal(b.read(rows)[name], value)
+
+
+pytest_plugins = ["fixtures_extract"]  # synth_data, tiny_resnet_dir (session fixtures)
