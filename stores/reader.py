@@ -36,6 +36,7 @@ from pkd.stores.raw_chunks import RawChunks
 from pkd.stores.records import failures_of, inputs_sha256, n_shards, read_records, shard_range
 from pkd.stores.schema import Failure, StoreSpec, canonical, done_path, read_attrs
 
+ROW_LOOP_BYTES = 4096  # rows at least this large are copied one by one (no temporary)
 DAMAGED = (ValueError, RuntimeError)  # zarr: "checksum do not match"; blosc: undecodable bytes
 
 
@@ -211,9 +212,15 @@ class FeatureStore:
         out = {}
         for name, array in arrays.items():
             dest = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
+            big = dest[0].nbytes >= ROW_LOOP_BYTES if len(dest) else False
             for i, c in enumerate(chunks.tolist()):
                 pos = order[bounds[i]:bounds[i + 1]]
-                dest[pos] = have[name, c][rows[pos] - c * ipc]
+                chunk, local = have[name, c], rows[pos] - c * ipc
+                if big:  # one copy per row (a fancy index would copy into a temporary first)
+                    for p, r in zip(pos.tolist(), local.tolist(), strict=True):
+                        dest[p] = chunk[r]
+                else:
+                    dest[pos] = chunk[local]
             out[name] = dest
             self.stats["delivered"] += dest.nbytes
             self.stats["copied"] += dest.nbytes
