@@ -65,6 +65,7 @@ from pkd.hf.loading import (  # noqa: F401 (re-exported)
     resolve_model,
 )
 from pkd.pipeline.events import span
+from pkd.pipeline.pixels import PixelPlan
 
 ATTENTION = ("eager", "sdpa")  # extraction never needs attention maps: sdpa is safe here
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -92,6 +93,9 @@ class FoundationModel:
                  fingerprints: dict[str, str] | None = None, tokenizer_file: str = ""):
         self.spec, self.family, self.model = spec, family, model
         self.tokenizer, self.image_processor = tokenizer, image_processor
+        # resize + crop on the host, rescale + normalize on the device (the same pixels), or
+        # None: the processor does all of it on the host
+        self.pixel_plan = PixelPlan.of(image_processor)
         # weights_sha256 / tokenizer_sha256 / image_processor_sha256 of the checkpoint folder
         self.fingerprints = dict(fingerprints or {})
         self.tokenizer_file = tokenizer_file or spec.model  # named when the tokenizer is wrong
@@ -139,9 +143,13 @@ class FoundationModel:
         return self.encode_pixels(self.preprocess(images))
 
     def preprocess(self, images: list) -> torch.Tensor:
-        """The image processor's ``pixel_values`` (B, 3, H, W) float32 on the host; thread-safe,
-        so extraction runs it in its decode workers, off the thread that drives the model."""
+        """The image processor's ``pixel_values`` (B, 3, H, W) float32 — or, with a
+        :class:`PixelPlan`, its resized and cropped uint8 pixels (a quarter of the bytes; the
+        device rescales and normalizes them in :meth:`encode_pixels`). Thread-safe, so
+        extraction runs it in its decode workers, off the thread that drives the model."""
         with span("preprocess"):
+            if self.pixel_plan is not None:  # uint8 (B, 3, h, w): finished by encode_pixels
+                return self.pixel_plan.host(images)
             return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     @property
@@ -159,6 +167,9 @@ class FoundationModel:
         if not len(pixels):
             return self._empty("images")
         pixels = pixels.to(self.device, non_blocking=True)  # (B, 3, H, W)
+        if pixels.dtype == torch.uint8:  # from PixelPlan.host: rescale + normalize here
+            with span("device_prep"):
+                pixels = self.pixel_plan.device(pixels)
         with span("forward"), self._autocast():
             if self.family == "clip":
                 out = self.model.get_image_features(pixel_values=pixels)
