@@ -14,13 +14,20 @@ instead of Zarr's decode path (~0.2-0.3 GB/s even without a compressor,
 first time this process touches it (google_crc32c, ~4 GB/s); a mismatch is the same one-line
 error as Zarr's. Any other layout (a compressor, another index location, chunks split along an
 item axis) gets ``None`` from :meth:`RawChunks.of` and is read through Zarr as before.
+
+:meth:`RawChunks.write_shard` writes a shard file of that layout directly (chunks, their crc32c,
+the index and its crc32c; a temporary file renamed into place, as Zarr's local store does),
+instead of Zarr's encode path (~0.3-0.45 GB/s without a compressor, E3); Zarr reads the files it
+writes (``tests/test_raw_chunks.py``).
 """
 
 from __future__ import annotations
 
 import json
 import mmap
+import os
 import threading
+import uuid
 from pathlib import Path
 
 import google_crc32c
@@ -120,3 +127,46 @@ class RawChunks:
             self._checked.add(c)
         view = np.frombuffer(data[:-4], dtype=self.dtype)
         return view.reshape(self.chunk_rows, *self.item)[:rows]
+
+    def write_shard(self, s: int, data: np.ndarray) -> None:
+        """Write shard ``s`` (rows ``[s * shard_rows, ...)``, all of them) as one file: each
+        inner chunk's bytes (padded with the fill value to whole chunks) + its crc32c, then the
+        index + its crc32c. Chunks past the array's end are left out (index: never written)."""
+        first = s * self.shard_rows
+        rows = min(self.shard_rows, self.shape[0] - first)
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        if data.shape != (rows, *self.item):
+            raise ValueError(f"shard {s}: rows of shape {data.shape}, expected {(rows, *self.item)}")
+        index = np.full((self.per_shard, 2), MISSING, dtype="<u8")
+        key = self.separator.join(["c", str(s), *("0" for _ in self.item)])
+        path = self.folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        chunk_bytes = self.chunk_rows * int(np.prod(self.item, dtype=np.int64)) * self.dtype.itemsize
+        try:
+            with open(tmp, "wb") as f:
+                offset = 0
+                for j in range(self.per_shard):
+                    lo = j * self.chunk_rows
+                    if lo >= rows:
+                        break
+                    part = data[lo:lo + self.chunk_rows]
+                    if len(part) < self.chunk_rows:  # the array's last chunk: pad to a whole one
+                        pad = np.full((self.chunk_rows - len(part), *self.item), self.fill_value,
+                                      dtype=self.dtype)
+                        part = np.concatenate([part, pad])
+                    raw = part.view(np.uint8).reshape(-1)
+                    f.write(raw.data)
+                    f.write(np.uint32(google_crc32c.value(raw)).tobytes())
+                    index[j] = (offset, chunk_bytes + 4)
+                    offset += chunk_bytes + 4
+                table = index.tobytes()
+                f.write(table)
+                f.write(np.uint32(google_crc32c.value(np.frombuffer(table, np.uint8))).tobytes())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        with self._lock:  # a map of the old file must not be served
+            self._maps.pop(s, None)
+        self._checked.difference_update(range(s * self.per_shard, (s + 1) * self.per_shard))

@@ -36,6 +36,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pkd.errors import PkdError, StoreMismatch
+from pkd.stores.raw_chunks import RawChunks
 from pkd.stores.records import n_shards, read_records, shard_range, write_record
 from pkd.stores.schema import ATTR, Failure, StoreSpec, done_path, read_attrs, spec_difference
 
@@ -161,6 +162,7 @@ class StoreWriter:
         self._check_same()
         self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         self._arrays = {name: self._group[name] for name in [*spec.names, "ok"]}
+        self._raw = {name: RawChunks.of(self.path / name) for name in spec.names}
         self.n_shards = n_shards(len(self.ids), spec.items_per_shard)
 
     def __enter__(self) -> StoreWriter:
@@ -224,7 +226,11 @@ class StoreWriter:
         ok_column = self._ok_column(k, failures, ok)
         done_path(self.path, k).unlink(missing_ok=True)  # a rewrite is pending until it finishes
         for name in self.spec.names:
-            self._arrays[name][rows.start:rows.stop] = arrays[name]
+            raw = self._raw.get(name)
+            if raw is not None:  # uncompressed: the shard file written directly (raw_chunks)
+                raw.write_shard(k, arrays[name])
+            else:
+                self._arrays[name][rows.start:rows.stop] = arrays[name]
         self._arrays["ok"][rows.start:rows.stop] = ok_column
         digests = inputs({int(f.id) for f in failures}) if inputs is not None else None
         write_record(self.path, k, rows, failures, digests)
