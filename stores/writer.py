@@ -48,7 +48,19 @@ EXPONENT_BITS = {2: 0x7C00, 4: 0x7F800000, 8: 0x7FF0000000000000}  # IEEE all-on
 FINITE_CHECK_ROWS = 16  # rows checked at a time (bounds the temporary)
 
 
-CODECS = ("lz4", "none")  # what a new store's feature arrays are written with
+CODECS = ("auto", "lz4", "none")  # what a new store's feature arrays are written with
+RAW_KINDS = ("foundation_image", "foundation_text", "teacher", "predicted")  # model activations
+
+
+def resolve_codec(name: str, kind: str) -> str:
+    """``auto``: ``none`` for stores of model activations (:data:`RAW_KINDS`: float16 tokens and
+    hidden states are incompressible, lz4 ratio 1.00 in E3, so raw costs no disk and reads as
+    mmap views), ``lz4`` for regions (zeros and padding: 1.1-2.0x smaller)."""
+    if name not in CODECS:
+        raise PkdError(f"--codec {name!r}: expected one of {', '.join(CODECS)}")
+    if name != "auto":
+        return name
+    return "none" if kind in RAW_KINDS else "lz4"
 
 
 def codec(name: str = "lz4") -> list:
@@ -68,7 +80,7 @@ def codec(name: str = "lz4") -> list:
     # 2.0-3.0 GB/s, and the store writes 1.35x and reads 1.6-1.7x faster than with zstd. lz4
     # still compresses zeros: padded region features 2.0x (zstd 2.9x), half-zero ones 1.14x
     # (zstd 1.6x). Byte shuffle gains nothing for lz4 here and costs a pass.
-    if name not in CODECS:
+    if name not in CODECS[1:]:
         raise PkdError(f"--codec {name!r}: expected one of {', '.join(CODECS)}")
     if name == "none":
         return [Crc32cCodec()]
@@ -145,13 +157,14 @@ class StoreWriter:
     """Create or resume the store at ``path`` for ``ids`` (sorted, unique) under ``spec``.
 
     ``overwrite=True`` deletes an existing pkd store at ``path`` first (never a foreign folder).
-    ``compression`` (``lz4`` | ``none``, :func:`codec`) applies to a store it creates.
+    ``compression`` (``auto`` | ``lz4`` | ``none``, :func:`resolve_codec`) applies to a store it
+    creates.
     """
 
     def __init__(self, path: str | Path, spec: StoreSpec, ids: Sequence[int], *,
-                 overwrite: bool = False, compression: str = "lz4"):
+                 overwrite: bool = False, compression: str = "auto"):
         self.path = Path(path)
-        codec(compression)  # an unknown name is refused before anything is written
+        compression = resolve_codec(compression, spec.kind)  # refused before anything is written
         self.spec = spec
         self.ids = sorted_ids(ids, self.path)
         if overwrite and self.path.exists():

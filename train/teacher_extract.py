@@ -26,9 +26,9 @@ from pkd.train.teacher_cache import cache_teacher
 
 def extract_teacher(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,
                     part: tuple[int, int] | None = None, device: str = "cpu",
-                    compression: str = "lz4") -> Path:
+                    compression: str = "auto") -> Path:
     """Cache teacher logits, attention maps and hidden states for the training split
-    (``compression``: lz4 | none, :func:`pkd.stores.writer.codec`)."""
+    (``compression``: auto | lz4 | none, :func:`pkd.stores.writer.resolve_codec`)."""
     d = cfg.method.distill
     path = out or cfg.data.teacher
     if not isinstance(method_of(cfg), DistillVLM) or not path or not cfg.data.teacher_regions:
