@@ -74,7 +74,8 @@ def region_arrays(n: int, regions: int, dim: int, seed: int = 0) -> dict[str, np
             "image_size": np.tile(np.array([640, 480], np.int32), (n, 1))}
 
 
-def write_store(path: Path, arrays: dict[str, np.ndarray]) -> FeatureStore:
+def write_store(path: Path, arrays: dict[str, np.ndarray], compression: str = "none"
+                ) -> FeatureStore:
     n, regions, dim = arrays["region_features"].shape
     spec = StoreSpec("regions", "image_id", (
         ArraySpec("boxes", (regions, 4), "float32"),
@@ -83,7 +84,7 @@ def write_store(path: Path, arrays: dict[str, np.ndarray]) -> FeatureStore:
         ArraySpec("num_regions", (), "int32"),
         ArraySpec("image_size", (2,), "int32"),
     ), {"model": "synthetic"}, {"feature_dim": dim, "max_regions": regions}, PER_CHUNK, PER_SHARD)
-    with StoreWriter(path, spec, ID_BASE + np.arange(n)) as writer:
+    with StoreWriter(path, spec, ID_BASE + np.arange(n), compression=compression) as writer:
         for k in writer.pending():
             r = writer.shard_rows(k)
             writer.write_shard(k, {name: a[r.start:r.stop] for name, a in arrays.items()})

@@ -7,7 +7,8 @@ separated) picks some; the default runs all. After the tables, one line per targ
     E3 store write / raw write, default codec, to disk = 0.93x (target >= 0.8x: met)
 
 (``MISSED`` when not met). E1 / E2 (``feed_extract.run_e1_e2``: one stubbed ``pkd extract
-foundation`` run) and T1 (``feed_train.run_t1``) live in their modules, which return rows and
+foundation`` run), T1 (``feed_train.run_t1``) and T3 (``feed_steps.run_t3``) live in their
+modules, which return rows and
 ``(id, what, value, op, bound)`` target tuples; ``from_module`` adapts them. E3 is here:
 
 * **E3**: the store's codecs on real float16 activations, and the store write against a raw
@@ -461,6 +462,15 @@ def t1(args) -> Result:
     rows, targets = run_t1(repeat=args.repeat, work=args.tmp)
     return from_module("feed T1: shuffled batch reads, store vs memmap (benchmarks/"
                        "feed_train.py)", "batch reads", rows, targets)
+
+
+@benchmark("T3")
+def t3(args) -> Result:
+    from feed_steps import run_t3
+
+    rows, targets = run_t3(repeat=min(args.repeat, 2), work=args.tmp)
+    return from_module("feed T3: training with an H200-timed stub step, fed from the store vs "
+                       "RAM (benchmarks/feed_steps.py)", "data wait per step", rows, targets)
 
 
 # ---------------------------------------------------------------------------------------------

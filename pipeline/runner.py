@@ -59,7 +59,7 @@ class RunOptions:
     items_per_shard: int = 512  # rows per work unit (= Zarr shard)
     items_per_chunk: int = 16  # rows per compressed chunk inside a shard (capped at the shard)
     threads: int = 0  # torch CPU threads per process; 0 = auto (see the module doc)
-    codec: str = "auto"  # a new store's chunk codec: auto | lz4 | none (stores.writer)
+    codec: str = "none"  # a new store's chunk codec: none | lz4 (pkd.stores.writer.codec)
 
 
 @dataclass

@@ -53,7 +53,7 @@ def test_cached_values_are_read_only_and_counts_hits():
 def stores(tmp_path):
     ids = np.arange(1, 38)  # 37 items, chunks of 4: the last chunk is short
     spec = make_spec()
-    write_all(tmp_path / "s.zarr", spec, ids)
+    write_all(tmp_path / "s.zarr", spec, ids, compression="lz4")  # the cache serves Zarr reads
     plain = FeatureStore.open(tmp_path / "s.zarr")
     cached = FeatureStore.open(tmp_path / "s.zarr", cache_bytes=1 << 20)
     return plain, cached

@@ -36,8 +36,8 @@ def item_arrays(spec: StoreSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def write_all(path, spec, ids, failures=()) -> None:
-    with StoreWriter(path, spec, ids) as writer:
+def write_all(path, spec, ids, failures=(), compression: str = "none") -> None:
+    with StoreWriter(path, spec, ids, compression=compression) as writer:
         for k in writer.pending():
             shard_ids = writer.shard_ids(k)
             fails = [f for f in failures if f.id in shard_ids]

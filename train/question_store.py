@@ -47,7 +47,7 @@ def checked_batch(batch_for_ids: Callable[[np.ndarray], dict], ids: np.ndarray) 
 def fill_question_store(path: str | Path, spec: StoreSpec, question_ids: Sequence[int],
                         rows_of: Callable[[np.ndarray], dict[str, np.ndarray]], *,
                         batch_size: int, what: str, overwrite: bool = False,
-                        part: tuple[int, int] | None = None, compression: str = "auto") -> Path:
+                        part: tuple[int, int] | None = None, compression: str = "none") -> Path:
     """Write ``rows_of(ids)`` (store arrays of those questions, ``batch_size`` at a time) for
     every pending shard of the store at ``path``; ``what`` names the rows in the progress line
     and in the warning about failed rows."""

@@ -92,7 +92,7 @@ def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict
                   producer: dict | None = None, batch_size: int = 64,
                   device: str | torch.device = "cpu", overwrite: bool = False,
                   part: tuple[int, int] | None = None, items_per_chunk: int = 16,
-                  items_per_shard: int = 256, compression: str = "auto") -> Path:
+                  items_per_shard: int = 256, compression: str = "none") -> Path:
     """Run the frozen ``teacher`` over ``question_ids`` and write the teacher store.
 
     ``batch_for_ids(ids)`` returns the model batch of those questions in the *teacher's* view

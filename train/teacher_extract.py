@@ -26,9 +26,9 @@ from pkd.train.teacher_cache import cache_teacher
 
 def extract_teacher(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,
                     part: tuple[int, int] | None = None, device: str = "cpu",
-                    compression: str = "auto") -> Path:
+                    compression: str = "none") -> Path:
     """Cache teacher logits, attention maps and hidden states for the training split
-    (``compression``: auto | lz4 | none, :func:`pkd.stores.writer.resolve_codec`)."""
+    (``compression``: none | lz4, :func:`pkd.stores.writer.codec`)."""
     d = cfg.method.distill
     path = out or cfg.data.teacher
     if not isinstance(method_of(cfg), DistillVLM) or not path or not cfg.data.teacher_regions:

@@ -29,8 +29,8 @@ Threads = Annotated[int, typer.Option(help="torch CPU threads per process (0 = a
 Device = Annotated[str, typer.Option(help="torch device")]
 BatchSize = Annotated[int, typer.Option(help="items per forward pass")]
 Codec = Annotated[str, typer.Option(
-    help="a new store's chunks: auto (none for model activations, lz4 for regions) | lz4 "
-         "(smaller when zeros abound) | none (read as mmap views: fastest training reads)")]
+    help="a new store's chunks: none (read as mmap views: fastest training reads) | lz4 "
+         "(1.1-2x smaller regions)")]
 
 
 def _part(shard: str | None) -> tuple[int, int] | None:
@@ -47,7 +47,7 @@ def _part(shard: str | None) -> tuple[int, int] | None:
 
 
 def _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed=False,
-             codec: str = "auto"):
+             codec: str = "none"):
     from pkd.pipeline.runner import RunOptions
 
     chunk = RunOptions.items_per_chunk
@@ -103,7 +103,7 @@ def foundation(
     shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
     items_per_shard: PerShard = 512, threads: Threads = 0, retry_failed: RetryFailed = False,
-    codec: Codec = "auto",
+    codec: Codec = "none",
 ) -> None:
     """Frozen foundation model features: images, questions (and captions)."""
     from pkd.pipeline.extract import FoundationRecipe, extract_foundation
@@ -144,7 +144,7 @@ def regions(
     device: Device = "cpu", batch_size: BatchSize = 16, shard: Shard = None, workers: Workers = 0,
     scheduler: Scheduler = None, overwrite: Overwrite = False, strict: Strict = False,
     items_per_shard: PerShard = 512, threads: Threads = 0, retry_failed: RetryFailed = False,
-    codec: Codec = "auto",
+    codec: Codec = "none",
 ) -> None:
     """Boxes and per-box features (a detector, or the boxes of another store)."""
     from pkd.pipeline.extract import RegionRecipe, extract_regions

@@ -15,7 +15,7 @@ def teacher(
     overwrite: Annotated[bool, typer.Option(help="delete an existing store first")] = False,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",
     codec: Annotated[str, typer.Option(
-        help="auto (none: activations) | lz4 | none (read as mmap views: fastest reads)")] = "auto",
+        help="none (read as mmap views: fastest reads) | lz4 (smaller)")] = "none",
 ) -> None:
     """Run the frozen adapted teacher over the training split into a teacher store."""
     from pkd.train.config import load_config
