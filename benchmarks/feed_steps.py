@@ -34,15 +34,10 @@ def stub_pass(stream, step_s: float) -> tuple[int, float, float]:
     """(steps, seconds waited for batches, wall seconds) of draining ``stream`` with a stub
     step (the copy to the device and the float16 -> float32 there are asynchronous GPU work on
     an H200: inside the sleep)."""
-    steps, wait, start = 0, 0.0, time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        batch = next(stream, None)
-        wait += time.perf_counter() - t0
-        if batch is None:
-            break
-        time.sleep(step_s)
-        steps += 1
+    from gpu import drain
+
+    start = time.perf_counter()
+    steps, wait = drain(stream, lambda _batch: time.sleep(step_s))
     return steps, wait, time.perf_counter() - start
 
 

@@ -824,17 +824,10 @@ class Bench:
     def _train_pass(self, trainer: Trainer, feed, positions) -> tuple[float, float, float | str]:
         """(seconds, seconds waited for batches, GPU busy) of one pass as ``fit`` runs it."""
         sync(self.device)
-        wait = 0.0
         with Busy(self.util) as busy:
             start = time.perf_counter()
             stream = prefetch(feed.__getitem__, positions, depth=2)
-            while True:
-                t0 = time.perf_counter()
-                batch = next(stream, None)
-                wait += time.perf_counter() - t0
-                if batch is None:
-                    break
-                trainer.train_step(batch)
+            _, wait = drain(stream, trainer.train_step)
             sync(self.device)
             total = time.perf_counter() - start
         return total, wait, busy.percent
@@ -907,6 +900,19 @@ class _NotAvailable(Exception):
 
 def _f(v, unit: str = "") -> str:
     return "-" if v is None else (f"{v:.3g}{unit}" if abs(v) < 1000 else f"{v:.0f}{unit}")
+
+
+def drain(stream, step: Callable[[dict], object]) -> tuple[int, float]:
+    """Run ``step`` on every batch of ``stream``: (steps, seconds spent waiting for batches)."""
+    steps, wait = 0, 0.0
+    while True:
+        t0 = time.perf_counter()
+        batch = next(stream, None)
+        wait += time.perf_counter() - t0
+        if batch is None:
+            return steps, wait
+        step(batch)
+        steps += 1
 
 
 def _in_ram(store):

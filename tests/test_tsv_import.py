@@ -143,23 +143,10 @@ def _arrays(path):
 
 def test_resume_after_interruption(lxmert, tmp_path, monkeypatch):
     from pkd.stores import tsvimport
-    from pkd.stores.writer import StoreWriter
 
     path, _, _ = lxmert
     clean, _ = import_tsv(path, tmp_path / "clean.zarr", items_per_shard=SHARD)
-    real = StoreWriter.write_shard
-    calls = []
-
-    def crash_second(self, k, *args, **kwargs):
-        calls.append(k)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, k, *args, **kwargs)
-
-    monkeypatch.setattr(StoreWriter, "write_shard", crash_second)
-    with pytest.raises(KeyboardInterrupt):
-        import_tsv(path, tmp_path / "resumed.zarr", items_per_shard=SHARD)
-    monkeypatch.setattr(StoreWriter, "write_shard", real)
+    _interrupted(path, tmp_path / "resumed.zarr", monkeypatch)
     monkeypatch.setattr(tsvimport, "scan", lambda p: pytest.fail("the index should be reused"))
     resumed, _ = import_tsv(path, tmp_path / "resumed.zarr", items_per_shard=SHARD)
     (a, ok_a), (b, ok_b) = _arrays(clean), _arrays(resumed)
