@@ -11,8 +11,9 @@ temporary folder, then times sha256 over the whole file:
   from the disk, as on the first load of a checkpoint; a virtual disk may still be cached by its
   host).
 
-The file is read once before timing, so the other variants read from the page cache. Variants are interleaved ``--repeat`` times and the fastest
-of each is kept (the machine may be shared). Run:
+The file is read once before timing, so the other variants read from the page cache. Variants
+are interleaved ``--repeat`` times and the fastest of each is kept (the machine may be shared).
+Run:
 ``python benchmarks/bench_fingerprint.py [--mb 500 --repeat 3]``.
 
 ``--inputs N`` instead measures what an extraction pays to fingerprint its images

@@ -3,8 +3,9 @@
 Synthetic bottom-up-style features: ``--images`` images x ``--regions`` regions (36) x ``--dim``
 (2048), ReLU'd Gaussians (about half zeros) stored as float16, written with
 :class:`pkd.stores.StoreWriter` in the pipeline's layout (chunks of 16 images, shards of 512,
-the store default codec, Blosc lz4 since issue 32), plus ``--questions-per-image`` questions per image (random words and answers,
-3129 answer classes like bottom-up's vocabulary). Files are in the page cache (warm reads).
+the store default codec, Blosc lz4 since issue 32), plus ``--questions-per-image`` questions
+per image (random words and answers, 3129 answer classes like bottom-up's vocabulary). Files
+are in the page cache (warm reads).
 
 (a) Training-step throughput of the UpDn baseline (``model.hidden_size`` 512, AdamW, gradient
     clipping as in ``pkd train``) on the same chunk-shuffled batches

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 from common import machine, print_table
 
-from pkd.demo import DemoConfig, Paths, overrides, prepare, train_run
-from pkd.train.config import load_config
+from pkd.demo import DemoConfig, Paths, prepare, row_config, row_vars, train_run
+from pkd.train.config import TrainConfig
 from pkd.train.loop import Trainer, _to
 from pkd.train.tasks.distillvlm import teacher_view
 
@@ -62,12 +62,12 @@ def build_demo(out: Path, cfg: DemoConfig) -> tuple[Paths, Path]:
     from pkd.train.predicted_extract import extract_predicted
     from pkd.train.teacher_extract import extract_teacher
 
-    pcfg = load_config(None, _args(cfg, paths, "pkd", {}, out / "probe"))
+    pcfg = _config(cfg, "pkd", {}, out / "probe")
     if not (Path(pcfg.data.predicted) / "zarr.json").is_file():
         extract_predicted(pcfg)
     tokenwise = tokenwise_predictors(cfg, paths, out)
 
-    tcfg = load_config(None, _args(cfg, paths, "distillvlm", {}, out / "probe"))
+    tcfg = _config(cfg, "distillvlm", {}, out / "probe")
     if not (Path(tcfg.data.teacher) / "zarr.json").is_file():
         extract_teacher(tcfg)
     return paths, tokenwise
@@ -80,19 +80,18 @@ def tokenwise_predictors(cfg: DemoConfig, paths: Paths, out: Path) -> Path:
     if not (run / "ckpt" / "latest.json").is_file():
         from pkd.train.loop import fit
 
-        fit(load_config(None, _args(cfg, paths, "predictors", {
-            "method.pkd.predictor_tokens": 0, "run.epochs": 1}, run)))
+        fit(_config(cfg, "predictors", {"method.pkd.predictor_tokens": 0, "run.epochs": 1}, run))
     return run
 
 
-def _args(cfg: DemoConfig, paths: Paths, spec: str, extra: dict, run_dir: Path) -> list[str]:
-    over = {**overrides(cfg, paths, spec, 0), **extra, "run.out_dir": run_dir}
-    return [f"{k}={v}" for k, v in over.items()]
+def _config(cfg: DemoConfig, spec: str, extra: dict, run_dir: Path) -> TrainConfig:
+    """The demo's row ``spec`` (configs/rows/) on seed 0, ``extra`` keys on top, in ``run_dir``."""
+    return row_config(spec, row_vars(cfg, 0), {**extra, "run.out_dir": str(run_dir)})
 
 
 def trainer(cfg: DemoConfig, paths: Paths, spec: str, extra: dict, work: Path) -> Trainer:
     run_dir = work / f"{spec}-{len(list(work.iterdir()))}"
-    return Trainer(load_config(None, _args(cfg, paths, spec, extra, run_dir)), resume=False)
+    return Trainer(_config(cfg, spec, extra, run_dir), resume=False)
 
 
 def time_reads(t: Trainer, positions: list) -> tuple[float, float, list]:
@@ -163,7 +162,8 @@ def main() -> None:
         for _ in range(args.repeat):
             infer["student"] = min(infer["student"], time_inference(student.model, infer_batches,
                                                                      device))
-            infer["teacher"] = min(infer["teacher"], time_inference(teacher, teacher_batches, device))
+            infer["teacher"] = min(infer["teacher"], time_inference(teacher, teacher_batches,
+                                                                     device))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -43,7 +43,8 @@ def synthetic(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(counts (n,), padded features (n, MAX_REGIONS, d) float16, zero beyond each count)."""
     rng = np.random.default_rng(seed)
     counts = rng.integers(10, MAX_REGIONS + 1, size=n).astype(np.int32)
-    feats = np.maximum(rng.standard_normal((n, MAX_REGIONS, d), dtype=np.float32), 0).astype(np.float16)
+    feats = np.maximum(rng.standard_normal((n, MAX_REGIONS, d), dtype=np.float32),
+                       0).astype(np.float16)
     feats[np.arange(MAX_REGIONS)[None, :] >= counts[:, None]] = 0
     return counts, feats
 
@@ -51,12 +52,15 @@ def synthetic(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def write_padded(root: Path, counts: np.ndarray, feats: np.ndarray) -> FeatureStore:
     d = feats.shape[-1]
     spec = StoreSpec("regions", "image_id",
-                     (ArraySpec("region_features", (MAX_REGIONS, d), "float16"), ArraySpec("num_regions", (), "int32")),
-                     {"model": "synthetic"}, {"feature_dim": d, "max_regions": MAX_REGIONS}, PER_CHUNK, PER_SHARD)
+                     (ArraySpec("region_features", (MAX_REGIONS, d), "float16"),
+                      ArraySpec("num_regions", (), "int32")),
+                     {"model": "synthetic"}, {"feature_dim": d, "max_regions": MAX_REGIONS},
+                     PER_CHUNK, PER_SHARD)
     with StoreWriter(root / "padded.zarr", spec, np.arange(len(counts))) as writer:
         for k in writer.pending():
             r = writer.shard_rows(k)
-            writer.write_shard(k, {"region_features": feats[r.start:r.stop], "num_regions": counts[r.start:r.stop]})
+            writer.write_shard(k, {"region_features": feats[r.start:r.stop],
+                                   "num_regions": counts[r.start:r.stop]})
     return FeatureStore.open(root / "padded.zarr")
 
 
@@ -69,9 +73,12 @@ class FlatStore:
         self.rows_per_chunk = PER_CHUNK * int(round(counts.mean()))
         group = zarr.open_group(root / "flat.zarr", mode="w", zarr_format=3)
         self.features = group.create_array(
-            "features", shape=(int(self.offsets[-1]), d), dtype="float16", chunks=(self.rows_per_chunk, d),
-            shards=(self.rows_per_chunk * PER_SHARD // PER_CHUNK, d), compressors=codec(), fill_value=0)
-        group.create_array("offsets", data=self.offsets, chunks=(len(self.offsets),), compressors=codec())
+            "features", shape=(int(self.offsets[-1]), d), dtype="float16",
+            chunks=(self.rows_per_chunk, d),
+            shards=(self.rows_per_chunk * PER_SHARD // PER_CHUNK, d), compressors=codec(),
+            fill_value=0)
+        group.create_array("offsets", data=self.offsets, chunks=(len(self.offsets),),
+                           compressors=codec())
         step = self.rows_per_chunk * PER_SHARD // PER_CHUNK  # shard-aligned writes
         valid = feats[np.arange(MAX_REGIONS)[None, :] < counts[:, None]]  # (R, d)
         for start in range(0, len(valid), step):
@@ -85,7 +92,8 @@ class FlatStore:
         runs = chunk_runs(rows, self.rows_per_chunk, self.features.shape[0])
 
         async def fetch():
-            return await asyncio.gather(*[self.features.async_array.getitem(slice(a, b)) for a, b in runs])
+            return await asyncio.gather(*[self.features.async_array.getitem(slice(a, b))
+                                          for a, b in runs])
 
         flat = np.concatenate(sync(fetch()))
         starts = np.array([a for a, _ in runs])
@@ -105,7 +113,9 @@ class FlatStore:
 
 
 def disk_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def measure(layouts: dict, n: int, batches: dict, repeat: int) -> list[dict]:
@@ -114,7 +124,8 @@ def measure(layouts: dict, n: int, batches: dict, repeat: int) -> list[dict]:
     best: dict[tuple[str, str], float] = {}
     for _ in range(repeat):
         for name, (read_range, read_rows) in layouts.items():
-            tasks = {"seq": lambda f=read_range: [f(s, min(s + PER_SHARD, n)) for s in range(0, n, PER_SHARD)]}
+            tasks = {"seq": lambda f=read_range: [f(s, min(s + PER_SHARD, n))
+                                                  for s in range(0, n, PER_SHARD)]}
             for kind, rows in batches.items():
                 tasks[kind] = lambda f=read_rows, rows=rows: [f(b) for b in rows]
             for kind, task in tasks.items():
@@ -123,7 +134,8 @@ def measure(layouts: dict, n: int, batches: dict, repeat: int) -> list[dict]:
                 elapsed = time.perf_counter() - start
                 best[name, kind] = min(best.get((name, kind), elapsed), elapsed)
     return [{"layout": name, "seq items/s": n / best[name, "seq"],
-             **{f"{kind} ms/batch": 1000 * best[name, kind] / len(rows) for kind, rows in batches.items()}}
+             **{f"{kind} ms/batch": 1000 * best[name, kind] / len(rows)
+                for kind, rows in batches.items()}}
             for name in layouts]
 
 
@@ -166,13 +178,15 @@ def main() -> None:
         oindex = zarr.open_array(root / "padded.zarr" / "region_features", mode="r")
         names = ["region_features"]
         layouts = {
-            "padded+counts": (lambda a, b: padded.read_range(a, b, names), lambda r: padded.read(r, names)),
+            "padded+counts": (lambda a, b: padded.read_range(a, b, names),
+                              lambda r: padded.read(r, names)),
             "padded, oindex": (lambda a, b: oindex[a:b], lambda r: oindex.oindex[np.unique(r)]),
             "flat+offsets": (flat.read_range, flat.read),
             "memmap padded": (lambda a, b: np.array(mm[a:b]), lambda r: mm[np.sort(r)]),
         }
-        sizes = {name: disk_bytes(root / path) for name, path in
-                 zip(layouts, ["padded.zarr", "padded.zarr", "flat.zarr", "padded.npy"], strict=True)}
+        files = ["padded.zarr", "padded.zarr", "flat.zarr", "padded.npy"]
+        sizes = {name: disk_bytes(root / path)
+                 for name, path in zip(layouts, files, strict=True)}
         table = [{"layout": row["layout"], "MB on disk": sizes[row["layout"]] / 2**20,
                   **{k: v for k, v in row.items() if k != "layout"}}
                  for row in measure(layouts, n, batches, args.repeat)]

@@ -7,7 +7,7 @@ Writes one ``--mb`` MB TSV in LXMERT's layout (36 boxes x 2048-d float32 feature
 * ``file_sha256`` (what every import and resume now pays), from the page cache;
 * the same after ``posix_fadvise(DONTNEED)`` dropped the file's pages (a read from the disk; a
   virtual disk may still be cached by its host);
-* pass 1's :func:`pkd.stores.tsvimport.scan` of the same file (the read the import already did).
+* pass 1's :func:`pkd.stores.tsv_scan.scan` of the same file (the read the import already did).
 
 Run: ``python benchmarks/bench_tsv_fingerprint.py [--mb 200 --repeat 3]``.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from common import machine, print_table, timed
 
 from pkd.hf.fingerprint import file_sha256
-from pkd.stores.tsvimport import scan
+from pkd.stores.tsv_scan import scan
 
 
 def write_tsv(path: Path, mb: int) -> int:
@@ -69,7 +69,8 @@ def main() -> None:
     print(f"bench_tsv_fingerprint: one {size_mb:.0f} MB LXMERT TSV ({lines} lines), "
           f"best of {args.repeat} rounds")
     print(machine())
-    print_table([{"what": name, "seconds": s, "MB/s": size_mb / s} for name, s in best.items()], "what")
+    print_table([{"what": name, "seconds": s, "MB/s": size_mb / s} for name, s in best.items()],
+                "what")
 
 
 if __name__ == "__main__":

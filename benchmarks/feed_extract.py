@@ -111,8 +111,9 @@ def run_e1_e2(images: int = 512, batch: int = 64, per_shard: int = 128,
     from pkd.cores import usable_cores
 
     workers = max(1, usable_cores() - 1)
-    import gpu  # benchmark helpers: JPEG contents, COCO names, VQA v2 files
     from common import VIT_B16, build_clip
+    from gpu_inputs import jpeg_contents, write_images, write_vqa2  # JPEG, VQA v2 files
+    from gpu_sizes import SIZES
 
     from pkd.pipeline import foundation
     from pkd.pipeline.events import recording
@@ -123,9 +124,9 @@ def run_e1_e2(images: int = 512, batch: int = 64, per_shard: int = 128,
     with tempfile.TemporaryDirectory(prefix="pkd-feed-e1-", dir=work) as tmp:
         root = Path(tmp)
         ids = np.arange(1, images + 1, dtype=np.int64)
-        size = dataclasses.replace(gpu.SIZES["full"], distinct=32)  # 640x480, cycled
-        gpu.write_images(root / "train2014", ids, gpu.jpeg_contents(size))
-        gpu.write_vqa2(root, ids, 1, 10, annotations=True)
+        size = dataclasses.replace(SIZES["full"], distinct=32)  # 640x480, cycled
+        write_images(root / "train2014", ids, jpeg_contents(size))
+        write_vqa2(root, ids, 1, 10, annotations=True)
         model_dir = build_clip(root / "clip", VIT_B16)
         spec = foundation.FoundationSpec(str(model_dir), attn="sdpa")
         fm = foundation.load_foundation(spec)

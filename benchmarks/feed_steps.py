@@ -9,11 +9,11 @@ trainer's own batches (its sampler's order, ``VQABatches`` reading its stores an
 one read-ahead thread two batches deep, as ``fit`` feeds them) are drained with a stub step:
 a sleep of the H200's RAM-fed step (batches kept float16 on the host, as for a GPU)
 (UpDn 37 ms, PKD stage 2 151 ms, DistillVLM student 89 ms: ``results/gpu-h200-2026-12-04-*``).
-The same stub is fed from the same arrays held in RAM (``gpu._in_ram``, same read-ahead) for
-comparison. Each feed first reads four batches untimed (a later epoch: chunk checksums checked,
-page cache warm); the chunk caches of Zarr-read stores are emptied before each pass (at scale
-they hold a window of chunks, not the data set: each chunk is decoded once per epoch); rounds
-alternate store and RAM, the least waiting of ``repeat`` kept.
+The same stub is fed from the same arrays held in RAM (``gpu_train_rows.in_ram``, same
+read-ahead) for comparison. Each feed first reads four batches untimed (a later epoch: chunk
+checksums checked, page cache warm); the chunk caches of Zarr-read stores are emptied before
+each pass (at scale they hold a window of chunks, not the data set: each chunk is decoded once
+per epoch); rounds alternate store and RAM, the least waiting of ``repeat`` kept.
 Target: data wait <= 5% of the step time from the store, for each method.
 """
 
@@ -34,7 +34,7 @@ def stub_pass(stream, step_s: float) -> tuple[int, float, float]:
     """(steps, seconds waited for batches, wall seconds) of draining ``stream`` with a stub
     step (the copy to the device and the float16 -> float32 there are asynchronous GPU work on
     an H200: inside the sleep)."""
-    from gpu import drain
+    from gpu_train_rows import drain
 
     start = time.perf_counter()
     steps, wait = drain(stream, lambda _batch: time.sleep(step_s))
@@ -45,26 +45,29 @@ def run_t3(train_images: int = 128, steps: int = 12, repeat: int = 2, work: Path
            methods: tuple[str, ...] = ("baseline", "distillvlm", "pkd")
            ) -> tuple[list[dict], list[tuple]]:
     """T3 rows and ``(id, what, value, op, target)`` target tuples."""
-    import gpu
+    from bench_loader import region_arrays, write_store
     from common import SMALL
+    from gpu import Bench
+    from gpu_sizes import SIZES
+    from gpu_train_rows import epoch_positions, in_ram
 
     from pkd.prefetch import prefetch
     from pkd.train.data import Stores, VQABatches
 
     size = dataclasses.replace(
-        gpu.SIZES["full"], clip=SMALL, images=train_images, train_images=train_images,
+        SIZES["full"], clip=SMALL, images=train_images, train_images=train_images,
         steps=steps, repeat=1, val_fraction=0.05, train_batch=256, answers=1000,
         models={"student": {"model.arch": "fusion"}})
     args = argparse.Namespace(strict=True, budget=1e9)
     rows, targets = [], []
     with tempfile.TemporaryDirectory(prefix="pkd-feed-t3-", dir=work) as tmp:
-        bench = gpu.Bench(args, size, "cpu", "float32", Path(tmp))
+        bench = Bench(args, size, "cpu", "float32", Path(tmp))
         bench.prepare()
         bench.regions = bench.stores / "regions.zarr"
-        regions = gpu.region_arrays(size.train_images, size.regions, size.region_dim)
-        gpu.write_store(bench.regions, regions)
+        regions = region_arrays(size.train_images, size.regions, size.region_dim)
+        write_store(bench.regions, regions)
         lz4_regions = bench.stores / "regions-lz4.zarr"
-        gpu.write_store(lz4_regions, regions, compression="lz4")
+        write_store(lz4_regions, regions, compression="lz4")
         del regions
         bench.runs = Path(tmp) / "runs"
         for method in (*methods, "baseline, regions --codec lz4"):
@@ -80,9 +83,9 @@ def run_t3(train_images: int = 128, steps: int = 12, repeat: int = 2, work: Path
             trainer = bench._trainer(base)
             step_s = H200_STEP_MS[base] / 1000
             label = LABELS[base] + method[len(base):]
-            positions = gpu.epoch_positions(trainer, steps)
+            positions = epoch_positions(trainer, steps)
             feed = trainer.train
-            ram = Stores(**{f.name: gpu._in_ram(getattr(feed.stores, f.name))
+            ram = Stores(**{f.name: in_ram(getattr(feed.stores, f.name))
                             for f in dataclasses.fields(Stores)})
             ram_feed = VQABatches(feed.split, ram, feed.rows, feed.num_answers,
                                   feed.foundation_tokens)

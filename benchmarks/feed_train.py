@@ -109,8 +109,9 @@ def run_t1(images: int = 1024, batch: int = 256, window: int = 16, cache_mib: in
             batches = epoch_batches(images, batch, window)
             best, stores = measure(path, names, maps, batches, cache_mib, repeat)
             delivered = memmap_epoch(maps, batches)
-            rows.append({"what": f"{label}: memmap gather", "GB/s": delivered / best["memmap"] / 1e9,
-                         "x memmap": 1.0, "decodes/chunk": "", "copied/delivered": 1.0})
+            rows.append({"what": f"{label}: memmap gather",
+                         "GB/s": delivered / best["memmap"] / 1e9, "x memmap": 1.0,
+                         "decodes/chunk": "", "copied/delivered": 1.0})
             for variant, what in (("runs", "store lz4, runs of chunks"),
                                   ("chunks", "store lz4, per chunk"),
                                   ("none", "store uncompressed (--codec none, mmap views)"),

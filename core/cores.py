@@ -24,7 +24,7 @@ def usable_cores() -> int:
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads (n <= 0: unchanged), then restore."""
-    import torch
+    import torch  # torch: loaded only when torch threads are set
 
     before = torch.get_num_threads()
     if n > 0:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -68,9 +70,6 @@ def prefetch_pool(fn: Callable[[T], R], items: Iterable[T], workers: int,
     if workers <= 1:
         yield from prefetch(fn, items, depth or 2)
         return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
     depth = max(1, depth or 2 * workers)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pkd-decode") as pool:
         pending: deque = deque()

@@ -20,13 +20,14 @@ def _interactive() -> bool:
 
 
 def track(
-    items: Iterable[T], total: int | None = None, description: str = "working", every_s: float = 30.0
+    items: Iterable[T], total: int | None = None, description: str = "working",
+    every_s: float = 30.0,
 ) -> Iterator[T]:
     """Yield ``items`` while showing progress (rich bar, or plain lines every ``every_s`` s)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     if _interactive():
-        from rich.progress import track as rich_track
+        from rich.progress import track as rich_track  # rich: loaded only when a progress bar shows
 
         yield from rich_track(items, total=total, description=description, transient=True)
         return
@@ -41,7 +42,8 @@ def track(
             of = f"/{total}" if total else ""
             print(f"{description}: {done}{of} ({now - start:.0f}s)", file=sys.stderr, flush=True)
     if done and time.monotonic() - start >= every_s:
-        print(f"{description}: done {done} in {time.monotonic() - start:.0f}s", file=sys.stderr, flush=True)
+        print(f"{description}: done {done} in {time.monotonic() - start:.0f}s", file=sys.stderr,
+              flush=True)
 
 
 def quiet_transformers() -> None:
@@ -51,6 +53,6 @@ def quiet_transformers() -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers loads
     if "transformers" in sys.modules:  # already loaded: switch its bars off directly
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # transformers: only if already loaded
 
         hf_logging.disable_progress_bar()

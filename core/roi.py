@@ -46,7 +46,8 @@ def to_rois(boxes: BoxesArg, device: torch.device, dtype: torch.dtype) -> Tensor
     """``(K, 5)`` rows ``[batch_index, x1, y1, x2, y2]`` from either accepted box format."""
     if isinstance(boxes, Tensor):
         if boxes.ndim != 2 or boxes.shape[1] != 5:
-            raise ValueError(f"boxes tensor must be (K, 5) with a batch index, got {tuple(boxes.shape)}")
+            raise ValueError("boxes tensor must be (K, 5) with a batch index, got "
+                             f"{tuple(boxes.shape)}")
         return boxes.to(device=device, dtype=dtype)
     rows = []
     for b, per_image in enumerate(boxes):
@@ -139,7 +140,7 @@ def _pool_image(fmap: Tensor, wy: Tensor, wx: Tensor) -> Tensor:
 def _torchvision_roi_align():
     """``torchvision.ops.roi_align`` when torchvision imports and its ops load, else None."""
     try:
-        from torchvision.ops import roi_align as tv_roi_align
+        from torchvision.ops import roi_align as tv_roi_align  # torchvision: optional backend
     except Exception:  # not installed, or a build whose compiled ops fail to load
         return None
     return tv_roi_align

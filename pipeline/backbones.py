@@ -51,7 +51,7 @@ from pkd.roi import pool_regions, resized_size
 
 def load_image_processor(model: str):
     """The model's PIL image processor (the torchvision-backed "fast" ones are never used)."""
-    from transformers import AutoImageProcessor
+    from transformers import AutoImageProcessor  # transformers: only when a backbone is built
 
     source, local = resolve_model(model)
     try:
@@ -91,7 +91,7 @@ class RegionBackbone:
 
     def __init__(self, model: str, device: str = "cpu", output_size: int = 7,
                  sampling_ratio: int = -1, pooling: str = "mean"):
-        from transformers import AutoModel
+        from transformers import AutoModel  # transformers: loaded only when a backbone is built
 
         quiet_loading()
         net, folder = load_pretrained(AutoModel, model, "a transformers backbone")

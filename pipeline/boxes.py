@@ -40,7 +40,8 @@ def clip_boxes(boxes: ArrayLike, width: float, height: float) -> Tensor:
 
 
 def box_geometry(boxes: ArrayLike, width: float, height: float) -> Tensor:
-    """``(N, 6)`` = ``(x1/W, y1/H, x2/W, y2/H, (x2-x1)/W, (y2-y1)/H)`` (design.md, regions store)."""
+    """``(N, 6)`` = ``(x1/W, y1/H, x2/W, y2/H, (x2-x1)/W, (y2-y1)/H)`` (design.md, regions
+    store)."""
     b = _tensor(boxes).reshape(-1, 4)
     scale = torch.tensor([width, height, width, height], dtype=b.dtype)
     norm = b / scale  # (N, 4)

@@ -36,7 +36,7 @@ class DaskPool:
         self.close()
 
     def _connect(self):
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client, LocalCluster  # dask: loaded only when a cluster starts
 
         if self._client is not None:
             return self._client
@@ -46,7 +46,7 @@ class DaskPool:
             except (OSError, TimeoutError, ValueError) as err:
                 raise PkdError(f"--scheduler {self.scheduler}: cannot connect ({err})") from None
         else:
-            import dask
+            import dask  # dask: loaded only when a cluster starts
 
             # dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc
             # map and zero-fill every large tensor afresh (measured: ~1.5x slower model work)
@@ -59,7 +59,7 @@ class DaskPool:
 
     def map(self, fn: Callable, calls: Sequence[tuple]) -> Iterator:
         """``fn(*args)`` for each ``args`` in ``calls`` on the workers; results as they finish."""
-        from dask.distributed import as_completed
+        from dask.distributed import as_completed  # dask: loaded only when a cluster runs
 
         if not calls:
             return

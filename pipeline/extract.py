@@ -28,6 +28,7 @@ from pkd.pipeline.runner import (
     shard_pool,
 )
 from pkd.pipeline.sources import SourceConfig, load_source
+from pkd.pipeline.stages import FoundationImageStage, FoundationTextStage
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,10 @@ class ExtractReport:
 
 def build_foundation_stage(recipe: FoundationRecipe):
     """Load the frozen foundation model and the stage for one target (runs once per process)."""
-    from pkd.pipeline.foundation import FoundationSpec, load_foundation
-    from pkd.pipeline.stages import FoundationImageStage, FoundationTextStage
+    from pkd.pipeline.foundation import (  # torch: loaded only when the stage is built
+        FoundationSpec,
+        load_foundation,
+    )
 
     spec = FoundationSpec(recipe.model, device=recipe.device, dtype=recipe.dtype,
                           max_text_len=recipe.max_text_len, attn=recipe.attn)
@@ -106,7 +109,7 @@ def decode_workers(recipe: FoundationRecipe) -> int:
 
 def build_region_stage(recipe: RegionRecipe):
     """Build the detector / box source and backbone of a region stage (once per process)."""
-    from pkd.pipeline.regions import make_region_stage
+    from pkd.pipeline.regions import make_region_stage  # torch: loaded only when the stage is built
 
     return make_region_stage(recipe, load_source(recipe.source))
 

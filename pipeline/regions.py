@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from pkd.errors import PkdError
+from pkd.pipeline.backbones import RegionBackbone
+from pkd.pipeline.box_sources import Detections
 from pkd.pipeline.boxes import box_geometry
-from pkd.pipeline.detectors import Detections
+from pkd.pipeline.detectors import build_detector
 from pkd.pipeline.sources import Source
 from pkd.pipeline.stages import empty_arrays, image_inputs, iter_image_batches
 from pkd.stores import ArraySpec, Failure, FeatureStore, StoreSpec
@@ -125,9 +127,6 @@ class RegionStage:
 
 def make_region_stage(recipe, source: Source) -> RegionStage:
     """Wire a :class:`RegionRecipe` into a stage: box source, backbone, dims, provenance."""
-    from pkd.pipeline.backbones import RegionBackbone
-    from pkd.pipeline.detectors import build_detector
-
     if (recipe.detector is None) == (recipe.boxes_from is None):
         raise PkdError("extract regions: give exactly one of --detector or --boxes-from")
     if recipe.pooling != "mean" and not recipe.backbone:

@@ -39,6 +39,7 @@ import numpy as np
 
 from pkd.cores import torch_threads, usable_cores
 from pkd.errors import PkdError
+from pkd.pipeline.cluster import DaskPool
 from pkd.pipeline.events import span
 from pkd.pipeline.stages import kept_ids, shard_inputs
 from pkd.progress import track
@@ -187,7 +188,7 @@ def run_shard(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, k:
                                                     compression=opts.codec)
         writer = writers[str(out), recipe]
     if opts.threads > 0:
-        import torch
+        import torch  # torch: loaded only when a shard runs
 
         torch.set_num_threads(opts.threads)
     return compute_shard(stage, writer, k, retry)
@@ -196,8 +197,6 @@ def run_shard(recipe: Hashable, build: Callable, out: Path, opts: RunOptions, k:
 def shard_pool(opts: RunOptions):
     """The dask pool of a run (``workers`` / ``scheduler``), else a no-op context (None)."""
     if opts.workers or opts.scheduler:
-        from pkd.pipeline.cluster import DaskPool
-
         return DaskPool(opts.workers, opts.scheduler)
     return nullcontext()
 

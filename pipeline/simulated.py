@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pkd.errors import PkdError
+from pkd.pipeline.box_sources import Detections, GivenBoxes, whole_image
 from pkd.pipeline.boxes import clip_boxes
-from pkd.pipeline.detectors import Detections, GivenBoxes, whole_image
 
 
 @dataclass(frozen=True)

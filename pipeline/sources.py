@@ -58,7 +58,8 @@ def _load_captions(path: Path) -> tuple[dict[int, str], dict[int, int]]:
     return texts, images
 
 
-def _read_splits(root: Path, dataset: str, splits: tuple[str, ...]) -> tuple[dict[int, str], dict[int, int]]:
+def _read_splits(root: Path, dataset: str,
+                 splits: tuple[str, ...]) -> tuple[dict[int, str], dict[int, int]]:
     """``({question_id: text}, {question_id: image_id})`` of the split files read together; an
     id in two files must be the same question in both (:func:`_check_same_questions`)."""
     questions: dict[int, str] = {}

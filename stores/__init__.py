@@ -23,7 +23,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name in _SAMPLER_NAMES:
-        from pkd.stores import sampler
+        from pkd.stores import sampler  # torch: loaded on first use of a sampler name
 
         return getattr(sampler, name)
     raise AttributeError(f"module 'pkd.stores' has no attribute {name!r}")

@@ -44,7 +44,8 @@ class ChunkCache:
             return value
 
     def put(self, key: Hashable, value: np.ndarray) -> None:
-        """Keep ``value`` (read-only from now on); a value larger than the whole cache is not kept."""
+        """Keep ``value`` (read-only from now on); a value larger than the whole cache is not
+        kept."""
         if value.nbytes > self.max_bytes:
             return
         value.flags.writeable = False  # callers get views: nobody may change a cached chunk

@@ -10,7 +10,8 @@ Two HDF5 layouts are read (d = feature dim, K = boxes per image, R = boxes in to
 Optional ``image_w``, ``image_h`` (N,) give image sizes; without them the size is recovered from a
 box and its 6-d geometry ``(x1/W, y1/H, x2/W, y2/H, w/W, h/H)`` (W = w / (w/W) of the widest box;
 (0, 0) for an image without boxes).
-``spatial_features`` is stored as ``region_geometry``; it is computed from boxes and sizes if absent.
+``spatial_features`` is stored as ``region_geometry``; it is computed from boxes and sizes if
+absent.
 
 Image ids of the N rows, first found of: an ``image_ids`` dataset; ``ids`` (a JSON file holding
 ``{"<image_id>": row}`` or ``[image_id of row 0, ...]``, or the list itself); ``imgid2idx``, the
@@ -74,7 +75,8 @@ def _as_mapping(obj, where) -> dict[int, int]:
             return {int(image_id): row for row, image_id in enumerate(obj)}
     except (TypeError, ValueError) as err:
         raise PkdError(f"{where}: ids must be integers ({err})") from None
-    raise PkdError(f"{where}: expected {{image_id: row}} or a list of image ids, got {type(obj).__name__}")
+    raise PkdError(f"{where}: expected {{image_id: row}} or a list of image ids, got "
+                   f"{type(obj).__name__}")
 
 
 def image_rows(f: h5py.File, ids, imgid2idx) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +100,8 @@ def image_rows(f: h5py.File, ids, imgid2idx) -> tuple[np.ndarray, np.ndarray]:
     rows = np.fromiter(mapping.values(), dtype=np.int64, count=len(mapping))
     bad = (rows < 0) | (rows >= n)
     if bad.any():
-        raise PkdError(f"{f.filename}: image {image_ids[bad][0]} maps to row {rows[bad][0]}, file has {n}")
+        raise PkdError(f"{f.filename}: image {image_ids[bad][0]} maps to row {rows[bad][0]}, "
+                       f"file has {n}")
     return image_ids, rows
 
 
@@ -159,7 +162,8 @@ class H5Regions:
             self.max_regions = int(self.counts.max(initial=1))
         else:
             n, self.max_regions = f["image_features"].shape[:2]
-            self.counts = f["num_boxes"][:].astype(np.int64) if "num_boxes" in f else np.full(n, self.max_regions)
+            self.counts = (f["num_boxes"][:].astype(np.int64) if "num_boxes" in f
+                           else np.full(n, self.max_regions))
 
     def _padded(self, name: str, rows: np.ndarray, valid: np.ndarray, dtype: str) -> np.ndarray:
         """Dataset ``name`` for ``rows`` as (B, K, c) ``dtype``, zero beyond each image's count."""
@@ -168,7 +172,8 @@ class H5Regions:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf: see failures()
             if self.flat:
                 counts = self.counts[rows]
-                idx = np.concatenate([np.arange(s, s + c) for s, c in zip(self.starts[rows], counts, strict=True)])
+                idx = np.concatenate([np.arange(s, s + c)
+                                      for s, c in zip(self.starts[rows], counts, strict=True)])
                 out[valid] = read_rows(dset, idx)  # row-major mask order = concatenation order
             else:
                 out[valid] = read_rows(dset, rows)[valid]
@@ -181,7 +186,8 @@ class H5Regions:
         boxes = self._padded("image_bb", rows, valid, "float32")  # (B, K, 4)
         geom = self._padded("spatial_features", rows, valid, "float32") if self.has_geom else None
         if "image_w" in self.f and "image_h" in self.f:
-            size = np.stack([read_rows(self.f["image_w"], rows), read_rows(self.f["image_h"], rows)], 1)
+            size = np.stack([read_rows(self.f["image_w"], rows),
+                             read_rows(self.f["image_h"], rows)], 1)
         else:
             size = size_from_geometry(boxes, geom)
         size = size.astype(np.int32)  # (B, 2) = (W, H)
@@ -200,7 +206,8 @@ class H5Regions:
         """Failures of the images whose float16 ``features`` (B, K, d) of HDF5 ``rows`` are not
         finite, saying whether the file holds inf / nan or finite values beyond float16."""
         return [Failure(int(image_ids[p]), where,
-                        float16_reason(self._source_features(int(rows[p])), "image_features", "HDF5"))
+                        float16_reason(self._source_features(int(rows[p])), "image_features",
+                                       "HDF5"))
                 for p in np.flatnonzero(~finite_rows(features))]
 
     def _source_features(self, row: int) -> np.ndarray:
@@ -217,13 +224,15 @@ class H5Regions:
         origin = {"source": str(source.resolve()), "bytes": stat.st_size,
                   "layout": "flat" if self.flat else "fixed"}
         producer = {"model": f"import-h5:{source.name}", **origin, "dtype": "float16",
-                    "source_dtype": str(self.f["image_features"].dtype), "config_hash": config_hash(origin)}
+                    "source_dtype": str(self.f["image_features"].dtype),
+                    "config_hash": config_hash(origin)}
         return StoreSpec("regions", "image_id", region_arrays(k, d), producer,
                          {"feature_dim": d, "max_regions": k}, items_per_chunk, items_per_shard)
 
 
 def region_arrays(k: int, d: int, extra: tuple[ArraySpec, ...] = ()) -> tuple[ArraySpec, ...]:
-    """The arrays of an imported ``regions`` store: K boxes of d-dim float16 features (+ ``extra``)."""
+    """The arrays of an imported ``regions`` store: K boxes of d-dim float16 features
+    (+ ``extra``)."""
     return (ArraySpec("boxes", (k, 4), "float32"), ArraySpec("region_features", (k, d), "float16"),
             ArraySpec("region_geometry", (k, 6), "float32"), ArraySpec("num_regions", (), "int32"),
             ArraySpec("image_size", (2,), "int32"), *extra)
@@ -239,9 +248,10 @@ def float16_reason(source: np.ndarray, name: str, where: str) -> str:
     return f"non-finite features: {name} holds {what} in the {where} file"
 
 
-def import_h5(h5_path: str | Path, out: str | Path, *, ids: str | Path | Sequence[int] | None = None,
-              imgid2idx: str | Path | None = None, items_per_chunk: int = 16, items_per_shard: int = 512,
-              overwrite: bool = False) -> Path:
+def import_h5(h5_path: str | Path, out: str | Path, *,
+              ids: str | Path | Sequence[int] | None = None,
+              imgid2idx: str | Path | None = None, items_per_chunk: int = 16,
+              items_per_shard: int = 512, overwrite: bool = False) -> Path:
     """Write the ``regions`` store ``out`` from the HDF5 file ``h5_path``; returns ``out``.
 
     ``ids``: JSON file (or list) of image ids, ``imgid2idx``: pickle — see the module docstring.

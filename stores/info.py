@@ -27,7 +27,8 @@ def store_info(path: str | Path) -> dict:
         "key": spec.key,
         "n_items": store.n_items,
         "n_ok": int(store.ok.sum()),
-        "arrays": [{"name": a.name, "item_shape": list(a.item_shape), "dtype": a.dtype} for a in spec.arrays],
+        "arrays": [{"name": a.name, "item_shape": list(a.item_shape), "dtype": a.dtype}
+                   for a in spec.arrays],
         "producer": spec.producer,
         "dims": spec.dims,
         "items_per_chunk": spec.items_per_chunk,

@@ -136,13 +136,15 @@ class RawChunks:
         rows = min(self.shard_rows, self.shape[0] - first)
         data = np.ascontiguousarray(data, dtype=self.dtype)
         if data.shape != (rows, *self.item):
-            raise ValueError(f"shard {s}: rows of shape {data.shape}, expected {(rows, *self.item)}")
+            raise ValueError(f"shard {s}: rows of shape {data.shape}, "
+                             f"expected {(rows, *self.item)}")
         index = np.full((self.per_shard, 2), MISSING, dtype="<u8")
         key = self.separator.join(["c", str(s), *("0" for _ in self.item)])
         path = self.folder / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-        chunk_bytes = self.chunk_rows * int(np.prod(self.item, dtype=np.int64)) * self.dtype.itemsize
+        chunk_bytes = (self.chunk_rows * int(np.prod(self.item, dtype=np.int64))
+                       * self.dtype.itemsize)
         try:
             with open(tmp, "wb") as f:
                 offset = 0

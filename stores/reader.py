@@ -66,7 +66,8 @@ def chunk_runs(rows: np.ndarray, items_per_chunk: int, n_items: int) -> list[tup
             for a, b in zip(firsts, lasts, strict=True)]
 
 
-async def _read_runs(jobs: list[tuple[zarr.Array, tuple[int, int]]]) -> list[np.ndarray | BaseException]:
+async def _read_runs(jobs: list[tuple[zarr.Array, tuple[int, int]]]
+                     ) -> list[np.ndarray | BaseException]:
     """``array[start:stop]`` of every job, fetched concurrently, in the given order (a job that
     raised gives its exception)."""
     reads = [a.async_array.getitem(slice(start, stop)) for a, (start, stop) in jobs]
@@ -84,7 +85,8 @@ class FeatureStore:
                               dtype=np.int64)
         self.n_items = len(self.ids)
         records = read_records(path)
-        self.pending = [k for k in range(n_shards(self.n_items, spec.items_per_shard)) if k not in records]
+        self.pending = [k for k in range(n_shards(self.n_items, spec.items_per_shard))
+                        if k not in records]
         self.complete = not self.pending
         self.failures: list[Failure] = failures_of(records)
         # content digest of the images / texts the store was made from (None: not recorded)
@@ -93,7 +95,8 @@ class FeatureStore:
         for k in self.pending:  # a crashed shard may hold written rows: they do not count
             r = shard_range(k, self.n_items, spec.items_per_shard)
             done[r.start:r.stop] = False
-        self.ok = self._checked_read("ok", zarr.open_array(path / "ok", mode="r")).astype(bool) & done
+        ok = self._checked_read("ok", zarr.open_array(path / "ok", mode="r"))
+        self.ok = ok.astype(bool) & done
         self._arrays: dict[str, zarr.Array] = {}
         self._raw: dict[str, RawChunks | None] = {}  # uncompressed arrays: mmap chunk views
         self.cache_bytes = cache_bytes  # decoded chunks kept for later reads (0 = none)
@@ -169,7 +172,8 @@ class FeatureStore:
         else:
             k = start // self.spec.items_per_shard
             record = done_path(self.path, k).relative_to(self.path)
-            fix = f"to rewrite shard {k}, delete {record} and re-run the command that wrote the store"
+            fix = (f"to rewrite shard {k}, delete {record} and re-run the command that wrote "
+                   "the store")
         return PkdError(f"{self.path}: array {name!r}, {where}: damaged data "
                         f"({' '.join(what.split())}); {fix}")
 
@@ -189,7 +193,8 @@ class FeatureStore:
                            f"({int(missing.sum())} of {len(ids)} requested ids missing)")
         return rows.astype(np.int64)
 
-    def read(self, rows: Sequence[int] | np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def read(self, rows: Sequence[int] | np.ndarray,
+             names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """``{name: array [len(rows), *item_shape]}`` for ``rows`` in the given order.
 
         Chunks held by the cache are not read again; the others are fetched concurrently as runs
@@ -276,10 +281,13 @@ class FeatureStore:
                 have[name, first // ipc] = chunk
         return have
 
-    def read_range(self, start: int, stop: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """``{name: array [stop - start, *item_shape]}`` for the contiguous rows ``[start, stop)``."""
+    def read_range(self, start: int, stop: int,
+                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``{name: array [stop - start, *item_shape]}`` for the contiguous rows
+        ``[start, stop)``."""
         if not 0 <= start <= stop <= self.n_items:
-            raise PkdError(f"{self.path}: rows [{start}, {stop}) out of range (store has {self.n_items} rows)")
+            raise PkdError(f"{self.path}: rows [{start}, {stop}) out of range (store has "
+                           f"{self.n_items} rows)")
         return {name: self._checked_read(name, self._array(name), start, stop)
                 for name in (names or self.spec.names)}
 

@@ -45,7 +45,8 @@ def write_record(root: Path, k: int, rows: range, failures: Sequence[Failure],
     record = {
         "shard": k,
         "rows": [rows.start, rows.stop],
-        "failures": [{"id": int(f.id), "path": str(f.path), "reason": str(f.reason)} for f in failures],
+        "failures": [{"id": int(f.id), "path": str(f.path), "reason": str(f.reason)}
+                     for f in failures],
     }
     if inputs:
         record["inputs"] = dict(inputs)

@@ -37,14 +37,15 @@ from pkd.stores.reader import FeatureStore
 
 
 class ChunkShuffleSampler:
-    """Yields batches (lists of positions into ``rows``); ``rows[i]`` is the store row of item ``i``.
+    """Yields batches (lists of positions into ``rows``); ``rows[i]`` is the store row of item
+    ``i``.
 
     With ``shuffle=False`` positions come in their given order (evaluation).
     """
 
-    def __init__(self, rows: np.ndarray, batch_size: int, items_per_chunk: int, window_chunks: int = 16,
-                 shuffle: bool = True, seed: int = 0, drop_last: bool = False, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(self, rows: np.ndarray, batch_size: int, items_per_chunk: int,
+                 window_chunks: int = 16, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
         if batch_size < 1 or items_per_chunk < 1 or window_chunks < 1:
             raise ValueError("batch_size, items_per_chunk and window_chunks must be >= 1")
         if not 0 <= rank < world_size:
@@ -65,7 +66,8 @@ class ChunkShuffleSampler:
         if not self.shuffle:
             return np.arange(m)
         rng = np.random.default_rng([self.seed, self.epoch])
-        chunks, group = np.unique(self.chunk_of, return_inverse=True)  # group: chunk index per position
+        # group: chunk index per position
+        chunks, group = np.unique(self.chunk_of, return_inverse=True)
         chunk_rank = rng.permutation(len(chunks))  # new place of each chunk
         window = chunk_rank[group] // self.window_chunks  # (M,) window of each position
         # sort by window, random order inside a window
@@ -107,7 +109,8 @@ def pad_batch(arrays: dict[str, np.ndarray], count_name: str, padded_names: Sequ
     out = dict(arrays)
     for name in padded_names:
         out[name] = arrays[name][:, :n]
-    out[mask_name or f"{padded_names[0].split('_')[0]}_mask"] = np.arange(n)[None, :] < count[:, None]
+    mask = np.arange(n)[None, :] < count[:, None]
+    out[mask_name or f"{padded_names[0].split('_')[0]}_mask"] = mask
     return out
 
 
@@ -120,8 +123,9 @@ class StoreBatchDataset(torch.utils.data.Dataset):
     or ``question_id``, int64). float16 arrays become float32 unless ``keep_float16``.
     """
 
-    def __init__(self, store: FeatureStore, names: Sequence[str] | None = None, rows: np.ndarray | None = None,
-                 pad: dict[str, Sequence[str]] | None = None, keep_float16: bool = False):
+    def __init__(self, store: FeatureStore, names: Sequence[str] | None = None,
+                 rows: np.ndarray | None = None, pad: dict[str, Sequence[str]] | None = None,
+                 keep_float16: bool = False):
         self.store = store
         self.names = list(names or store.spec.names)
         self.rows = np.arange(store.n_items) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -140,7 +144,8 @@ class StoreBatchDataset(torch.utils.data.Dataset):
         for count_name, padded in self.pad.items():
             batch = pad_batch(batch, count_name, padded)
         batch[self.store.spec.key] = self.store.ids[rows]
-        return {name: torch.from_numpy(np.ascontiguousarray(self._widen(a))) for name, a in batch.items()}
+        return {name: torch.from_numpy(np.ascontiguousarray(self._widen(a)))
+                for name, a in batch.items()}
 
     def _widen(self, a: np.ndarray) -> np.ndarray:
         return a.astype(np.float32) if a.dtype == np.float16 and not self.keep_float16 else a

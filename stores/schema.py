@@ -93,9 +93,11 @@ class StoreSpec:
         if self.kind not in KINDS:
             raise PkdError(f"store spec: unknown kind {self.kind!r} (one of {', '.join(KINDS)})")
         if self.key != KINDS[self.kind] and self.key not in ALSO_KEYED_BY.get(self.kind, ()):
-            raise PkdError(f"store spec: kind {self.kind!r} is keyed by {KINDS[self.kind]!r}, not {self.key!r}")
+            raise PkdError(f"store spec: kind {self.kind!r} is keyed by {KINDS[self.kind]!r}, "
+                           f"not {self.key!r}")
         if len(set(names)) != len(names) or set(names) & set(RESERVED) or not names:
-            raise PkdError(f"store spec: array names must be unique, non-empty, not {RESERVED}: {names}")
+            raise PkdError(f"store spec: array names must be unique, non-empty, not {RESERVED}: "
+                           f"{names}")
         if self.items_per_chunk < 1 or self.items_per_shard % self.items_per_chunk:
             raise PkdError(
                 f"store spec: items_per_shard ({self.items_per_shard}) must be a multiple of "
@@ -121,7 +123,8 @@ class StoreSpec:
             "key": self.key,
             "producer": self.producer,
             "dims": self.dims,
-            "arrays": [{"name": a.name, "item_shape": a.item_shape, "dtype": a.dtype} for a in self.arrays],
+            "arrays": [{"name": a.name, "item_shape": a.item_shape, "dtype": a.dtype}
+                       for a in self.arrays],
             "items_per_chunk": self.items_per_chunk,
             "items_per_shard": self.items_per_shard,
             "n_items": int(n_items),
@@ -135,7 +138,8 @@ class StoreSpec:
         if attrs.get("schema_version") != SCHEMA_VERSION:
             raise PkdError(f"{where}: store schema_version {attrs.get('schema_version')!r}, "
                            f"this pkd reads {SCHEMA_VERSION}")
-        arrays = tuple(ArraySpec(a["name"], tuple(a["item_shape"]), a["dtype"]) for a in attrs["arrays"])
+        arrays = tuple(ArraySpec(a["name"], tuple(a["item_shape"]), a["dtype"])
+                       for a in attrs["arrays"])
         return cls(attrs["kind"], attrs["key"], arrays, attrs["producer"], attrs["dims"],
                    attrs["items_per_chunk"], attrs["items_per_shard"])
 

@@ -85,7 +85,8 @@ def finite_rows(a: np.ndarray) -> np.ndarray:
     mask = EXPONENT_BITS.get(a.dtype.itemsize)
     out = np.empty(len(a), dtype=bool)
     for s in range(0, len(a), FINITE_CHECK_ROWS):  # blocks: no temporary the size of the shard
-        block = np.ascontiguousarray(a[s:s + FINITE_CHECK_ROWS]).reshape(min(FINITE_CHECK_ROWS, len(a) - s), -1)
+        block = np.ascontiguousarray(a[s:s + FINITE_CHECK_ROWS]).reshape(
+            min(FINITE_CHECK_ROWS, len(a) - s), -1)
         if mask is None:
             out[s:s + len(block)] = np.isfinite(block).all(axis=1)
         else:  # exponent bits all ones <=> inf or nan; ~4x faster than isfinite on float16
@@ -108,7 +109,8 @@ def sorted_ids(ids: Sequence[int], where: Path) -> np.ndarray:
     """``ids`` as a sorted int64 array; PkdError on duplicates or an empty list."""
     arr = np.asarray(ids)
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
-        raise PkdError(f"{where}: ids must be a non-empty 1-d list of integers, got {arr.dtype} {arr.shape}")
+        raise PkdError(f"{where}: ids must be a non-empty 1-d list of integers, got {arr.dtype} "
+                       f"{arr.shape}")
     arr = np.sort(arr.astype(np.int64))
     dup = np.flatnonzero(arr[1:] == arr[:-1])
     if dup.size:
@@ -179,11 +181,12 @@ class StoreWriter:
         have = StoreSpec.from_attrs(read_attrs(self.path), self.path)
         diff = spec_difference(have, self.spec)
         if diff:
-            raise StoreMismatch(f"{self.path}: existing store differs: {diff} (use overwrite to rebuild)")
+            raise StoreMismatch(f"{self.path}: existing store differs: {diff} (use overwrite to "
+                                "rebuild)")
         stored = zarr.open_array(self.path / "ids", mode="r")[:]
         if len(stored) != len(self.ids):
-            raise StoreMismatch(f"{self.path}: existing store differs: ids has {len(stored)} items, "
-                                f"expected {len(self.ids)} (use overwrite to rebuild)")
+            raise StoreMismatch(f"{self.path}: existing store differs: ids has {len(stored)} "
+                                f"items, expected {len(self.ids)} (use overwrite to rebuild)")
         differ = np.flatnonzero(stored != self.ids)
         if differ.size:
             r = differ[0]
@@ -199,7 +202,8 @@ class StoreWriter:
         rows = self.shard_rows(k)
         return self.ids[rows.start:rows.stop].copy()
 
-    def pending(self, part: tuple[int, int] | None = None, *, retry_failed: bool = False) -> list[int]:
+    def pending(self, part: tuple[int, int] | None = None, *,
+                retry_failed: bool = False) -> list[int]:
         """Shards without a completion record; ``part=(i, n)`` keeps shards with ``k % n == i``.
         ``retry_failed``: also the done shards whose record lists failed items."""
         i, n = part or (0, 1)
@@ -221,8 +225,9 @@ class StoreWriter:
                     ) -> list[Failure]:
         """Write every array of shard ``k`` (shape ``(len(shard_rows(k)), *item_shape)``), then
         ``ok`` (default: 1 except the failed ids), then the completion record (with
-        ``inputs(failed ids)``: the digests of what the shard was made from, failures excluded). Rows holding inf / nan become failures
-        too (zeroed, ``ok = 0``); returns every failure recorded."""
+        ``inputs(failed ids)``: the digests of what the shard was made from, failures excluded).
+        Rows holding inf / nan become failures too (zeroed, ``ok = 0``); returns every failure
+        recorded."""
         rows = self.shard_rows(k)
         self._validate(k, rows, arrays)
         arrays, failures = self._refuse_non_finite(k, arrays, list(failures))
@@ -258,7 +263,8 @@ class StoreWriter:
             arrays[a.name] = arrays[a.name].copy()
             arrays[a.name][bad] = 0
         failed = {f.id for f in failures}
-        new = [Failure(int(ids[p]), "", reasons[p]) for p in sorted(reasons) if int(ids[p]) not in failed]
+        new = [Failure(int(ids[p]), "", reasons[p]) for p in sorted(reasons)
+               if int(ids[p]) not in failed]
         return arrays, failures + new
 
     def _validate(self, k: int, rows: range, arrays: dict[str, np.ndarray]) -> None:
@@ -277,9 +283,11 @@ class StoreWriter:
         ids = self.shard_ids(k)
         column = np.ones(len(ids), dtype=np.uint8) if ok is None else np.asarray(ok).astype(bool)
         if column.shape != ids.shape:
-            raise PkdError(f"{self.path}: shard {k}: ok has shape {column.shape}, expected {ids.shape}")
+            raise PkdError(f"{self.path}: shard {k}: ok has shape {column.shape}, "
+                           f"expected {ids.shape}")
         failed = np.array([f.id for f in failures], dtype=np.int64)
         outside = failed[~np.isin(failed, ids)]
         if outside.size:
-            raise PkdError(f"{self.path}: shard {k}: failure for id {outside[0]}, not in this shard")
+            raise PkdError(f"{self.path}: shard {k}: failure for id {outside[0]}, not in this "
+                           "shard")
         return (column.astype(bool) & ~np.isin(ids, failed)).astype(np.uint8)

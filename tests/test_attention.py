@@ -107,7 +107,8 @@ GOLDEN = {
                           [142.1909032141184, -8.691455775679737],
                           [743.320954514194, -25.71754698497371]),
     "predictors": (build_predictors, run_predictors, 120, "faf5f42bf39e6958",
-                   [305.3788608222676, -43.501917643460985], [605.3530216640465, 562.8037644505002]),
+                   [305.3788608222676, -43.501917643460985],
+                   [605.3530216640465, 562.8037644505002]),
 }
 
 
@@ -142,7 +143,8 @@ def test_matches_torch_scaled_dot_product_attention():
 
 def test_a_query_without_valid_keys_gets_zeros_not_nan():
     attn = MultiHeadAttention(8, 2)
-    out, probs = attn(torch.randn(1, 2, 8), torch.randn(1, 3, 8), torch.zeros(1, 3, dtype=torch.bool))
+    out, probs = attn(torch.randn(1, 2, 8), torch.randn(1, 3, 8),
+                      torch.zeros(1, 3, dtype=torch.bool))
     assert (probs == 0).all()
     torch.testing.assert_close(out, attn.output.bias.expand(1, 2, 8))  # only W_o's bias is left
 

@@ -103,17 +103,19 @@ def test_readers_give_the_processors_pixels(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(BENCH))
     monkeypatch.setenv("PKD_QUIET", "1")  # what benchmarks/common.py sets on import; undone after
-    import gpu
+    from gpu_inputs import COCO_NAME, decoded_bank, jpeg_contents, write_images
+    from gpu_readers import cpu_thread_reader, gpu_decode_reader, tensor_reader
+    from gpu_sizes import SIZES
 
-    size = gpu.SIZES["tiny"]
-    contents = gpu.jpeg_contents(size)[:3] + gpu.jpeg_contents(
+    size = SIZES["tiny"]
+    contents = jpeg_contents(size)[:3] + jpeg_contents(
         dataclasses_replace(size, jpeg=(40, 72)))[:2]  # landscape and portrait files
     ids = np.arange(1, len(contents) + 1, dtype=np.int64)
-    gpu.write_images(tmp_path, ids, contents)
+    write_images(tmp_path, ids, contents)
 
     class Source:
         def image_path(self, image_id):
-            return tmp_path / gpu.COCO_NAME.format(int(image_id))
+            return tmp_path / COCO_NAME.format(int(image_id))
 
     proc = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     images = [Image.open(Source().image_path(i)).convert("RGB") for i in ids]
@@ -121,16 +123,16 @@ def test_readers_give_the_processors_pixels(tmp_path, monkeypatch):
     level = 1 / 255 / min(proc.image_std)  # one grey level, normalized
     r = range(len(ids))
     with ThreadPoolExecutor(2) as pool:
-        pos, cpu, failures = gpu.cpu_thread_reader(Source(), proc, pool, "cpu")(ids, r)
+        pos, cpu, failures = cpu_thread_reader(Source(), proc, pool, "cpu")(ids, r)
         assert pos == list(r) and not failures
         np.testing.assert_allclose(cpu.numpy(), want, atol=1e-5)
-        pos, dec, failures = gpu.gpu_decode_reader(Source(), proc, pool, "cpu",
-                                                   decode_jpeg=_pil_decoder)(ids, r)
+        pos, dec, failures = gpu_decode_reader(Source(), proc, pool, "cpu",
+                                               decode_jpeg=_pil_decoder)(ids, r)
         assert pos == list(r) and not failures
         assert np.abs(dec.numpy() - want).mean() < 0.5 * level  # measured 0.14-0.18
         assert np.abs(dec.numpy() - want).max() < 8 * level  # bicubic kernels: torch vs PIL
-    bank = gpu.decoded_bank(contents, proc)
-    pos, ten, _ = gpu.tensor_reader(bank, ids, proc, "cpu")(ids, r)
+    bank = decoded_bank(contents, proc)
+    pos, ten, _ = tensor_reader(bank, ids, proc, "cpu")(ids, r)
     assert pos == list(r)
     np.testing.assert_allclose(ten.numpy(), want, atol=1e-5)  # the same PIL resize and crop
 

@@ -22,7 +22,8 @@ from pkd.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from pkd.train.config import TrainConfig, config_to_dict, load_config
+from pkd.train.config import TrainConfig
+from pkd.train.config_load import config_to_dict, load_config
 
 torch.set_num_threads(1)
 

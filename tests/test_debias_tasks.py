@@ -21,7 +21,8 @@ from train_fixtures import (
 from pkd.cli import main
 from pkd.errors import PkdError
 from pkd.train import checkpoint as ck
-from pkd.train.config import LMHConfig, ModelConfig, load_config
+from pkd.train.config import LMHConfig, ModelConfig
+from pkd.train.config_load import load_config
 from pkd.train.data import SplitData, VQABatches, question_type_ids
 from pkd.train.losses.debias import LMHLoss, RUBiLoss
 from pkd.train.losses.vqa import VQALoss
@@ -181,7 +182,8 @@ def bench(tmp_path_factory):
 
 def test_lmh_prior_is_built_from_the_trained_questions_only(bench, tmp_path):
     from pkd.train.models import build_model
-    from pkd.train.prepare import open_stores, split_batches, val_split_name, vocabs
+    from pkd.train.prepare import open_stores, split_batches, vocabs
+    from pkd.train.splits import val_split_name
     from pkd.train.tasks import METHODS
 
     data, regions = bench
@@ -359,7 +361,7 @@ def test_validation_question_types_index_the_training_vocabulary(tmp_path):
     prior's rows), not by their own sorted types: a type validation lacks shifts no id."""
     from train_fixtures import make_benchmark, make_regions_store, train_overrides
 
-    from pkd.train.config import load_config
+    from pkd.train.config_load import load_config
     from pkd.train.loop import Trainer
 
     data = make_benchmark(tmp_path / "data")

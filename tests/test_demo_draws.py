@@ -45,7 +45,8 @@ def test_two_draws_with_posthoc_controls(tmp_path):
     readme.write_text("top\n<!-- results:begin -->\nOLD-TABLE\n<!-- results:end -->\nend\n")
     assert main(["results", str(cfg.out), "--readme", str(readme)]) == 0
     assert (cfg.out / "results.md").read_text() == text  # rebuilt from results.json alone
-    assert text.strip() in readme.read_text() and "OLD-TABLE" not in readme.read_text()
+    assert text.split("\n### ")[0] in readme.read_text() and "OLD-TABLE" not in readme.read_text()
+    assert "[demo/results.md](demo/results.md)" in readme.read_text()
 
 
 def test_bad_data_seeds_are_one_line(tmp_path, capsys):

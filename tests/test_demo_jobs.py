@@ -16,7 +16,7 @@ import pytest
 
 from pkd.cores import usable_cores
 from pkd.data.synth import SynthConfig
-from pkd.demo import DemoConfig, overrides, run_demo
+from pkd.demo import DemoConfig, run_config, run_demo
 from pkd.demo.jobs import locked, run_tasks, threads_per_job
 
 
@@ -75,12 +75,12 @@ def test_a_dead_worker_is_one_line_that_says_resume():
 
 
 def test_jobs_set_the_runs_threads_only_when_parallel(tmp_path):
-    from pkd.demo import Paths
+    from pkd.train.config import TrainConfig
 
-    paths = Paths(tmp_path / "data", tmp_path / "foundation", tmp_path / "stores")
-    assert "run.threads" not in overrides(DemoConfig(out=tmp_path), paths, "baseline", 0)
-    spec = overrides(DemoConfig(out=tmp_path, jobs=2), paths, "baseline", 0)
-    assert spec["run.threads"] == threads_per_job(2)
+    one = run_config(DemoConfig(out=tmp_path), "baseline", 0)
+    assert one.run.threads == TrainConfig().run.threads  # the default: every usable core
+    assert run_config(DemoConfig(out=tmp_path, jobs=2), "baseline", 0).run.threads == (
+        threads_per_job(2))
 
 
 TINY_SYNTH = {"train_images": 60, "val_images": 16, "test_images": 20, "test_iid_images": 20,
@@ -130,8 +130,8 @@ def test_a_killed_jobs_run_resumes_to_the_table_of_an_uninterrupted_one(tmp_path
         "import sys\nfrom pathlib import Path\n"
         "from pkd.data.synth import SynthConfig\nfrom pkd.demo import DemoConfig, run_demo\n"
         "if __name__ == '__main__':\n"
-        f"    run_demo(DemoConfig(out=Path(sys.argv[1]), jobs=2, synth=SynthConfig(**{TINY_SYNTH!r}),"
-        f" **{TINY!r}))\n")
+        "    run_demo(DemoConfig(out=Path(sys.argv[1]), jobs=2, "
+        f"synth=SynthConfig(**{TINY_SYNTH!r}), **{TINY!r}))\n")
     proc = subprocess.Popen([sys.executable, str(script), str(out)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -189,9 +189,15 @@ def test_pkd_results_rebuilds_the_tables_and_the_readme(tmp_path, capsys):
     assert main(["results", str(out), "--readme", str(readme)]) == 0
     assert (out / "results.md").read_text() == written
     assert (out / "results_families.md").is_file() and (out / "results.png").stat().st_size
-    assert readme.read_text() == f"# pkd\n\nintro\n\n{BEGIN}\n{written}{END}\n\nafter\n"
+    # the README holds the main table and a link to the whole results.md (relative to it)
+    main_table = written.split("\n### ")[0]
+    block = main_table + ("\nGrounding checks, blind rules, targets and the per-family tables: "
+                          "[demo/results.md](demo/results.md) (`pkd results` writes both from "
+                          "the run's `results.json`).\n")
+    assert "### grounding checks" in written and "grounding checks —" not in main_table
+    assert readme.read_text() == f"# pkd\n\nintro\n\n{BEGIN}\n{block}{END}\n\nafter\n"
     assert main(["results", str(out), "--readme", str(readme)]) == 0  # idempotent
-    assert readme.read_text() == f"# pkd\n\nintro\n\n{BEGIN}\n{written}{END}\n\nafter\n"
+    assert readme.read_text() == f"# pkd\n\nintro\n\n{BEGIN}\n{block}{END}\n\nafter\n"
     printed = capsys.readouterr().out
     assert "grounding checks" in printed and "baseline-masked" in printed
 

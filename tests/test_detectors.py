@@ -15,13 +15,13 @@ from PIL import Image
 from pkd.errors import PkdError
 from pkd.pipeline.backbones import RegionBackbone
 from pkd.pipeline.detectors import (
-    DETECTRON2_MISSING,
     DetectorSpec,
     GivenBoxes,
     HFDetector,
     build_detector,
     parse_detector,
 )
+from pkd.pipeline.model_detectors import DETECTRON2_MISSING
 
 torch.set_num_threads(1)
 
@@ -35,7 +35,8 @@ def _image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def test_parse_detector_specs():
     assert parse_detector("given:data/boxes.json") == DetectorSpec("given", "data/boxes.json")
-    assert parse_detector("hf:facebook/detr-resnet-50") == DetectorSpec("hf", "facebook/detr-resnet-50")
+    assert parse_detector("hf:facebook/detr-resnet-50") == DetectorSpec(
+        "hf", "facebook/detr-resnet-50")
     assert parse_detector("detectron2:C:/vg.yaml").target == "C:/vg.yaml"  # only the first ':'
     assert str(parse_detector("hf:x")) == "hf:x"
 
@@ -116,7 +117,8 @@ def test_given_boxes_provenance_hashes_the_file(tmp_path):
 @pytest.mark.parametrize("data, where", [
     ("{not json", "not a readable JSON file"),
     ({"images": []}, "missing field 'annotations'"),
-    ({"images": [{"id": 1, "width": 10}], "annotations": []}, r"images\[0\]: missing field 'height'"),
+    ({"images": [{"id": 1, "width": 10}], "annotations": []},
+     r"images\[0\]: missing field 'height'"),
     ({**COCO, "annotations": [{"image_id": 1, "bbox": [1, 2, 3], "category_id": 1}]},
      r"annotations\[0\]\.bbox: expected \[x, y, w, h\]"),
     ({**COCO, "annotations": [{"image_id": 1, "bbox": [1, 2, "3", 4], "category_id": 1}]},
@@ -173,9 +175,11 @@ def test_hf_detector_counts_and_boxes_inside(hf_model_dir):
         assert np.all(d.boxes[:, :2] >= 0) and np.all(d.boxes[:, :2] <= d.boxes[:, 2:])
         assert np.all(d.boxes[:, 2] <= img.width) and np.all(d.boxes[:, 3] <= img.height)
     # nothing passes conf: exactly min_boxes; NMS may only lower the confident count
-    for d in HFDetector(str(hf_model_dir), conf=1.1, min_boxes=3, max_boxes=5).detect(IMAGES, [1, 2]):
+    confident = HFDetector(str(hf_model_dir), conf=1.1, min_boxes=3, max_boxes=5)
+    for d in confident.detect(IMAGES, [1, 2]):
         assert len(d.boxes) == 3
-    for d in HFDetector(str(hf_model_dir), conf=0.0, iou=0.5, min_boxes=2, max_boxes=8).detect(IMAGES, [1, 2]):
+    loose = HFDetector(str(hf_model_dir), conf=0.0, iou=0.5, min_boxes=2, max_boxes=8)
+    for d in loose.detect(IMAGES, [1, 2]):
         assert 2 <= len(d.boxes) <= 8
 
 

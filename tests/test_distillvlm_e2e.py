@@ -69,7 +69,8 @@ def test_cached_and_online_teacher_runs(aligned, tmp_path):
         assert (tmp_path / "cached" / name).read_text() == (adapt / name).read_text()
     online = _student_args(aligned, tmp_path / "online", **{"method.distill.online_teacher": True})
     assert main(["train", *online]) == 0
-    first = [json.loads(x) for x in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
+    first = [json.loads(x)
+             for x in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
     a = next(r for r in rows if r["split"] == "train")
     b = next(r for r in first if r["split"] == "train")
     for key in ("vqa_loss", "att_loss", "kd_loss"):  # same losses from cache and online teacher
@@ -124,12 +125,15 @@ def test_hf_bert_teacher_adapts_caches_and_distils(aligned, tmp_path):
     assert any(k.startswith("hf_encoder.model.encoder.layer.1.") for k in best)
     args = train_overrides(data, student, tmp_path / "student", **hf_teacher, **STUDENT, **{
         "method.name": "distillvlm", "data.teacher_regions": teacher,
-        "data.teacher": tmp_path / "cache.zarr", "method.distill.teacher_checkpoint": adapt / "best",
+        "data.teacher": tmp_path / "cache.zarr",
+        "method.distill.teacher_checkpoint": adapt / "best",
         "run.max_steps": 2})
     cfg = tmp_path / "student.yaml"
     cfg.write_text("")
     assert main(["extract", "teacher", str(cfg), *args]) == 0
-    assert FeatureStore.open(tmp_path / "cache.zarr", kind="teacher").spec.dims["attention_layers"] == [1]
+    cache = FeatureStore.open(tmp_path / "cache.zarr", kind="teacher")
+    assert cache.spec.dims["attention_layers"] == [1]
     assert main(["train", *args]) == 0
-    rows = [json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x)
+            for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["att_loss"] > 0 and r["nce_loss"] > 0 for r in rows if r["split"] == "train")

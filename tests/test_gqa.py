@@ -54,7 +54,8 @@ def test_reads_gqa_questions_and_answers(gqa_root):
         (201307251, 161313, "Is the cup on the left?"),
         (201640614, 2354786, "How many legs?")]
     a = pairs[0][1]
-    assert (a.question_type, a.answer_type, a.multiple_choice_answer) == ("colorObject", "query", "brown")
+    assert (a.question_type, a.answer_type, a.multiple_choice_answer) == (
+        "colorObject", "query", "brown")
     assert a.answers == ("brown",) * 10
 
 
@@ -62,7 +63,8 @@ def test_split_files_and_ood(gqa_root):
     assert dataset_files(gqa_root, "gqa", "ood_testdev_tail") == (
         gqa_root / "ood_testdev_tail.json", gqa_root / "ood_testdev_tail.json")
     (gqa_root / "val_bal_tail_-0.1.json").write_text(json.dumps(GQA))  # GQA-OOD alpha_tail/
-    assert dataset_files(gqa_root, "gqa", "val_bal_tail_-0.1")[0] == gqa_root / "val_bal_tail_-0.1.json"
+    assert (dataset_files(gqa_root, "gqa", "val_bal_tail_-0.1")[0]
+            == gqa_root / "val_bal_tail_-0.1.json")
     with pytest.raises(PkdError, match="bad split name"):
         dataset_files(gqa_root, "gqa", "../x")
     qpath, apath = dataset_files(gqa_root, "gqa", "test")

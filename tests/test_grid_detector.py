@@ -62,23 +62,25 @@ def test_extract_grid_regions(synth_data, tiny_resnet_dir, tmp_path, spec, k):
         np.testing.assert_array_equal(got["region_scores"][i], np.ones(k * k, np.float32))
         np.testing.assert_array_equal(got["region_labels"][i], np.full(k * k, -1))
         x1, y1, x2, y2 = (want_boxes / 64).T
-        np.testing.assert_allclose(got["region_geometry"][i], np.stack([x1, y1, x2, y2, x2 - x1, y2 - y1], 1),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(got["region_geometry"][i],
+                                   np.stack([x1, y1, x2, y2, x2 - x1, y2 - y1], 1), rtol=1e-6)
         img = load_rgb(synth_data / "images" / f"{int(image_id):012d}.png")
         feats = backbone.pool([img], [want_boxes])[0].numpy()
-        np.testing.assert_allclose(got["region_features"][i].astype(np.float32), feats, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(got["region_features"][i].astype(np.float32), feats,
+                                   rtol=2e-3, atol=2e-3)
 
 
 def test_max_boxes_below_the_grid_is_refused():
     """A grid gives exactly K*K boxes: a smaller --max-boxes cannot apply, so it is refused (in
     the library too), never silently ignored; omitted or large enough, it is accepted."""
-    want = r"^--max-boxes 2: the grid:3 detector gives exactly 9 boxes \(omit --max-boxes or use grid:1\)$"
+    want = (r"^--max-boxes 2: the grid:3 detector gives exactly 9 boxes "
+            r"\(omit --max-boxes or use grid:1\)$")
     with pytest.raises(PkdError, match=want):
         build_detector("grid:3", max_boxes=2)
     with pytest.raises(PkdError, match=want):
         GridBoxes(3, max_boxes=2)
-    with pytest.raises(PkdError, match=r"^--max-boxes 50: the grid:8 detector gives exactly 64 boxes "
-                                       r"\(omit --max-boxes or use grid:7\)$"):
+    with pytest.raises(PkdError, match=r"^--max-boxes 50: the grid:8 detector gives exactly 64 "
+                                       r"boxes \(omit --max-boxes or use grid:7\)$"):
         build_detector("grid:8", max_boxes=50)
     with pytest.raises(PkdError, match=r"^--max-boxes 0: the whole detector gives exactly 1 box "
                                        r"\(omit --max-boxes\)$"):

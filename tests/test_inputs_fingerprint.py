@@ -92,7 +92,7 @@ def test_shards_record_their_inputs_and_a_resume_refuses_changed_images(
 
 def test_a_run_refuses_a_store_re_extracted_from_other_images(
         synth_data, images, tiny_resnet_dir, tmp_path):
-    from pkd.train.prepare import check_provenance
+    from pkd.train.store_checks import check_provenance
 
     out, run = tmp_path / "regions.zarr", tmp_path / "run"
     run.mkdir()

@@ -20,7 +20,7 @@ from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError
 from pkd.stores import FeatureStore
 from pkd.stores.schema import done_path
-from pkd.train.config import load_config
+from pkd.train.config_load import load_config
 from pkd.train.data import SplitData, Stores, attach
 
 
@@ -167,7 +167,7 @@ def test_validation_and_evaluation_join_only_what_the_forward_reads(bench, tmp_p
 
 
 def test_recorded_foundation_dims(tmp_path):
-    from pkd.train.prepare import recorded_foundation_dims
+    from pkd.train.store_checks import recorded_foundation_dims
 
     assert recorded_foundation_dims(tmp_path) is None
     (tmp_path / "stores.json").write_text(json.dumps(

@@ -82,7 +82,8 @@ def test_zeroed_bytes_in_a_shard_are_an_error_naming_the_chunk(tmp_path):
     # the other chunks and arrays read as written
     np.testing.assert_array_equal(store.read(np.r_[0:16, 20:40])["region_features"],
                                   want["region_features"][np.r_[0:16, 20:40]])
-    np.testing.assert_array_equal(store.read_range(16, 32, ["boxes"])["boxes"], want["boxes"][16:32])
+    np.testing.assert_array_equal(store.read_range(16, 32, ["boxes"])["boxes"],
+                                  want["boxes"][16:32])
 
 
 def test_a_damaged_chunk_is_rewritten_by_running_its_shard_again(tmp_path):
@@ -121,7 +122,8 @@ def test_stores_without_checksums_stay_readable_and_info_says_so(tmp_path, old_c
     assert all((got[n] == want[n]).all() for n in want)
     info = store_info(path)
     assert info["chunk_checksums"] is False
-    assert info["arrays_without_checksums"] == ["region_features", "boxes", "num_regions", "ok", "ids"]
+    assert info["arrays_without_checksums"] == ["region_features", "boxes", "num_regions", "ok",
+                                                "ids"]
     assert main(["stores", "info", str(path)]) == 0
     assert "no chunk checksums (written before pkd checksummed chunks)" in capsys.readouterr().out
     # an old store resumes as it is (same spec: codecs are the arrays' own Zarr metadata)
@@ -137,7 +139,8 @@ def test_stores_of_the_previous_codec_read_check_and_resume(tmp_path, monkeypatc
     path = tmp_path / "zstd.zarr"
     with monkeypatch.context() as m:
         m.setattr(writer_module, "codec",
-                  lambda name="lz4": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()])
+                  lambda name="lz4": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
+                                      Crc32cCodec()])
         want = write_store(path)
     inner = json.loads((path / "region_features" / "zarr.json").read_text())["codecs"][0]
     assert inner["configuration"]["codecs"][1]["configuration"]["cname"] == "zstd"

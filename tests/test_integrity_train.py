@@ -21,7 +21,7 @@ from train_fixtures import (
 from pkd.cli import main
 from pkd.errors import PkdError
 from pkd.train import checkpoint as ck
-from pkd.train.config import load_config
+from pkd.train.config_load import load_config
 from pkd.train.loop import Trainer, fit
 from pkd.train.models.layers import require
 

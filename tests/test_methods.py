@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pkd.errors import PkdError
-from pkd.train.config import MethodConfig, TrainConfig, config_from_dict
+from pkd.train.config import MethodConfig, TrainConfig
+from pkd.train.config_load import config_from_dict
 from pkd.train.tasks import METHODS, Method, method_of
 
 ROOT = Path(__file__).resolve().parents[1]

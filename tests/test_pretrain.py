@@ -88,7 +88,8 @@ def test_probe_variants_replace_one_occurrence_at_a_time():
 def test_relation_and_count_probes_replace_their_words():
     from pkd.train.pretrain.evaluate import ZERO_SHOT_PROBES as PROBE_WORDS
 
-    caption = "two objects: a small red circle and a large blue square. the blue square is left of the red circle."
+    caption = ("two objects: a small red circle and a large blue square. the blue square is left "
+               "of the red circle.")
     (texts, true), = P.probe_variants(caption, PROBE_WORDS["relation"])
     assert (true, texts[0]) == (0, caption) and len(texts) == 4  # left of, right of, above, below
     assert texts[1].endswith("the blue square is right of the red circle.")

@@ -186,7 +186,7 @@ def test_loader_unreadable_and_missing_files(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
-# --- train -> save_pretrained -> pkd extract regions --backbone ------------------------------------
+# --- train -> save_pretrained -> pkd extract regions --backbone ---------------------------------
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> Path:
@@ -279,7 +279,7 @@ def test_foundation_pretrain_command_still_routes(tmp_path, capsys):
     assert "captions.json" in err and err.count("\n") == 1
 
 
-# --- simulated detectors ---------------------------------------------------------------------------
+# --- simulated detectors ------------------------------------------------------------------------
 
 def _detect(spec: str, bench: Path, ids: list[int]):
     from PIL import Image
@@ -292,7 +292,7 @@ def _detect(spec: str, bench: Path, ids: list[int]):
 
 
 def test_simulated_detectors_differ_and_are_deterministic(bench):
-    from pkd.pipeline.detectors import read_coco_boxes
+    from pkd.pipeline.box_sources import read_coco_boxes
 
     ids = sorted(read_coco_boxes(bench / "boxes.json"))[:12]
     student, s1 = _detect(f"simulated:student:{bench / 'boxes.json'}", bench, ids)

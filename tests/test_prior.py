@@ -31,8 +31,9 @@ def test_prior_agreement_by_hand():
     preds = {11: "red", 12: "red", 13: "blue", 14: "yes"}  # 15 has no type favourite: ignored
     got = prior_agreement(preds, TEST, dom)
     assert got["questions"] == 4
-    assert got["perQuestionType"]["what color"] == {"answer": "red", "prior": pytest.approx(200 / 3),
-                                                    "gold": pytest.approx(100 / 3), "questions": 3}
+    assert got["perQuestionType"]["what color"] == {
+        "answer": "red", "prior": pytest.approx(200 / 3), "gold": pytest.approx(100 / 3),
+        "questions": 3}
     assert got["perQuestionType"]["is there"]["prior"] == 100.0
     assert got["perQuestionType"]["is there"]["gold"] == 0.0
     assert got["prior"] == 75.0 and got["gold"] == 25.0  # weighted by questions: 3/4, 1/4

@@ -25,8 +25,10 @@ def _split(rng, n, answers_of, informative):
     """A toy split of two question families; the first feature column is the answer (index)
     when ``informative``, else noise."""
     types = ["what color is the"] * n + ["how many"] * n
-    answers = [answers_of[t][int(k)] for t, k in zip(types, rng.integers(0, 2, 2 * n), strict=True)]
-    code = np.array([answers_of[t].index(a) for t, a in zip(types, answers, strict=True)], np.float32)
+    answers = [answers_of[t][int(k)]
+               for t, k in zip(types, rng.integers(0, 2, 2 * n), strict=True)]
+    code = np.array([answers_of[t].index(a) for t, a in zip(types, answers, strict=True)],
+                    np.float32)
     col = code if informative else rng.standard_normal(2 * n).astype(np.float32)
     x = np.stack([col, rng.standard_normal(2 * n).astype(np.float32)], 1)
     return {"e_v": x, "e_t": x, "e_I": x, "e_Q": x, "type": types, "answer": answers}

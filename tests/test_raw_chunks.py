@@ -38,7 +38,8 @@ def write(path, compression: str, skip: tuple[int, ...] = ()) -> dict[str, np.nd
 def test_uncompressed_arrays_read_as_views_equal_to_zarr(tmp_path):
     data = write(tmp_path / "none.zarr", "none")
     write(tmp_path / "lz4.zarr", "lz4")
-    raw, packed = FeatureStore.open(tmp_path / "none.zarr"), FeatureStore.open(tmp_path / "lz4.zarr")
+    raw = FeatureStore.open(tmp_path / "none.zarr")
+    packed = FeatureStore.open(tmp_path / "lz4.zarr")
     assert RawChunks.of(raw.path / "region_features") is not None
     assert RawChunks.of(packed.path / "region_features") is None  # compressed: through Zarr
     rows = np.random.default_rng(1).permutation(N)

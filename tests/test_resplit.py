@@ -43,8 +43,10 @@ def _write_vqa2(folder, split: str, n_images: int, first_image: int, rng: random
                 "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": j + 1}
                             for j in range(10)]})
     head = {"info": {}, "license": {}, "data_subtype": split}
-    q, a = folder / f"v2_OpenEnded_mscoco_{split}_questions.json", folder / f"v2_mscoco_{split}_annotations.json"
-    q.write_text(json.dumps({**head, "task_type": "Open-Ended", "data_type": "mscoco", "questions": questions}))
+    q = folder / f"v2_OpenEnded_mscoco_{split}_questions.json"
+    a = folder / f"v2_mscoco_{split}_annotations.json"
+    q.write_text(json.dumps({**head, "task_type": "Open-Ended", "data_type": "mscoco",
+                             "questions": questions}))
     a.write_text(json.dumps({**head, "data_type": "mscoco", "annotations": annotations}))
     return q, a
 
@@ -52,7 +54,8 @@ def _write_vqa2(folder, split: str, n_images: int, first_image: int, rng: random
 @pytest.fixture
 def vqa2(tmp_path):
     rng = random.Random(7)
-    return [_write_vqa2(tmp_path, "train2014", 300, 1, rng), _write_vqa2(tmp_path, "val2014", 150, 1000, rng)]
+    return [_write_vqa2(tmp_path, "train2014", 300, 1, rng),
+            _write_vqa2(tmp_path, "val2014", 150, 1000, rng)]
 
 
 def _run(vqa2, out, seed=0, expect=0, extra=()):
@@ -96,7 +99,8 @@ def test_resplit_matches_files_and_is_vqacp(vqa2, tmp_path):
         assert s["test_favourite"] == pytest.approx(test_fav, abs=1e-12)
         assert s["kl"] == pytest.approx(kl, abs=1e-12)
         assert test_fav < train_fav and kl > 0.1  # the prior moved
-        row = f"{t[:24]:24s} {s['train']:7d} {s['test']:7d} {fav[:12]:>12s} {test_fav:8.4f} {kl:8.4f}"
+        row = (f"{t[:24]:24s} {s['train']:7d} {s['test']:7d} {fav[:12]:>12s} {test_fav:8.4f} "
+               f"{kl:8.4f}")
         assert row in printed.splitlines()
     pairs = {s: load_split(*dataset_files(out, "vqacp2", s)) for s in ("train", "test")}
     images = {s: {q.image_id for q, _ in p} for s, p in pairs.items()}
@@ -105,7 +109,8 @@ def test_resplit_matches_files_and_is_vqacp(vqa2, tmp_path):
     train_answers = {a for c in dist["train"].values() for a in c}
     assert all(a in train_answers for c in dist["test"].values() for a in c)  # concepts seen
     sizes = saved["sizes"]
-    assert sizes["train"]["questions"] == len(pairs["train"]) and sizes["test"]["questions"] == len(pairs["test"])
+    assert sizes["train"]["questions"] == len(pairs["train"])
+    assert sizes["test"]["questions"] == len(pairs["test"])
     assert sizes["dropped_image"] == sizes["dropped_unseen"] == 0
     assert len(pairs["train"]) + len(pairs["test"]) == sizes["input_questions"]
     coco = {q.coco_split for p in pairs.values() for q, _ in p}
@@ -121,10 +126,12 @@ def test_resplit_is_reproducible(vqa2, tmp_path):
     _run(vqa2, tmp_path / "a", seed=3)
     _run(vqa2, tmp_path / "b", seed=3)
     _run(vqa2, tmp_path / "c", seed=4)
-    names = [f"vqacp_v2_{s}_{k}.json" for s in ("train", "test") for k in ("questions", "annotations")]
+    names = [f"vqacp_v2_{s}_{k}.json" for s in ("train", "test")
+             for k in ("questions", "annotations")]
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert any((tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes() for n in names)
+    assert any((tmp_path / "a" / n).read_bytes() != (tmp_path / "c" / n).read_bytes()
+               for n in names)
 
 
 def _edit_annotations(path, edit):
@@ -165,7 +172,8 @@ def test_answers_unique_to_a_type_are_seen_within_it(tmp_path):
     answer can only be seen in train within its type, so such groups are split (step 3)."""
     global TYPES
     saved = TYPES
-    TYPES = {"what color is the": ["red", "blue", "green", "white"], "how many": ["1", "2", "3", "4"]}
+    TYPES = {"what color is the": ["red", "blue", "green", "white"],
+             "how many": ["1", "2", "3", "4"]}
     try:
         rng = random.Random(1)
         files = [_write_vqa2(tmp_path, "train2014", 400, 1, rng)]
@@ -194,8 +202,8 @@ def test_disjoint_images_option(vqa2, tmp_path):
     assert not images["train"] & images["test"] and saved["sizes"]["images_in_both"] == 0
     sizes = saved["sizes"]
     assert sizes["dropped_image"] > 0
-    assert (len(pairs["train"]) + len(pairs["test"]) + sizes["dropped_image"] + sizes["dropped_unseen"]
-            == sizes["input_questions"])
+    assert (len(pairs["train"]) + len(pairs["test"]) + sizes["dropped_image"]
+            + sizes["dropped_unseen"] == sizes["input_questions"])
     share = saved["test_share"]["achieved"]
     assert share == pytest.approx(len(pairs["test"]) / (len(pairs["train"]) + len(pairs["test"])))
     assert f"test share {share:.3f}" in printed and saved["config"]["disjoint_images"] is True
@@ -237,12 +245,14 @@ def test_shift_knob(vqa2, tmp_path):
     inverted = _yes_no_inverted(runs["0.3"])
     assert inverted < 75
     default = json.loads((runs["0.3"] / "resplit_shift.json").read_text())
-    assert default["blind_rules"]["per_answer_type"]["least frequent"]["yes/no"] == pytest.approx(inverted, abs=0.01)
+    per_type = default["blind_rules"]["per_answer_type"]
+    assert per_type["least frequent"]["yes/no"] == pytest.approx(inverted, abs=0.01)
 
 
 def test_default_shift_is_0_3(vqa2, tmp_path):
     _run(vqa2, tmp_path / "cp")
-    assert json.loads((tmp_path / "cp" / "resplit_shift.json").read_text())["config"]["shift"] == 0.3
+    saved = json.loads((tmp_path / "cp" / "resplit_shift.json").read_text())
+    assert saved["config"]["shift"] == 0.3
 
 
 def test_blind_rule_table_printed_and_saved(vqa2, tmp_path):
@@ -252,12 +262,15 @@ def test_blind_rule_table_printed_and_saved(vqa2, tmp_path):
     table, pairs = blind["table"], _files(out)
     train, test = ([a for _, a in pairs[s]] for s in ("train", "test"))
     favourite = {t: a for t, (a, _) in dominant_answers(train).items()}
-    assert table["favourite"] == pytest.approx(constant_answer_accuracy(favourite, test)["accuracy"], abs=0.01)
+    assert table["favourite"] == pytest.approx(
+        constant_answer_accuracy(favourite, test)["accuracy"], abs=0.01)
     assert blind["test_questions"] == len(test) and blind["val"] == "train"
-    assert table["best blind"] == max(v for r, v in table.items() if r not in ("best blind", "oracle constant"))
+    assert table["best blind"] == max(v for r, v in table.items()
+                                      if r not in ("best blind", "oracle constant"))
     assert blind["best"]["test"] == table["best blind"]
     lines = printed.splitlines()
-    for rule in ("favourite", "least frequent", "second most frequent", "best blind", "oracle constant"):
+    for rule in ("favourite", "least frequent", "second most frequent", "best blind",
+                 "oracle constant"):
         assert f"{rule:40s} {table[rule]:7.2f}" in lines
     best = blind["best"]["rule"]
     by = ", ".join(f"{t} {v:.2f}" for t, v in blind["per_answer_type"][best].items())
@@ -265,7 +278,8 @@ def test_blind_rule_table_printed_and_saved(vqa2, tmp_path):
     assert set(blind["per_answer_type"][best]) == {"yes/no", "other"}
 
 
-def _write_spec(folder, spec: dict[str, dict[str, int]], per_image: int = 1, name: str = "train2014"):
+def _write_spec(folder, spec: dict[str, dict[str, int]], per_image: int = 1,
+                name: str = "train2014"):
     """VQA v2 files with ``spec = {type: {answer: n}}`` questions, ``per_image`` to an image."""
     questions, annotations, qid = [], [], 0
     for t, counts in spec.items():
@@ -290,26 +304,29 @@ SKEWED = {"is the": {"yes": 95, "no": 5}, "what color is the": {"red": 95, "blue
 
 def test_low_test_share_refused_and_warned(tmp_path, capsys):
     files = _write_spec(tmp_path, SKEWED)
-    err = _error(files, tmp_path / "cp", capsys, ["--shift", "1"])  # test only the 5% non-favourites
+    # test only the 5% non-favourites
+    err = _error(files, tmp_path / "cp", capsys, ["--shift", "1"])
     assert re.search(r"achieved test share 0\.0\d+ is below half the requested 0\.3 \(", err)
     assert not (tmp_path / "cp").exists()  # nothing written
     printed = _run(files, tmp_path / "ok", extra=["--shift", "1", "--test-share", "0.06"])
-    assert re.search(r"^warning: achieved test share 0\.035 differs from the requested 0\.06 by 42%",
-                     printed, re.M)
+    assert re.search(r"^warning: achieved test share 0\.035 differs from the requested 0\.06 by "
+                     r"42%", printed, re.M)
     assert json.loads((tmp_path / "ok" / "resplit_shift.json").read_text())["warnings"]
 
 
 def test_shift_out_of_range(vqa2, tmp_path, capsys):
-    assert "--shift must be in [0, 1], got 1.5" in _error(vqa2, tmp_path / "cp", capsys, ["--shift", "1.5"])
+    err = _error(vqa2, tmp_path / "cp", capsys, ["--shift", "1.5"])
+    assert "--shift must be in [0, 1], got 1.5" in err
 
 
 @pytest.mark.parametrize(("content", "message"), [
     ("", r"q_train2014\.json: empty file \(expected VQA v2-format questions\)"),
     ('{"questions": []}', r"q_train2014\.json: no questions \(the file holds an empty list\)"),
     ('{"1": {"imageId": "n1", "question": "x?", "answer": "yes"}}',
-     r"q_train2014\.json: a GQA-format file \(a dict keyed by question id\); expected VQA v2-format "
-     r"questions \(a JSON object with a 'questions' list, or a VQA-CP list\)"),
-    ('{"1": {"image": 1, "question": "x?"}}', r"q_train2014\.json: no 'questions' list \(keys: 1\)"),
+     r"q_train2014\.json: a GQA-format file \(a dict keyed by question id\); expected VQA "
+     r"v2-format questions \(a JSON object with a 'questions' list, or a VQA-CP list\)"),
+    ('{"1": {"image": 1, "question": "x?"}}',
+     r"q_train2014\.json: no 'questions' list \(keys: 1\)"),
 ])
 def test_unusable_questions_file_is_one_line(tmp_path, capsys, content, message):
     files = _write_spec(tmp_path, SKEWED)
@@ -329,8 +346,8 @@ def test_every_test_question_dropped_is_refused(tmp_path, capsys):
     test question is dropped."""
     files = _write_spec(tmp_path, {"is the": {"yes": 30, "no": 20}}, per_image=1000)
     err = _error(files, tmp_path / "cp", capsys, ["--disjoint-images", "--min-per-type", "2"])
-    assert re.search(r"q_train2014\.json: the test split is empty \(\d+ train, 0 test questions kept; "
-                     r"\d+ dropped \(image in both\)", err)
+    assert re.search(r"q_train2014\.json: the test split is empty \(\d+ train, 0 test questions "
+                     r"kept; \d+ dropped \(image in both\)", err)
     assert not (tmp_path / "cp").exists()
 
 
@@ -354,5 +371,5 @@ def test_blind_rule_warnings(vqa2, tmp_path):
     printed = _run(vqa2, tmp_path / "s1", extra=["--shift", "1"])
     assert "warning: the inverted prior scores 100.00% on the yes/no test questions" in printed
     printed = _run(_write_spec(tmp_path, SKEWED), tmp_path / "skewed")
-    assert re.search(r"^warning: the training favourite is the best blind rule on test \(\d+\.\d\d%\)",
-                     printed, re.M)
+    assert re.search(r"^warning: the training favourite is the best blind rule on test "
+                     r"\(\d+\.\d\d%\)", printed, re.M)

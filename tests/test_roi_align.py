@@ -176,4 +176,5 @@ def test_gradients_flow_to_features():
 def test_op_falls_back_to_pure_torch():
     features = torch.randn(1, 3, 5, 5)
     boxes = [torch.tensor([[0.0, 0.0, 5.0, 3.0]])]
-    assert torch.allclose(roi_align_op(features, boxes, 2), roi_align(features, boxes, 2), atol=1e-6)
+    assert torch.allclose(roi_align_op(features, boxes, 2), roi_align(features, boxes, 2),
+                          atol=1e-6)

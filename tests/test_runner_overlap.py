@@ -58,7 +58,8 @@ def test_writes_overlap_the_next_shards_compute_and_keep_the_bytes(tmp_path):
     assert all(e.thread.startswith("pkd-write") for e in writes.values())
     # the write of shard k starts before the compute of shard k+1 ends
     overlapping = [k for k in range(len(forward) - 1)
-                   if writes[k].start < forward[k + 1].stop and writes[k].stop > forward[k + 1].start]
+                   if writes[k].start < forward[k + 1].stop
+                   and writes[k].stop > forward[k + 1].start]
     assert overlapping, [(e.kind, e.key, e.start, e.stop) for e in log]
 
 

@@ -28,7 +28,8 @@ def test_question_ids_shared_by_two_split_files_are_refused(tmp_path):
     assert str(err.value) == (f"{val}: 38 question ids are also in {train} with another question "
                               "or image (e.g. question_id 63); a question id must name one "
                               "question across the splits read together")
-    assert len(load_source(SourceConfig(tmp_path, "synth", ("val",)), with_images=False).question_ids) == 63
+    source = load_source(SourceConfig(tmp_path, "synth", ("val",)), with_images=False)
+    assert len(source.question_ids) == 63
 
 
 def test_the_same_question_in_two_files_is_one_question(tmp_path):
@@ -43,7 +44,8 @@ def test_the_same_question_in_two_files_is_one_question(tmp_path):
 def test_same_text_other_image_is_refused(tmp_path):
     train = _questions(tmp_path, "train", range(1, 11))
     val = _questions(tmp_path, "val", range(9, 12), image=lambda q: q + 1000)
-    with pytest.raises(PkdError, match=rf"^{val}: 2 question ids are also in {train} .*\(e.g. question_id 9\)"):
+    with pytest.raises(PkdError, match=rf"^{val}: 2 question ids are also in {train} "
+                                       r".*\(e.g. question_id 9\)"):
         load_source(SourceConfig(tmp_path, "synth", ("train", "val")), with_images=False)
 
 

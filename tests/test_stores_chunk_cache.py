@@ -99,4 +99,5 @@ def test_pickled_store_keeps_the_budget_but_not_the_chunks(stores):
     cached.read([0, 1, 2])
     clone = pickle.loads(pickle.dumps(cached))
     assert clone.cache_bytes == cached.cache_bytes and len(clone._cache) == 0
-    np.testing.assert_array_equal(clone.read([2, 0])["num_regions"], cached.read([2, 0])["num_regions"])
+    np.testing.assert_array_equal(clone.read([2, 0])["num_regions"],
+                                  cached.read([2, 0])["num_regions"])

@@ -60,7 +60,8 @@ def write_flat(path) -> None:
 
 
 def check_store(path, counts: list[int], sizes_given: bool) -> None:
-    store = FeatureStore.open(path, kind="regions", expect={"dims": {"feature_dim": 4, "max_regions": 3}})
+    store = FeatureStore.open(path, kind="regions",
+                              expect={"dims": {"feature_dim": 4, "max_regions": 3}})
     assert store.complete and store.ok.all()
     np.testing.assert_array_equal(store.ids, sorted(IMAGE_IDS))
     got = store.read(store.rows_of(IMAGE_IDS))
@@ -91,20 +92,23 @@ def test_fixed_layout_geometry_from_sizes(tmp_path):
 def test_flat_layout_with_ids_json(tmp_path):
     write_flat(tmp_path / "b.h5")
     (tmp_path / "ids.json").write_text(json.dumps({str(i): r for r, i in enumerate(IMAGE_IDS)}))
-    out = import_h5(tmp_path / "b.h5", tmp_path / "b.zarr", ids=tmp_path / "ids.json", items_per_chunk=2,
-                    items_per_shard=4)
+    out = import_h5(tmp_path / "b.h5", tmp_path / "b.zarr", ids=tmp_path / "ids.json",
+                    items_per_chunk=2, items_per_shard=4)
     check_store(out, COUNTS, sizes_given=True)
     store = FeatureStore.open(out)
-    assert store.spec.producer["layout"] == "flat" and store.spec.dims == {"feature_dim": 4, "max_regions": 3}
+    assert store.spec.producer["layout"] == "flat"
+    assert store.spec.dims == {"feature_dim": 4, "max_regions": 3}
 
 
 def test_fixed_layout_with_imgid2idx_pickle(tmp_path):
     write_fixed(tmp_path / "f.h5", with_ids=False)
     with open(tmp_path / "train36_imgid2idx.pkl", "wb") as f:
         pickle.dump({i: r for r, i in enumerate(IMAGE_IDS)}, f, protocol=2)  # as the py2 tools did
-    out = import_h5(tmp_path / "f.h5", tmp_path / "f.zarr", imgid2idx=tmp_path / "train36_imgid2idx.pkl")
+    out = import_h5(tmp_path / "f.h5", tmp_path / "f.zarr",
+                    imgid2idx=tmp_path / "train36_imgid2idx.pkl")
     check_store(out, COUNTS, sizes_given=False)
-    with pytest.raises(PkdError, match=r"no image_ids dataset; give the ids as JSON \(--ids-json\)"):
+    with pytest.raises(PkdError,
+                       match=r"no image_ids dataset; give the ids as JSON \(--ids-json\)"):
         import_h5(tmp_path / "f.h5", tmp_path / "g.zarr")
 
 
@@ -119,7 +123,8 @@ class Evil:
 def test_pickle_with_a_global_is_refused_and_not_executed(tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({1: Evil(marker)}))
-    with pytest.raises(PkdError, match=r"evil\.pkl: not a plain imgid2idx pickle \(refusing to load global"):
+    with pytest.raises(PkdError, match=r"evil\.pkl: not a plain imgid2idx pickle \(refusing to "
+                                       r"load global"):
         load_imgid2idx(tmp_path / "evil.pkl")
     assert not marker.exists()
     # the same payload through the import and the CLI: refused, not executed

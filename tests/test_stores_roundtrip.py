@@ -28,7 +28,8 @@ def item_arrays(spec: StoreSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Deterministic rows from the ids alone; padded arrays are zero beyond num_regions."""
     out = {}
     for a in spec.arrays:
-        rows = [np.random.default_rng(int(i) * 7 + len(a.name)).standard_normal(a.item_shape) * 50 for i in ids]
+        rows = [np.random.default_rng(int(i) * 7 + len(a.name)).standard_normal(a.item_shape) * 50
+                for i in ids]
         out[a.name] = np.asarray(rows).reshape(len(ids), *a.item_shape).astype(a.dtype)
     counts = (ids % 6).astype(np.int32)  # 0..5 valid regions
     out["num_regions"] = counts
@@ -63,7 +64,8 @@ def test_round_trip_every_dtype_and_padding(store):
         np.testing.assert_array_equal(got[a.name], want[a.name], err_msg=a.name)
     row = fs.rows_of([5 * 3])[0]  # id 15 -> 15 % 6 = 3 valid regions
     assert got["num_regions"][row] == 3
-    assert (got["region_features"][row, 3:] == 0).all() and (got["region_features"][row, :3] != 0).any()
+    assert (got["region_features"][row, 3:] == 0).all()
+    assert (got["region_features"][row, :3] != 0).any()
     whole = fs.read_range(0, 37)
     for name in spec.names:
         np.testing.assert_array_equal(whole[name], want[name])
@@ -143,7 +145,8 @@ def test_overwrite_refuses_a_foreign_folder(tmp_path):
 
 def test_open_checks_kind_and_expected_provenance(store, tmp_path):
     path = tmp_path / "s.zarr"
-    FeatureStore.open(path, kind="regions", expect={"producer": {"model": "tiny-detector"}, "dims": {"max_regions": 5}})
+    FeatureStore.open(path, kind="regions", expect={"producer": {"model": "tiny-detector"},
+                                                    "dims": {"max_regions": 5}})
     with pytest.raises(StoreMismatch, match="a 'regions' store, expected a 'teacher' store"):
         FeatureStore.open(path, kind="teacher")
     with pytest.raises(StoreMismatch, match=r"producer\.model is 'tiny-detector', expected 'big' "
@@ -159,10 +162,12 @@ def test_write_shard_validates_names_shapes_dtypes(tmp_path):
     spec = make_spec()
     with StoreWriter(tmp_path / "v.zarr", spec, np.arange(10)) as writer:
         good = item_arrays(spec, writer.shard_ids(1))  # shard 1 = rows 8, 9
-        with pytest.raises(PkdError, match=r"shard 1: missing arrays \['num_regions'\], unexpected \[\]"):
+        with pytest.raises(PkdError,
+                           match=r"shard 1: missing arrays \['num_regions'\], unexpected \[\]"):
             writer.write_shard(1, {k: v for k, v in good.items() if k != "num_regions"})
         bad = dict(good, region_features=good["region_features"].astype(np.float32))
-        with pytest.raises(PkdError, match=r"'region_features' is float32 \(2, 5, 4\), expected float16"):
+        with pytest.raises(PkdError,
+                           match=r"'region_features' is float32 \(2, 5, 4\), expected float16"):
             writer.write_shard(1, bad)
         with pytest.raises(PkdError, match="failure for id 3, not in this shard"):
             writer.write_shard(1, good, [Failure(3, "", "x")])

@@ -60,7 +60,8 @@ def test_deterministic_per_seed_and_epoch():
 def test_no_shuffle_is_sequential_and_drop_last():
     s = ChunkShuffleSampler(np.arange(10), batch_size=4, items_per_chunk=2, shuffle=False)
     assert list(s) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and len(s) == 3
-    s = ChunkShuffleSampler(np.arange(10), batch_size=4, items_per_chunk=2, shuffle=False, drop_last=True)
+    s = ChunkShuffleSampler(np.arange(10), batch_size=4, items_per_chunk=2, shuffle=False,
+                            drop_last=True)
     assert list(s) == [[0, 1, 2, 3], [4, 5, 6, 7]] and len(s) == 2
 
 
@@ -68,7 +69,8 @@ def test_ddp_shares_disjoint_equal_and_padded():
     rows = np.arange(1000)
     shares = []
     for rank in range(3):
-        s = ChunkShuffleSampler(rows, batch_size=64, items_per_chunk=16, seed=5, rank=rank, world_size=3)
+        s = ChunkShuffleSampler(rows, batch_size=64, items_per_chunk=16, seed=5, rank=rank,
+                                world_size=3)
         s.set_epoch(2)
         shares.append(positions(s))
         assert len(list(s)) == len(s) == 6  # 334 per rank -> 6 batches
@@ -76,33 +78,39 @@ def test_ddp_shares_disjoint_equal_and_padded():
     everything = shares[0] + shares[1] + shares[2]
     assert set(everything) == set(range(1000))
     assert len(everything) - len(set(everything)) == 2  # only the 2 padding repeats
-    even = [positions(ChunkShuffleSampler(np.arange(999), 64, 16, rank=r, world_size=3)) for r in range(3)]
+    even = [positions(ChunkShuffleSampler(np.arange(999), 64, 16, rank=r, world_size=3))
+            for r in range(3)]
     assert not set(even[0]) & set(even[1]) and not set(even[1]) & set(even[2])
 
 
 def test_pad_batch_trims_and_masks():
     feats = np.arange(3 * 4 * 2).reshape(3, 4, 2)
-    out = pad_batch({"region_features": feats, "region_geometry": feats * 2, "num_regions": np.array([2, 0, 1])},
+    out = pad_batch({"region_features": feats, "region_geometry": feats * 2,
+                     "num_regions": np.array([2, 0, 1])},
                     "num_regions", ["region_features", "region_geometry"])
     assert out["region_features"].shape == (3, 2, 2) and out["region_geometry"].shape == (3, 2, 2)
     np.testing.assert_array_equal(out["region_features"], feats[:, :2])
     np.testing.assert_array_equal(out["region_mask"], [[True, True], [False, False], [True, False]])
     assert list(out["num_regions"]) == [2, 0, 1]
-    empty = pad_batch({"text_tokens": feats, "num_tokens": np.zeros(3, int)}, "num_tokens", ["text_tokens"])
+    empty = pad_batch({"text_tokens": feats, "num_tokens": np.zeros(3, int)}, "num_tokens",
+                      ["text_tokens"])
     assert empty["text_tokens"].shape == (3, 1, 2) and not empty["text_mask"].any()
 
 
 @pytest.fixture
 def store(tmp_path):
     spec = StoreSpec("regions", "image_id",
-                     (ArraySpec("region_features", (5, 3), "float16"), ArraySpec("num_regions", (), "int32")),
-                     {"model": "m"}, {"feature_dim": 3, "max_regions": 5}, items_per_chunk=4, items_per_shard=8)
+                     (ArraySpec("region_features", (5, 3), "float16"),
+                      ArraySpec("num_regions", (), "int32")),
+                     {"model": "m"}, {"feature_dim": 3, "max_regions": 5}, items_per_chunk=4,
+                     items_per_shard=8)
     ids = np.arange(100, 140)
     with StoreWriter(tmp_path / "r.zarr", spec, ids) as writer:
         for k in writer.pending():
             i = writer.shard_ids(k)
             feats = np.broadcast_to(i[:, None, None], (len(i), 5, 3)).astype(np.float16)
-            writer.write_shard(k, {"region_features": feats, "num_regions": (i % 4).astype(np.int32)})
+            writer.write_shard(k, {"region_features": feats,
+                                   "num_regions": (i % 4).astype(np.int32)})
     return FeatureStore.open(tmp_path / "r.zarr")
 
 
@@ -127,7 +135,8 @@ def test_store_pickles_without_open_arrays(store):
 
     store.read([0], ["num_regions"])  # opens an array handle
     clone = pickle.loads(pickle.dumps(store))
-    np.testing.assert_array_equal(clone.read([3, 0, 3])["num_regions"], store.read([3, 0, 3])["num_regions"])
+    np.testing.assert_array_equal(clone.read([3, 0, 3])["num_regions"],
+                                  store.read([3, 0, 3])["num_regions"])
 
 
 def test_split_smaller_than_a_batch_gives_one_smaller_batch():

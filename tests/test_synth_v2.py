@@ -229,7 +229,8 @@ def test_weighted_scales_only_the_direct_families_by_hand():
     keep = {"what color is the": {"red": 0.5, "blue": 0.2}, "how many": {"1": 0.4},
             "what is the color of the": {"red": 0.1}}
     assert weighted(keep, 0.25) == {"what color is the": {"red": 0.125, "blue": 0.05},
-                                    "how many": {"1": 0.4}, "what is the color of the": {"red": 0.1}}
+                                    "how many": {"1": 0.4},
+                                    "what is the color of the": {"red": 0.1}}
     assert weighted(keep, 1.0) == keep
     keep["is there a"] = {"yes": 0.6, "no": 0.2}
     assert weighted(keep, 1.0, 0.5)["is there a"] == {"yes": 0.3, "no": 0.1}

@@ -16,12 +16,8 @@ from pkd.train.models import build_model
 from pkd.train.question_store import batches_by_id
 from pkd.train.tasks import build_task
 from pkd.train.tasks.distillvlm import teacher_signals, teacher_view
-from pkd.train.teacher_cache import (
-    cache_teacher,
-    cached_layers,
-    read_teacher,
-    trim_teacher,
-)
+from pkd.train.teacher_cache import cached_layers, read_teacher, trim_teacher
+from pkd.train.teacher_extract import cache_teacher
 
 torch.set_num_threads(1)
 

@@ -11,10 +11,8 @@ import pytest
 import yaml
 
 from pkd.errors import PkdError
-from pkd.train.config import (
-    Allowed,
-    ModelConfig,
-    TrainConfig,
+from pkd.train.config import Allowed, ModelConfig, TrainConfig
+from pkd.train.config_load import (
     config_from_dict,
     config_to_dict,
     load_config,
@@ -182,7 +180,8 @@ def test_shipped_example_configs_load_and_agree():
         (["run.batch_size=0"], "run.batch_size: 0 is not >= 1"),
         (["run.seed=-1"], "run.seed: -1 is not in [0, 4294967296)"),
         (["run.max_steps=-1"], "run.max_steps: -1 is not >= 0"),
-        (["run.epochs=0"], "run.epochs: 0 is not >= 1 (with run.max_steps=0 the run counts epochs; 0 = the zero-shot row"),
+        (["run.epochs=0"], "run.epochs: 0 is not >= 1 (with run.max_steps=0 the run counts "
+                           "epochs; 0 = the zero-shot row"),
         (["run.out_dir="], "run.out_dir: '' is empty"),
         (["data.max_question_length=0"], "data.max_question_length: 0 is not >= 1"),
         (["data.val_fraction=1"], "data.val_fraction: 1.0 is not in [0, 1)"),
@@ -268,14 +267,3 @@ def test_every_numeric_field_declares_its_allowed_range():
             missing.append(key)
     assert not missing, f"config fields without an allowed range: {missing}"
     assert TrainConfig().optim.betas == (0.9, 0.999)  # allowed() keeps the defaults
-
-
-def test_demo_run_configs_validate(tmp_path):
-    """Every run of ``pkd demo`` (main methods, ablations, sweeps) is an allowed config."""
-    from pkd import demo
-
-    cfg = demo.DemoConfig(out=tmp_path)
-    paths = demo.Paths(tmp_path / "data", tmp_path / "foundation", tmp_path / "stores")
-    for name in (n for n in demo.KNOWN if n not in (*demo.CONTROLS, *demo.POSTHOC_ROWS)):  # no runs
-        args = [f"{k}={v}" for k, v in demo.overrides(cfg, paths, name, 1).items()]
-        load_config(None, args)  # raises on a value out of range

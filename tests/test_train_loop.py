@@ -22,7 +22,7 @@ from train_fixtures import (
 from pkd.cli import main
 from pkd.errors import PkdError
 from pkd.train import checkpoint as ck
-from pkd.train.config import load_config
+from pkd.train.config_load import load_config
 from pkd.train.loop import Trainer, fit
 from pkd.train.tasks.baseline import BaselineTask
 
@@ -52,7 +52,8 @@ def test_cli_train_then_evaluate_checkpoint(bench, tmp_path):
     questions = json.loads((data / "synth_test_questions.json").read_text())["questions"]
     assert sorted(r["question_id"] for r in results) == sorted(q["question_id"] for q in questions)
     assert metrics["missing"] == 0 and 0.0 <= metrics["overall"] <= 100.0
-    assert metrics["inference"]["questions"] == len(results) and metrics["inference"]["parameters"] > 0
+    assert metrics["inference"]["questions"] == len(results)
+    assert metrics["inference"]["parameters"] > 0
     prior = metrics["prior"]  # every synthetic question type has a training favourite
     assert prior["questions"] == len(results) and 0.0 <= prior["prior"] <= 100.0
 
@@ -155,7 +156,8 @@ def test_resume_without_checkpoint_is_a_clear_error(bench, tmp_path):
 
 
 def test_val_carved_from_train_when_the_dataset_has_no_val_split(bench, tmp_path):
-    from pkd.train.prepare import open_stores, split_batches, val_split_name, vocabs
+    from pkd.train.prepare import open_stores, split_batches, vocabs
+    from pkd.train.splits import val_split_name
 
     data, regions = bench
     cfg = load_config(None, train_overrides(data, regions, tmp_path / "r", **{

@@ -36,15 +36,18 @@ def _image(rng: np.random.Generator, image_id: int, k: int) -> dict:
     boxes = np.stack([x1, y1, x1 + rng.uniform(1, w / 2, k), y1 + rng.uniform(1, h / 2, k)], 1)
     return {"id": image_id, "w": w, "h": h, "boxes": boxes.astype(np.float32),
             "features": rng.normal(0, 3, (k, D)).astype(np.float16).astype(np.float32),
-            "objects_id": rng.integers(0, 1600, k), "objects_conf": rng.uniform(0, 1, k).astype(np.float32),
-            "attrs_id": rng.integers(0, 400, k), "attrs_conf": rng.uniform(0, 1, k).astype(np.float32)}
+            "objects_id": rng.integers(0, 1600, k),
+            "objects_conf": rng.uniform(0, 1, k).astype(np.float32),
+            "attrs_id": rng.integers(0, 400, k),
+            "attrs_conf": rng.uniform(0, 1, k).astype(np.float32)}
 
 
 def _lxmert_row(im: dict) -> dict:
     return {"img_id": f"COCO_val2014_{im['id']:012d}", "img_h": im["h"], "img_w": im["w"],
             "objects_id": _b64(im["objects_id"]), "objects_conf": _b64(im["objects_conf"]),
             "attrs_id": _b64(im["attrs_id"]), "attrs_conf": _b64(im["attrs_conf"]),
-            "num_boxes": len(im["boxes"]), "boxes": _b64(im["boxes"]), "features": _b64(im["features"])}
+            "num_boxes": len(im["boxes"]), "boxes": _b64(im["boxes"]),
+            "features": _b64(im["features"])}
 
 
 def _write(path, fields, rows, raw_lines=()):
@@ -108,7 +111,8 @@ def test_lxmert_round_trip_and_bad_lines(lxmert, tmp_path):
         n = len(im["boxes"])
         assert got["num_regions"][i] == n and got["image_size"][i].tolist() == [im["w"], im["h"]]
         assert got["boxes"][i, :n].tobytes() == im["boxes"].tobytes()  # exact
-        assert got["region_features"][i, :n].astype(np.float32).tobytes() == im["features"].tobytes()
+        assert (got["region_features"][i, :n].astype(np.float32).tobytes()
+                == im["features"].tobytes())
         np.testing.assert_array_equal(got["region_labels"][i, :n], im["objects_id"])
         assert got["region_scores"][i, :n].tobytes() == im["objects_conf"].tobytes()
         np.testing.assert_array_equal(got["attribute_labels"][i, :n], im["attrs_id"])
@@ -122,8 +126,9 @@ def test_lxmert_round_trip_and_bad_lines(lxmert, tmp_path):
 def test_bottomup_layout(tmp_path):
     rng = np.random.default_rng(1)
     images = [_image(rng, 2354786 + i, 10 + i) for i in range(5)]
-    rows = [{"image_id": im["id"], "image_w": im["w"], "image_h": im["h"], "num_boxes": len(im["boxes"]),
-             "boxes": _b64(im["boxes"]), "features": _b64(im["features"])} for im in images]
+    rows = [{"image_id": im["id"], "image_w": im["w"], "image_h": im["h"],
+             "num_boxes": len(im["boxes"]), "boxes": _b64(im["boxes"]),
+             "features": _b64(im["features"])} for im in images]
     path = tmp_path / "trainval_resnet101_faster_rcnn_genome_36.tsv"
     _write(path, BOTTOMUP, rows)
     out, skipped = import_tsv(path, tmp_path / "b.zarr")
@@ -173,7 +178,8 @@ def test_cli_import_tsv(lxmert, tmp_path, capsys):
     assert f"wrote {out}: 3 failed, 2 lines skipped" in captured.out
     assert "skipped line 5: 4 columns" in captured.err
     assert json.loads((out / "_pkd" / "tsv_skipped.json").read_text())[1]["line"] == 9
-    assert main(["stores", "import-tsv", str(path), str(out), "--items-per-shard", "8", "--strict"]) == 1
+    assert main(["stores", "import-tsv", str(path), str(out), "--items-per-shard", "8",
+                 "--strict"]) == 1
 
 
 def test_vinvl_features_and_predictions(tmp_path):
@@ -184,9 +190,11 @@ def test_vinvl_features_and_predictions(tmp_path):
     feats, preds = [], []
     for im in images:
         b = im["boxes"] / np.array([im["w"], im["h"]] * 2, np.float32)
-        geometry = np.concatenate([b, b[:, 2:] - b[:, :2]], 1).astype(np.float32)  # the 6 extra dims
+        # the 6 extra dims
+        geometry = np.concatenate([b, b[:, 2:] - b[:, :2]], 1).astype(np.float32)
         key = f"COCO_test2015_{im['id']:012d}"
-        feats.append(f"{key}\t{len(im['boxes'])}\t{_b64(np.concatenate([im['features'], geometry], 1))}")
+        encoded = _b64(np.concatenate([im["features"], geometry], 1))
+        feats.append(f"{key}\t{len(im['boxes'])}\t{encoded}")
         objects = [{"rect": box.tolist(), "class": classes[j % 3], "conf": float(c),
                     "attributes": ["white"], "attr_scores": [0.5]}
                    for j, (box, c) in enumerate(zip(im["boxes"], im["objects_conf"], strict=True))]
@@ -195,10 +203,12 @@ def test_vinvl_features_and_predictions(tmp_path):
     preds[1] = preds[1].replace('"dog"', '"unicorn"')  # a class outside the label map
     (tmp_path / "features.tsv").write_text("\n".join(feats) + "\n")
     (tmp_path / "predictions.tsv").write_text("\n".join(preds[::-1]) + "\n")  # any order
-    (tmp_path / "labelmap.json").write_text(json.dumps({"label_to_idx": {"man": 1, "dog": 2, "tree": 3}}))
+    (tmp_path / "labelmap.json").write_text(json.dumps({"label_to_idx": {"man": 1, "dog": 2,
+                                                                         "tree": 3}}))
     with pytest.raises(PkdError, match=r"--predictions goes with"):
         import_tsv(tmp_path / "features.tsv", tmp_path / "x.zarr")
-    out, _ = import_tsv(tmp_path / "features.tsv", tmp_path / "v.zarr", predictions=tmp_path / "predictions.tsv",
+    out, _ = import_tsv(tmp_path / "features.tsv", tmp_path / "v.zarr",
+                        predictions=tmp_path / "predictions.tsv",
                         labelmap=tmp_path / "labelmap.json")
     store = FeatureStore.open(out)
     assert store.spec.dims == {"feature_dim": D, "max_regions": 5}
@@ -208,7 +218,8 @@ def test_vinvl_features_and_predictions(tmp_path):
     for i, im in enumerate([images[0], images[2]]):
         n = len(im["boxes"])
         assert got["boxes"][i, :n].tobytes() == im["boxes"].tobytes()
-        assert got["region_features"][i, :n].astype(np.float32).tobytes() == im["features"].tobytes()
+        assert (got["region_features"][i, :n].astype(np.float32).tobytes()
+                == im["features"].tobytes())
         assert got["region_scores"][i, :n].tobytes() == im["objects_conf"].tobytes()
         assert got["region_labels"][i, :n].tolist() == [[1, 2, 3][j % 3] for j in range(n)]
         assert got["image_size"][i].tolist() == [im["w"], im["h"]]
@@ -283,9 +294,9 @@ def test_store_without_a_source_digest(lxmert, tmp_path):
     (out / "zarr.json").write_text(json.dumps(meta))
     store = FeatureStore.open(out, kind="regions")
     assert store.complete and store.read(store.rows_of([images[0]["id"]]))["num_regions"][0] > 0
-    with pytest.raises(PkdError, match=rf"^{out}: was imported from .*val2014_obj36.tsv before imports "
-                                       r"recorded the source's sha256: cannot tell whether .* changed "
-                                       r"\(re-import with --overwrite\)$"):
+    with pytest.raises(PkdError, match=rf"^{out}: was imported from .*val2014_obj36.tsv before "
+                                       r"imports recorded the source's sha256: cannot tell "
+                                       r"whether .* changed \(re-import with --overwrite\)$"):
         import_tsv(path, out, items_per_shard=SHARD)
 
 
@@ -350,6 +361,7 @@ def test_empty_inputs_are_refused(tmp_path, capsys):
         assert main(["stores", "import-tsv", str(path), str(out)]) == 2
         assert capsys.readouterr().err == f"error: {want}\n"
     features = tmp_path / "features.tsv"
-    features.write_text(f"COCO_test2015_000000000009\t1\t{_b64(np.zeros((1, D + 6), np.float32))}\n")
+    encoded = _b64(np.zeros((1, D + 6), np.float32))
+    features.write_text(f"COCO_test2015_000000000009\t1\t{encoded}\n")
     with pytest.raises(PkdError, match=rf"^{empty}: no lines \(empty or blank file\)$"):
         import_tsv(features, tmp_path / "v.zarr", predictions=empty)

@@ -100,7 +100,7 @@ def test_verbalizer_formula():
 
 
 def _fit(bench, tiny_lxmert, out, **extra):
-    from pkd.train.config import load_config
+    from pkd.train.config_load import load_config
     from pkd.train.loop import fit
 
     data, regions = bench
@@ -156,7 +156,7 @@ def test_vlm_heads_and_scratch_differ(bench, tiny_lxmert):
 
 
 def test_vlm_config_rules(tmp_path):
-    from pkd.train.config import load_config
+    from pkd.train.config_load import load_config
 
     with pytest.raises(PkdError, match="model.foundation"):
         load_config(None, ["model.arch=vlm", f"run.out_dir={tmp_path}"])

@@ -62,7 +62,8 @@ def make_regions_store(data: Path, out: Path, seed: int = 0, producer: str = "fi
                     anns = anns[::-1]
                 for j, a in enumerate(anns):
                     x, y, w, h = a["bbox"]
-                    key = f"{a['attributes']['color']}/{cats[a['category_id']]}/{a['attributes']['size']}"
+                    key = (f"{a['attributes']['color']}/{cats[a['category_id']]}/"
+                           f"{a['attributes']['size']}")
                     arrays["boxes"][i, j] = (x, y, x + w, y + h)
                     arrays["region_features"][i, j] = code[names.index(key)] + 0.1 * rng.normal(
                         size=FEATURE_DIM)

@@ -10,11 +10,9 @@ Layout of a checkpoint root (e.g. ``RUN/ckpt``)::
                                "files": {NAME: {"sha256": HEX, "bytes": N}, ...},
                                "state_sha256": HEX}
 
-``SKELETON`` is ``state`` as JSON with each tensor replaced by ``{"__tensor__": NAME}`` (its name
-in ``state.safetensors``), tuples by ``{"__tuple__": [...]}``, numpy arrays by
-``{"__ndarray__": [...], "dtype": ...}`` and dicts with non-string keys (an optimizer's
-``state`` is keyed by int) by ``{"__items__": [[key, value], ...]}``, so
-``optimizer.load_state_dict`` gets back exactly what ``state_dict()`` gave.
+``SKELETON`` is ``state`` as JSON with its tensors in ``state.safetensors``
+(:mod:`pkd.train.checkpoint_state`), so ``optimizer.load_state_dict`` gets back exactly what
+``state_dict()`` gave.
 
 Atomicity: a checkpoint is written into ``.tmp-*`` inside the root, then renamed into place with
 ``os.replace``; ``latest.json`` is rewritten the same way afterwards. A crash at any moment leaves
@@ -54,11 +52,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pkd.errors import PkdError
+from pkd.train.checkpoint_state import TENSOR_FILE, decode_state, encode_state, unshared
 
 FORMAT, POINTER_FORMAT = "pkd.checkpoint", "pkd.checkpoint.pointer"
 VERSION = 2  # 2: checksums of the files and the skeleton (1: none)
-POINTER, MODEL_FILE, TENSOR_FILE, STATE_FILE = (
-    "latest.json", "model.safetensors", "state.safetensors", "state.json")
+POINTER, MODEL_FILE, STATE_FILE = "latest.json", "model.safetensors", "state.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Config keys (dotted prefixes) that must match to resume / evaluate a checkpoint.
 MODEL_RELEVANT = ("model", "method", "data.dataset", "data.answer_min_count",
@@ -87,9 +85,9 @@ def save_checkpoint(root: str | Path, model_state: dict[str, torch.Tensor], stat
     tmp.mkdir()
     try:
         tensors: dict[str, torch.Tensor] = {}
-        skeleton = _encode(state, tensors, "state")
-        save_file(_unshared(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        save_file(_unshared(tensors), str(tmp / TENSOR_FILE), metadata={"format": "pt"})
+        skeleton = encode_state(state, tensors, "state")
+        save_file(unshared(model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        save_file(unshared(tensors), str(tmp / TENSOR_FILE), metadata={"format": "pt"})
         files = {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size}
                  for f in (MODEL_FILE, TENSOR_FILE)}
         _write_json(tmp / STATE_FILE, {"format": FORMAT, "version": VERSION, "state": skeleton,
@@ -123,9 +121,9 @@ def load_checkpoint(path: str | Path, expected_config: Any = None,
         raise PkdError(f"{ckpt / STATE_FILE}: not a pkd checkpoint state (format != '{FORMAT}')")
     verify_checkpoint(ckpt, doc)
     if expected_config is not None:
-        check_config(ckpt / STATE_FILE, _decode(doc["state"], None).get("config"),
+        check_config(ckpt / STATE_FILE, decode_state(doc["state"], None).get("config"),
                      expected_config, compare)
-    state = _decode(doc["state"], _load_safetensors(ckpt / TENSOR_FILE))
+    state = decode_state(doc["state"], _load_safetensors(ckpt / TENSOR_FILE))
     return _load_safetensors(ckpt / MODEL_FILE), state
 
 
@@ -247,64 +245,6 @@ def restore_rng_state(rng: dict) -> None:
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-# ----------------------------------------------------------------------------- state <-> JSON
-
-
-def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
-    """JSON skeleton of ``obj``; its tensors go into ``tensors`` under dotted path names."""
-    if isinstance(obj, torch.Tensor):
-        name = path if path not in tensors else f"{path}#{len(tensors)}"
-        tensors[name] = obj.detach().cpu().contiguous()
-        return {"__tensor__": name}
-    if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: _encode(v, tensors, f"{path}.{k}") for k, v in obj.items()}
-        return {"__items__": [[_encode(k, tensors, path), _encode(v, tensors, f"{path}.{k}")]
-                              for k, v in obj.items()]}
-    if isinstance(obj, (list, tuple)):
-        items = [_encode(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
-        return {"__tuple__": items} if isinstance(obj, tuple) else items
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    raise TypeError(f"checkpoint {path}: cannot store a {type(obj).__name__}")
-
-
-def _decode(obj: Any, tensors: dict[str, torch.Tensor] | None) -> Any:
-    """Inverse of :func:`_encode`; with ``tensors=None`` tensor slots decode to None."""
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if "__tensor__" in obj:
-        if tensors is None:
-            return None
-        if obj["__tensor__"] not in tensors:
-            raise PkdError(f"{TENSOR_FILE}: missing tensor '{obj['__tensor__']}'")
-        return tensors[obj["__tensor__"]]
-    if "__ndarray__" in obj:
-        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
-    if "__tuple__" in obj:
-        return tuple(_decode(v, tensors) for v in obj["__tuple__"])
-    if "__items__" in obj:
-        return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
-    return {k: _decode(v, tensors) for k, v in obj.items()}
-
-
-def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU contiguous tensors, cloning any that share storage (safetensors refuses those)."""
-    out, seen = {}, set()
-    for name, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        out[name] = t.clone() if ptr in seen and t.numel() else t
-        seen.add(ptr)
-    return out
 
 
 # ----------------------------------------------------------------------------- files

@@ -38,7 +38,8 @@ MAX_ANSWERS = 10  # distinct answers per question at most (10 annotators)
 @dataclass
 class Vocabs:
     answers: AnswerVocab  # answer strings <-> classifier rows (answers.json)
-    words: QuestionTokenizer | PromptTokenizer  # question words <-> ids (words.json; arch vlm: the foundation tokenizer behind the prompts)
+    # question words <-> ids (words.json; arch vlm: the foundation tokenizer behind the prompts)
+    words: QuestionTokenizer | PromptTokenizer
 
 
 @dataclass
@@ -145,7 +146,8 @@ def attach(split: SplitData, stores: Stores) -> tuple[SplitData, dict[str, np.nd
     split = keep_rows(split, ok)
     for role, n in missing.items():
         split.missing[role] = split.missing.get(role, 0) + n
-    return split, {role: store.rows_of(getattr(split, attr)) for role, (attr, store) in keys.items()}
+    return split, {role: store.rows_of(getattr(split, attr))
+                   for role, (attr, store) in keys.items()}
 
 
 def _trim(arrays: dict[str, np.ndarray], count: np.ndarray, names: list[str]) -> np.ndarray:
@@ -222,12 +224,14 @@ class VQABatches(torch.utils.data.Dataset):
             text = self.stores.foundation_text.read(self.rows["foundation_text"][pos],
                                                     ["text_embeds", *tokens])
             if self.foundation_tokens:
-                text["text_mask"] = _trim(text, text.pop("num_tokens"), ["text_tokens", "input_ids"])
+                text["text_mask"] = _trim(text, text.pop("num_tokens"),
+                                          ["text_tokens", "input_ids"])
                 text["input_ids"] = text["input_ids"].astype(np.int64)
             out.update(text)
         return out
 
-    def _teacher(self, pos: np.ndarray, region_mask: np.ndarray, n_words: int) -> dict[str, np.ndarray]:
+    def _teacher(self, pos: np.ndarray, region_mask: np.ndarray, n_words: int
+                 ) -> dict[str, np.ndarray]:
         """DistillVLM teacher inputs (aligned regions, or any with ``aligned_teacher=False``:
         the unaligned ablation) and/or cached teacher signals."""
         out: dict[str, np.ndarray] = {}

@@ -9,6 +9,7 @@ equals one process stepping on the whole global batch (equal shares, mean-reduce
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -56,3 +57,11 @@ def barrier(world: World) -> None:
 def close_world(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def note(message: str) -> None:
+    """One line on stderr, from the main process only (under torchrun, rank 0)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_rank() != 0:
+        return
+    print(message, file=sys.stderr, flush=True)

@@ -84,7 +84,11 @@ class FoundationHead(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, text_entry: str = "hidden") -> FoundationHead:
         """Load the head of the CLIP / BLIP-ITM checkpoint in directory ``model_dir``."""
-        from transformers import AutoConfig, BlipForImageTextRetrieval, CLIPModel
+        from transformers import (  # transformers: loaded only when a head loads
+            AutoConfig,
+            BlipForImageTextRetrieval,
+            CLIPModel,
+        )
 
         path = Path(model_dir).expanduser()
         if not path.is_dir():

@@ -27,20 +27,16 @@ from pkd.fsio import check_writable
 from pkd.prefetch import prefetch
 from pkd.stores import ChunkShuffleSampler
 from pkd.train import checkpoint as ck
-from pkd.train.config import TrainConfig, config_to_dict, save_config, validate_config
+from pkd.train.config import TrainConfig
+from pkd.train.config_load import config_to_dict, save_config, validate_config
 from pkd.train.data import pinned, to_device
 from pkd.train.distributed import World, all_reduce_sum, barrier, close_world, init_world
+from pkd.train.losses.vqa import vqa_score
 from pkd.train.metrics_log import MetricsLog, plot_curves
-from pkd.train.prepare import (
-    build_run_model,
-    check_provenance,
-    open_stores,
-    require_questions,
-    split_batches,
-    val_split_name,
-    vocabs,
-)
+from pkd.train.prepare import build_run_model, open_stores, split_batches, vocabs
 from pkd.train.schedule import make_scheduler
+from pkd.train.splits import require_questions, val_split_name
+from pkd.train.store_checks import check_provenance
 from pkd.train.tasks import method_of
 
 
@@ -82,12 +78,11 @@ def make_sampler(batches, cfg: TrainConfig, world: World, shuffle: bool) -> Chun
 
 def evaluate_batches(model, batches, cfg: TrainConfig, world: World) -> float:
     """Mean VQA soft score (%) of the argmax answer over a split (bottom-up convention)."""
-    from pkd.train.losses.vqa import vqa_score
-
     model.eval()
     total = torch.zeros(2, dtype=torch.float64)
     with torch.no_grad():
-        for batch in prefetch(batches.__getitem__, make_sampler(batches, cfg, world, shuffle=False)):
+        for batch in prefetch(batches.__getitem__,
+                              make_sampler(batches, cfg, world, shuffle=False)):
             batch = _to(batch, world.device)
             scores = vqa_score(model(batch)["logits"].float(), batch["targets"])
             total += torch.tensor([scores.sum().item(), len(scores)], dtype=torch.float64)
@@ -162,7 +157,8 @@ class Trainer:
             self._restore(latest)  # refuses a checkpoint of another config
         if self.world.main:
             save_config(cfg, self.run_dir / "config.yaml")
-        self.log = MetricsLog(self.run_dir, self.step if latest else None) if self.world.main else None
+        self.log = (MetricsLog(self.run_dir, self.step if latest else None)
+                    if self.world.main else None)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:

@@ -59,7 +59,7 @@ def read_rows(jsonl: Path) -> list[dict]:
 
 def _tensorboard(folder: Path):
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # torch.utils.tensorboard: optional
     except Exception:  # tensorboard is optional
         return None
     return SummaryWriter(str(folder))
@@ -70,10 +70,10 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path | None:
     data = read_rows(Path(run_dir) / "metrics.jsonl")
     if not data:
         return None
-    import matplotlib
+    import matplotlib  # matplotlib: loaded only when curves are drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: loaded only when curves are drawn
 
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.2))
     train = [r for r in data if r["split"] == "train" and "loss" in r]

@@ -24,22 +24,19 @@ from pathlib import Path
 
 import torch
 
+from pkd.data.metric import evaluate_files, write_metrics
+from pkd.data.prior import dominant_answers, prior_agreement
+from pkd.data.vqa import dataset_files, load_annotations
 from pkd.errors import PkdError
 from pkd.fsio import write_json
 from pkd.train import checkpoint as ck
-from pkd.train.config import load_config
+from pkd.train.config_load import load_config
 from pkd.train.distributed import World
 from pkd.train.loop import make_sampler
-from pkd.train.prepare import (
-    CARVED_VAL,
-    build_run_model,
-    check_provenance,
-    open_stores,
-    recorded_foundation_dims,
-    split_batches,
-    vocabs,
-)
+from pkd.train.prepare import build_run_model, open_stores, split_batches, vocabs
 from pkd.train.prior_adjust import EPS, TAU, PriorTable, adjust_logits, check_adjust, prior_table
+from pkd.train.splits import CARVED_VAL
+from pkd.train.store_checks import check_provenance, recorded_foundation_dims
 
 
 def load_run_config(run_dir: Path):
@@ -125,8 +122,6 @@ def posthoc_tables(cfg, answers: list[str], split: str) -> tuple[PriorTable, dic
     """The run's training prior over its answer vocabulary (:func:`pkd.train.prior_adjust.
     prior_table`) and ``{question_id: row}`` of ``split``'s questions (-1: type unseen in
     training), their types read from the split's annotations."""
-    from pkd.data.vqa import dataset_files, load_annotations
-
     root = Path(cfg.data.root)
     _, train = dataset_files(root, cfg.data.dataset, cfg.data.train_split)
     name = cfg.data.train_split if split == CARVED_VAL else split
@@ -143,8 +138,6 @@ def posthoc_tables(cfg, answers: list[str], split: str) -> tuple[PriorTable, dic
 def _training_table(path: str, mtime_ns: int, answers: tuple[str, ...]) -> PriorTable:
     """:func:`pkd.train.prior_adjust.prior_table` of a training annotation file, built once per
     file version and vocabulary (a run is adjusted on several splits)."""
-    from pkd.data.vqa import load_annotations
-
     return prior_table(load_annotations(path), answers)
 
 
@@ -174,9 +167,6 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
     ``none`` (a post-hoc control, :mod:`pkd.train.prior_adjust`) the files are
     ``RUN/{results,metrics}_<split>_<adjust>.json`` and the metrics carry ``adjust``.
     """
-    from pkd.data.metric import evaluate_files, write_metrics
-    from pkd.data.vqa import dataset_files
-
     run_dir = Path(run_dir)
     predictions = predict(run_dir, split, which, adjust)
     results_path = write_results(predictions.results, run_file(run_dir, "results", split, adjust))
@@ -196,9 +186,6 @@ def evaluate_checkpoint(run_dir: Path, split: str, which: str = "best",
 
 def training_prior(cfg, results: list[dict], annotations: Path) -> dict:
     """:func:`pkd.data.prior.prior_agreement` of ``results`` against the run's training split."""
-    from pkd.data.prior import prior_agreement
-    from pkd.data.vqa import dataset_files, load_annotations
-
     _, train = dataset_files(Path(cfg.data.root), cfg.data.dataset, cfg.data.train_split)
     dominant = _training_favourites(str(train), train.stat().st_mtime_ns)
     predictions = {r["question_id"]: r["answer"] for r in results}
@@ -209,7 +196,4 @@ def training_prior(cfg, results: list[dict], annotations: Path) -> dict:
 def _training_favourites(path: str, mtime_ns: int) -> dict:
     """:func:`pkd.data.prior.dominant_answers` of a training annotation file, read once per
     file version (a run is scored on several splits; VQA-CP's train file holds 438k answers)."""
-    from pkd.data.prior import dominant_answers
-    from pkd.data.vqa import load_annotations
-
     return dominant_answers(load_annotations(path))

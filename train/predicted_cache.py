@@ -1,12 +1,12 @@
-"""Precompute PKD's frozen stage-1 outputs into a ``predicted`` store, once (``pkd extract
-predicted``).
+"""The ``predicted`` store: PKD's frozen stage-1 outputs, computed once (``pkd extract predicted``,
+:mod:`pkd.train.predicted_extract` writes it) and read per batch in stage 2.
 
 In stage 2 with frozen predictors (``finetune_predictors=false``) everything the predictors and
 the foundation head compute from one question is a constant of training: its predicted features
-``ṽ``, ``t̃`` (:class:`pkd.train.tasks.pkd.Predicted`), their unit-norm foundation embeddings
-``e_v = F.embed_image(ṽ)``, ``e_t = F.embed_text(t̃)`` (the memory's rows, and the embeddings of
-the predicted pairs D reads in ``L_mkd``) and the teacher's logit on the positive pair
-``M(ṽ, t̃)``. Measured before this cache, the frozen predictors and the head took more than
+``ṽ``, ``t̃`` (:class:`pkd.train.tasks.pkd_predictors.Predicted`), their unit-norm foundation
+embeddings ``e_v = F.embed_image(ṽ)``, ``e_t = F.embed_text(t̃)`` (the memory's rows, and the
+embeddings of the predicted pairs D reads in ``L_mkd``) and the teacher's logit on the positive
+pair ``M(ṽ, t̃)``. Measured before this cache, the frozen predictors and the head took more than
 half of a stage-2 step (``benchmarks/bench_steps.py``). Only the negatives' teacher logits
 ``M(ṽ_i, t̃_π(i))`` depend on the batch (π is drawn per batch) and stay online.
 
@@ -22,7 +22,8 @@ The store (kind ``predicted``, keyed by ``question_id``, training split) holds p
 ``producer`` records a digest of the predictor weights (:func:`weights_digest`), the foundation
 model of the head, and the regions / foundation stores' producers: stage 2 refuses a store made
 by other predictors (:func:`check_predicted_store`). Values are rounded to float16, so the cached
-losses match the online ones to ~1e-3 (``tests/test_predicted_cache.py``).
+losses match the online ones to ~1e-3 (``tests/test_predicted_cache.py``). This module is the
+store's layout and reading; it imports no task.
 """
 
 from __future__ import annotations
@@ -31,13 +32,11 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from pkd.errors import PkdError
 from pkd.stores.reader import FeatureStore
 from pkd.stores.schema import ArraySpec, StoreSpec
-from pkd.train.question_store import checked_batch, fill_question_store
 
 BATCH_KEYS = {  # store array -> batch key
     "predicted_vision": "predicted_vision",
@@ -87,46 +86,6 @@ def predicted_store_spec(vision: tuple[int, int], text: tuple[int, int], embed_d
             "text_dim": text[1], "embed_dim": embed_dim}
     return StoreSpec("predicted", "question_id", arrays, {**producer, "dtype": "float16"}, dims,
                      items_per_chunk, items_per_shard)
-
-
-@torch.no_grad()
-def predicted_rows(predictors: nn.Module, head: nn.Module, tokenwise: bool,
-                   batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Store rows of one batch: the frozen ``predictors`` and ``head`` exactly as stage 2's
-    online forward runs them (:meth:`pkd.train.tasks.pkd.PKDTask.predict`)."""
-    from pkd.train.tasks.pkd import predicted_view  # the tasks import this module's readers
-
-    pred = predicted_view(predictors(batch), batch, tokenwise)
-    mask = pred.text_mask  # (B, L_b)
-    text = pred.text * mask[..., None]
-    width = predictors.text.queries.shape[0]  # L' (token-wise: the store's max_text_len)
-    text = nn.functional.pad(text, (0, 0, 0, width - text.shape[1]))  # (B, L', d_t)
-    half = np.float16
-    return {
-        "predicted_vision": pred.vision.cpu().numpy().astype(half),
-        "predicted_text": text.cpu().numpy().astype(half),
-        "num_predicted_text": mask.sum(1).cpu().numpy().astype(np.int32),
-        "predicted_image_embed": head.embed_image(pred.vision).cpu().numpy().astype(half),
-        "predicted_text_embed": head.embed_text(pred.text, mask).cpu().numpy().astype(half),
-        "predicted_teacher": head(pred.vision, pred.text, mask).float().cpu().numpy(),
-    }
-
-
-def cache_predicted(predictors: nn.Module, head: nn.Module, tokenwise: bool, batch_for_ids,
-                    question_ids, out_store_path: str | Path, spec: StoreSpec,
-                    batch_size: int = 64, device: str = "cpu", overwrite: bool = False) -> Path:
-    """Write the store of ``question_ids`` (resumable by shards:
-    :func:`pkd.train.question_store.fill_question_store`)."""
-    predictors, head = predictors.to(device).eval(), head.to(device).eval()
-
-    def rows_of(ids: np.ndarray) -> dict[str, np.ndarray]:
-        batch = checked_batch(batch_for_ids, ids)
-        return predicted_rows(predictors, head, tokenwise,
-                              {k: torch.as_tensor(v).to(device) for k, v in batch.items()})
-
-    return fill_question_store(out_store_path, spec, question_ids, rows_of,
-                               batch_size=batch_size, what="predicted features",
-                               overwrite=overwrite)
 
 
 def read_predicted(store: FeatureStore, rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -6,7 +6,7 @@ foundation stores (tokens included; with ``data.val_fraction > 0`` its carved va
 too), and the store goes to ``data.predicted`` (:mod:`pkd.train.predicted_cache`); ``split``
 names another split to predict (its ``producer`` records which; the store goes beside
 ``data.predicted`` as ``<stem>-<split>.zarr`` unless ``out`` is given). The vocabularies are the
-stage-1 run's, as in stage 2.
+stage-1 run's, as in stage 2. The store's layout and reading: :mod:`pkd.train.predicted_cache`.
 """
 
 from __future__ import annotations
@@ -14,21 +14,31 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import torch
+from torch import nn
+
 from pkd.errors import PkdError
-from pkd.stores.schema import config_hash
+from pkd.stores.reader import FeatureStore
+from pkd.stores.schema import StoreSpec, config_hash
 from pkd.train.config import TrainConfig
 from pkd.train.data import Stores
 from pkd.train.predicted_cache import (
-    cache_predicted,
     predicted_store_path,
     predicted_store_spec,
     same_predictors,
     weights_digest,
 )
 from pkd.train.prepare import open_stores, split_batches, vocab_source, vocabs
-from pkd.train.question_store import batches_by_id
+from pkd.train.question_store import batches_by_id, checked_batch, fill_question_store
 from pkd.train.tasks import method_of
-from pkd.train.tasks.pkd import PKD, build_predictors, load_predictors, pkd_setup
+from pkd.train.tasks.pkd import PKD
+from pkd.train.tasks.pkd_predictors import (
+    build_predictors,
+    load_predictors,
+    pkd_setup,
+    predicted_view,
+)
 
 
 def extract_predicted(cfg: TrainConfig, out: str | None = None, overwrite: bool = False,
@@ -78,8 +88,6 @@ def split_predictions(cfg: TrainConfig, split: str) -> Path:
     """``split``'s predictions beside ``data.predicted`` (the training split's store, which must
     exist), extracted unless a complete store of the same predictors is there: a partial one
     resumes, a stale one (other predictors) is rebuilt."""
-    from pkd.stores.reader import FeatureStore
-
     train_store = Path(cfg.data.predicted)
     if not (train_store / "zarr.json").is_file():
         raise PkdError(f"{train_store}: no predicted store (run pkd extract predicted first)")
@@ -94,3 +102,41 @@ def split_predictions(cfg: TrainConfig, split: str) -> Path:
             raise PkdError(f"{train_store}: made by other predictors than the config's "
                            f"method.pkd.predictors ({cfg.method.pkd.predictors})")
     return store
+
+
+@torch.no_grad()
+def predicted_rows(predictors: nn.Module, head: nn.Module, tokenwise: bool,
+                   batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Store rows of one batch: the frozen ``predictors`` and ``head`` exactly as stage 2's
+    online forward runs them (:meth:`pkd.train.tasks.pkd.PKDTask.predict`)."""
+    pred = predicted_view(predictors(batch), batch, tokenwise)
+    mask = pred.text_mask  # (B, L_b)
+    text = pred.text * mask[..., None]
+    width = predictors.text.queries.shape[0]  # L' (token-wise: the store's max_text_len)
+    text = nn.functional.pad(text, (0, 0, 0, width - text.shape[1]))  # (B, L', d_t)
+    half = np.float16
+    return {
+        "predicted_vision": pred.vision.cpu().numpy().astype(half),
+        "predicted_text": text.cpu().numpy().astype(half),
+        "num_predicted_text": mask.sum(1).cpu().numpy().astype(np.int32),
+        "predicted_image_embed": head.embed_image(pred.vision).cpu().numpy().astype(half),
+        "predicted_text_embed": head.embed_text(pred.text, mask).cpu().numpy().astype(half),
+        "predicted_teacher": head(pred.vision, pred.text, mask).float().cpu().numpy(),
+    }
+
+
+def cache_predicted(predictors: nn.Module, head: nn.Module, tokenwise: bool, batch_for_ids,
+                    question_ids, out_store_path: str | Path, spec: StoreSpec,
+                    batch_size: int = 64, device: str = "cpu", overwrite: bool = False) -> Path:
+    """Write the store of ``question_ids`` (resumable by shards:
+    :func:`pkd.train.question_store.fill_question_store`)."""
+    predictors, head = predictors.to(device).eval(), head.to(device).eval()
+
+    def rows_of(ids: np.ndarray) -> dict[str, np.ndarray]:
+        batch = checked_batch(batch_for_ids, ids)
+        return predicted_rows(predictors, head, tokenwise,
+                              {k: torch.as_tensor(v).to(device) for k, v in batch.items()})
+
+    return fill_question_store(out_store_path, spec, question_ids, rows_of,
+                               batch_size=batch_size, what="predicted features",
+                               overwrite=overwrite)

@@ -2,11 +2,10 @@
 
 Vocabularies are built from the training split once and saved in the run folder
 (``answers.json``, ``words.json``); resuming and evaluating read them back, so a checkpoint's
-classifier rows always mean the same answers. Stores are opened read-only; their provenance is
-recorded in the run (``stores.json``) and a later resume / evaluation with stores made by another
-producer is refused with the reason. A store with shards still to extract is refused too (naming
-it and what is missing) unless ``data.allow_incomplete``; then the questions it lacks are dropped
-and counted per split on stderr.
+classifier rows always mean the same answers. Stores are opened read-only and checked
+(:mod:`pkd.train.store_checks`: completeness, provenance); splits are joined with them by
+:mod:`pkd.train.splits`. What the run reads and builds is asked of its method
+(:func:`pkd.train.tasks.method_of`): this module sits above the tasks.
 
 Training joins every configured store (the losses read foundation / teacher features); validation
 and evaluation join only what the VQA model's own forward reads (:func:`forward_stores`): the
@@ -19,41 +18,27 @@ its own predicted store (:func:`split_predicted`).
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
 from pkd.data.answers import AnswerVocab
 from pkd.data.vqa import dataset_files, load_split
-from pkd.errors import PkdError, StoreMismatch
-from pkd.fsio import write_json
+from pkd.errors import PkdError
 from pkd.stores import FeatureStore
-from pkd.stores.records import n_shards, shard_range
 from pkd.stores.schema import config_hash
 from pkd.train.config import TrainConfig
-from pkd.train.data import (
-    SplitData,
-    Stores,
-    Vocabs,
-    VQABatches,
-    attach,
-    keep_rows,
-    load_split_data,
-)
+from pkd.train.data import SplitData, Stores, Vocabs, VQABatches
 from pkd.train.models import build_model
 from pkd.train.models.vlm import build_vlm, foundation_tokenizer
 from pkd.train.predicted_cache import predicted_store_path, same_predictors
 from pkd.train.prompts import PromptTokenizer, is_prompt_file
+from pkd.train.splits import CARVED_VAL, join_split
+from pkd.train.store_checks import check_complete
 from pkd.train.tasks import method_of
 from pkd.train.text import QuestionTokenizer
-
-CARVED_VAL = "val_from_train"  # the validation share carved from the training images
 
 
 def run_config(cfg: TrainConfig) -> TrainConfig:
@@ -168,36 +153,6 @@ def open_stores(cfg: TrainConfig, evaluation: bool = False) -> Stores:
     )
 
 
-def missing_items(store: FeatureStore) -> int:
-    """Items of ``store`` in shards without a completion record (not extracted yet)."""
-    ips = store.spec.items_per_shard
-    return sum(len(shard_range(k, store.n_items, ips)) for k in store.pending)
-
-
-def check_complete(store: FeatureStore, allow: bool, purpose: str = "train") -> None:
-    """Refuse ``store`` if shards are still to extract (one line naming it and what is missing);
-    with ``allow`` (``data.allow_incomplete``) note it on stderr instead."""
-    if store.complete:
-        return
-    total = n_shards(store.n_items, store.spec.items_per_shard)
-    what = (f"{len(store.pending)} of {total} shards ({missing_items(store)} of "
-            f"{store.n_items} items) not extracted")
-    if not allow:
-        raise PkdError(f"{store.path}: incomplete {store.spec.kind} store, {what} (finish it by "
-                       "re-running the same pkd extract command, or set "
-                       f"data.allow_incomplete=true to {purpose} on the extracted items only)")
-    note(f"warning: {store.path}: incomplete {store.spec.kind} store, {what}; "
-         "data.allow_incomplete=true: questions without its features are dropped")
-
-
-def note(message: str) -> None:
-    """One line on stderr, from the main process only (under torchrun, rank 0)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_rank() != 0:
-        return
-    print(message, file=sys.stderr, flush=True)
-
-
 def forward_stores(cfg: TrainConfig, stores: Stores) -> Stores:
     """The stores the VQA model's own forward reads (validation, evaluation): the regions, and
     the foundation stores only with ``model.use_foundation_features`` (its ``image_embeds`` /
@@ -258,55 +213,6 @@ def _check_vocab(store: FeatureStore, v: Vocabs) -> None:
                        f"this run's {mine}); train on the stage-1 run's vocabularies")
 
 
-def store_provenance(stores: Stores) -> dict:
-    """``{role: {"producer", "dims", "inputs_sha256"}}`` of every open store
-    (``inputs_sha256``: the digest of the images / texts it was made from, when recorded)."""
-    out = {}
-    for role in ("regions", "foundation_image", "foundation_text", "teacher_regions", "teacher",
-                 "predicted"):
-        store = getattr(stores, role)
-        if store is not None:
-            out[role] = {"producer": store.spec.producer, "dims": store.spec.dims}
-            if store.complete and store.inputs_sha256 is not None:  # partial: still growing
-                out[role]["inputs_sha256"] = store.inputs_sha256
-    return out
-
-
-def check_provenance(run_dir: Path, stores: Stores) -> None:
-    """Record store provenance on the first call; refuse other stores afterwards (another
-    producer or dims, or the same options run on other images: ``inputs_sha256``)."""
-    path = run_dir / "stores.json"
-    now = store_provenance(stores)
-    if not path.is_file():
-        write_json(path, now, indent=2, sort_keys=True)
-        return
-    saved = json.loads(path.read_text())
-    for role, info in now.items():
-        before = saved.get(role)
-        if before is None:
-            continue
-        for part in ("producer", "dims"):
-            for key in sorted(set(before[part]) | set(info[part])):
-                if before[part].get(key) != info[part].get(key):
-                    raise StoreMismatch(
-                        f"{getattr(stores, role).path}: {part}.{key} is "
-                        f"{info[part].get(key)!r}, but this run was trained with "
-                        f"{before[part].get(key)!r} (see {path})")
-        was, now_digest = before.get("inputs_sha256"), info.get("inputs_sha256")
-        if was is not None and now_digest is not None and was != now_digest:
-            raise StoreMismatch(
-                f"{getattr(stores, role).path}: made from other inputs than this run was "
-                f"trained with (inputs digest {now_digest[:12]}…, the run's {was[:12]}…: "
-                f"images or texts changed and the store was re-extracted; see {path})")
-
-
-def held_out(image_ids: np.ndarray, fraction: float) -> np.ndarray:
-    """True for the images of the carved validation share: a fixed hash of the image id
-    (Knuth's multiplicative hash) below ``fraction``, so the carve never depends on order."""
-    h = (image_ids.astype(np.uint64) * np.uint64(2654435761)) % np.uint64(2**32)
-    return h.astype(np.float64) / 2**32 < fraction
-
-
 def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
                   foundation_tokens: bool = False, teacher: bool = False,
                   type_vocab: list[str] | None = None) -> tuple[SplitData, VQABatches]:
@@ -326,39 +232,9 @@ def split_batches(cfg: TrainConfig, split: str, v: Vocabs, stores: Stores,
         stores = forward_stores(cfg, stores)
         if stores.predicted is not None:  # model.foundation_inputs=predicted
             stores = replace(stores, predicted=split_predicted(cfg, stores, split, v))
-    carved = split == CARVED_VAL
-    name = cfg.data.train_split if carved else split
-    data = load_split_data(cfg.data.root, cfg.data.dataset, name, v.answers, v.words,
-                           cfg.data.max_question_length)
-    if cfg.data.val_fraction > 0 and name == cfg.data.train_split:
-        val = held_out(data.image_ids, cfg.data.val_fraction)
-        data = replace(keep_rows(data, val if carved else ~val), name=split, dropped=0)
-    data, rows = attach(data, stores)
-    if data.dropped:
-        lacks = ", ".join(f"{role} {n}" for role, n in sorted(data.missing.items()))
-        note(f"{split}: {data.dropped} of {data.dropped + len(data)} questions dropped "
-             f"(no features in: {lacks})")
+    data, rows = join_split(cfg, split, v, stores)
     return data, VQABatches(data, stores, rows, len(v.answers), foundation_tokens, type_vocab,
                             aligned_teacher=cfg.method.distill.alignment == "aligned")
-
-
-def require_questions(data: SplitData, role: str) -> None:
-    """Refuse an empty ``role`` (``"validation"`` / ``"training"``) split before training starts:
-    ``best/`` picked on an empty validation split would be a model scored on nothing."""
-    if len(data):
-        return
-    if data.dropped:
-        lacks = ", ".join(f"{r} {n}" for r, n in sorted(data.missing.items()))
-        why = f"all {data.dropped} questions dropped, no features in: {lacks}"
-    else:
-        why = "the split holds no questions"
-    stake = "best/ would be chosen on nothing" if role == "validation" else "nothing to train on"
-    raise PkdError(f"{role} split {data.name!r} is empty ({why}): {stake}; training not started")
-
-
-def val_split_name(cfg: TrainConfig) -> str:
-    """The split validation (and best-checkpoint selection) reads — never the test split."""
-    return CARVED_VAL if cfg.data.val_fraction > 0 else cfg.data.val_split
 
 
 def model_dims(stores: Stores, foundation_dims: dict | None = None
@@ -373,17 +249,6 @@ def model_dims(stores: Stores, foundation_dims: dict | None = None
     elif dims is None and stores.predicted is not None:  # its embed_dim, vision_dim, text_dim
         dims = {k: int(v) for k, v in stores.predicted.spec.dims.items()}
     return region_dim, dims
-
-
-def recorded_foundation_dims(run_dir: Path) -> dict | None:
-    """The foundation_image store's dims a run was trained with (``stores.json``), or None: size
-    D's foundation inputs and PKD's memory at evaluation without opening the foundation stores."""
-    path = Path(run_dir) / "stores.json"
-    if not path.is_file():
-        return None
-    dims = json.loads(path.read_text()).get("foundation_image", {}).get("dims", {})
-    return {k: int(v) for k, v in dims.items()} if "embed_dim" in dims else None
-
 
 
 def build_run_model(cfg: TrainConfig, v: Vocabs, stores: Stores,

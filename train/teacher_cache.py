@@ -1,6 +1,6 @@
-"""Precompute the adapted DistillVLM teacher's outputs into a ``teacher`` store, once.
-
-Student training then reads them per batch instead of running the large teacher every step.
+"""The ``teacher`` store: the adapted DistillVLM teacher's outputs, computed once (``pkd extract
+teacher``, :mod:`pkd.train.teacher_extract` writes it) and read per batch by student training
+instead of running the large teacher every step. This module is the store's layout and reading.
 The store (kind ``teacher``, keyed by ``question_id``; docs/design.md) holds per question, padded
 to ``T = 1 + max_question_length + 1 + max_regions`` tokens ([CLS] words [SEP] regions)::
 
@@ -8,7 +8,7 @@ to ``T = 1 + max_question_length + 1 + max_regions`` tokens ([CLS] words [SEP] r
     teacher_attentions  float16 [H, T, T]        attention maps of the one cached layer, or
                         float16 [n, H, T, T]     of n cached layers (dims.attention_layers)
     teacher_hidden      float16 [T, d]           last-layer token states
-    teacher_token_mask  uint8   [T]              1 on valid tokens (checks teacher/student alignment)
+    teacher_token_mask  uint8   [T]              1 on valid tokens (teacher/student alignment)
     num_tokens          int32   []               number of valid tokens
 
 Entries of padded tokens (hidden rows, attention rows and columns) are stored as zeros, so the
@@ -23,18 +23,15 @@ tokens: :func:`trim_teacher` cuts them (and checks that nothing valid is cut).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from pkd.errors import PkdError
 from pkd.stores.reader import FeatureStore
 from pkd.stores.schema import ArraySpec, StoreSpec
-from pkd.train.question_store import checked_batch, fill_question_store
-from pkd.train.tasks.distillvlm import teacher_signals
 
 BATCH_KEYS = ("teacher_logits", "teacher_attentions", "teacher_hidden", "teacher_token_mask")
 
@@ -60,62 +57,6 @@ def teacher_store_spec(teacher: nn.Module, layers: Sequence[int], max_question_l
             "teacher_layers": depth, "attention_layers": [int(k) for k in layers]}
     return StoreSpec("teacher", "question_id", arrays, {**(producer or {}), "dtype": "float16"},
                      dims, items_per_chunk, items_per_shard)
-
-
-def padded_signals(signals: dict[str, torch.Tensor], t: int, one_layer: bool
-                   ) -> dict[str, np.ndarray]:
-    """Signals of :func:`teacher_signals` (T_b tokens) as store rows padded to ``t`` tokens."""
-    mask = signals["teacher_token_mask"].bool()  # (B, T_b)
-    pad = t - mask.shape[1]
-    if pad < 0:
-        raise PkdError(f"teacher store: a batch has {mask.shape[1]} tokens, more than T={t}")
-    pair = mask[:, None, None, :, None] & mask[:, None, None, None, :]  # (B, 1, 1, T_b, T_b)
-    att = (signals["teacher_attentions"].float() * pair)  # (B, n, H, T_b, T_b)
-    att = nn.functional.pad(att, (0, pad, 0, pad))  # (B, n, H, T, T)
-    hidden = signals["teacher_hidden"].float() * mask[..., None]  # (B, T_b, d)
-    hidden = nn.functional.pad(hidden, (0, 0, 0, pad))  # (B, T, d)
-    with np.errstate(over="ignore"):  # beyond float16's range -> inf, recorded as non-finite
-        return {
-            "teacher_logits": signals["teacher_logits"].float().cpu().numpy().astype(np.float16),
-            "teacher_attentions": (att[:, 0] if one_layer else att).cpu().numpy().astype(
-                np.float16),
-            "teacher_hidden": hidden.cpu().numpy().astype(np.float16),
-            "teacher_token_mask": nn.functional.pad(mask, (0, pad)).cpu().numpy().astype(
-                np.uint8),
-            "num_tokens": mask.sum(dim=1).cpu().numpy().astype(np.int32),
-        }
-
-
-def cache_teacher(teacher: nn.Module, batch_for_ids: Callable[[np.ndarray], dict],
-                  question_ids: Sequence[int], out_store_path: str | Path, *,
-                  layers: Sequence[int], max_question_length: int, max_regions: int,
-                  producer: dict | None = None, batch_size: int = 64,
-                  device: str | torch.device = "cpu", overwrite: bool = False,
-                  part: tuple[int, int] | None = None, items_per_chunk: int = 16,
-                  items_per_shard: int = 256, compression: str = "none") -> Path:
-    """Run the frozen ``teacher`` over ``question_ids`` and write the teacher store.
-
-    ``batch_for_ids(ids)`` returns the model batch of those questions in the *teacher's* view
-    (``region_*`` = the aligned teacher regions, as for teacher adaptation; ``question_id``
-    included). Resumable and splittable by shards (:func:`pkd.train.question_store.fill_question_store`).
-    """
-    spec = teacher_store_spec(teacher, layers, max_question_length, max_regions, producer,
-                              items_per_chunk, items_per_shard)
-    t = int(spec.dims["num_tokens"])
-    teacher = teacher.to(device).eval()
-
-    def rows_of(ids: np.ndarray) -> dict[str, np.ndarray]:
-        batch = checked_batch(batch_for_ids, ids)
-        if batch["question_tokens"].shape[1] != max_question_length:
-            raise PkdError(f"teacher store: batches have {batch['question_tokens'].shape[1]} "
-                           f"question tokens, expected data.max_question_length="
-                           f"{max_question_length}")
-        inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
-        return padded_signals(teacher_signals(teacher, inputs, layers), t, len(layers) == 1)
-
-    return fill_question_store(out_store_path, spec, question_ids, rows_of,
-                               batch_size=batch_size, what="teacher outputs",
-                               overwrite=overwrite, part=part, compression=compression)
 
 
 def trim_teacher(arrays: dict[str, np.ndarray], num_tokens: int,

@@ -20,7 +20,8 @@ import torch
 
 from pkd.errors import PkdError
 from pkd.train import checkpoint as ck
-from pkd.train.config import config_to_dict, load_config, save_config
+from pkd.train.config_load import config_to_dict, load_config, save_config
+from pkd.train.models.vlm import load_foundation
 
 COPIED = ("answers.json", "words.json", "stores.json")
 
@@ -41,8 +42,6 @@ def interpolate(foundation: dict[str, torch.Tensor], tuned: dict[str, torch.Tens
 
 def wise_ft(run_dir: str | Path, alpha: float, out_dir: str | Path) -> Path:
     """Write the WiSE-FT run folder ``out_dir`` of the fine-tuned ``run_dir`` at ``alpha``."""
-    from pkd.train.models.vlm import load_foundation
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not 0.0 <= alpha <= 1.0:
         raise PkdError(f"--alpha {alpha}: not in [0, 1]")

@@ -28,6 +28,7 @@ from pkd.cli import (
 )
 from pkd.errors import PkdError
 from pkd.fsio import os_error_line
+from pkd.progress import quiet_transformers
 
 app = typer.Typer(
     name="pkd",
@@ -65,8 +66,6 @@ def _output_option(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit status."""
-    from pkd.progress import quiet_transformers
-
     quiet_transformers()
     try:
         app(args=argv, prog_name="pkd")  # standalone mode: always ends in SystemExit

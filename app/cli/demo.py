@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from pkd.demo import KNOWN
+from pkd.cli.report import print_table
+from pkd.demo import ABLATIONS, KNOWN, DemoConfig, extra_tables, results_table
+from pkd.errors import PkdError
+from pkd.fsio import check_writable
 
 
 def demo(
@@ -15,23 +18,22 @@ def demo(
         "demo_out"),
     preset: Annotated[str, typer.Option(
         help="quick (1 seed, main rows, ≤ 10 min on 2 cores) | full (the README's table: "
-             "full-size benchmark, 3 seeds x data draws 1,2,3, the headline rows)")] = "quick",
+             "full-size benchmark, 3 seeds x data draws 10,11,12, the headline rows)")] = "quick",
     seeds: Annotated[int, typer.Option(help="training seeds per method (0: the preset's)")] = 0,
     ablations: Annotated[bool, typer.Option(help="also run the ablation rows")] = False,
     methods: Annotated[str, typer.Option(
         help="comma-separated rows instead of the main methods; known: " + ", ".join(KNOWN))] = "",
     data_seeds: Annotated[str, typer.Option(
         help="comma-separated benchmark draws, each generated with its own seed in OUT/draw{d} "
-             "(default: the preset's; quick 0, full 1,2,3 — tune on draw 0, report others)")] = "",
+             "(default: the preset's; quick 0, full 10,11,12 — tune on draw 0, report "
+             "others)")] = "",
     jobs: Annotated[int, typer.Option(
         min=1, help="runs trained side by side, one process each (file locks keep two "
                     "processes off one run)")] = 1,
 ) -> None:
     """synth data -> pre-train foundation -> extract -> train -> evaluate; prints a table (also
     written to results.md)."""
-    from pkd.cli.report import print_table
-    from pkd.demo import ABLATIONS, DemoConfig, extra_tables, results_table, run_demo
-    from pkd.fsio import check_writable
+    from pkd.demo import run_demo  # late-bound: tests patch pkd.demo.run_demo
 
     cfg = DemoConfig.of(preset, out)
     rows = tuple(m.strip() for m in methods.split(",") if m.strip()) or cfg.methods
@@ -51,8 +53,6 @@ def demo(
 
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``"1,2,3"`` -> ``(1, 2, 3)``; anything but non-negative integers is a one-line error."""
-    from pkd.errors import PkdError
-
     try:
         seeds = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:

@@ -5,10 +5,10 @@ Mode 2: ``--checkpoint RUN --split test [--which best|last]`` predicts with a tr
 (``RUN/results_<split>.json``), then scores it (``RUN/metrics_<split>.json`` or ``--out``); it
 opens only the stores the run's model reads (regions; foundation stores only for a model fed their
 embeddings), so a PKD run evaluates on a split no foundation features were extracted for.
-``--bootstrap N`` (both modes; ``N`` ≥ 100 or 0) adds the 95% percentile-bootstrap CI over questions of the
-overall and each answer type's accuracy (``N`` resamples, seed 0; :mod:`pkd.stats`) to the table
-and to the metrics JSON (``"bootstrap"``). It is the test-set noise of one model; the spread over
-training seeds is the larger one (``pkd demo --seeds``).
+``--bootstrap N`` (both modes; ``N`` ≥ 100 or 0) adds the 95% percentile-bootstrap CI over
+questions of the overall and each answer type's accuracy (``N`` resamples, seed 0;
+:mod:`pkd.stats`) to the table and to the metrics JSON (``"bootstrap"``). It is the test-set
+noise of one model; the spread over training seeds is the larger one (``pkd demo --seeds``).
 ``--adjust mask-favourite|prior-correction`` (with ``--checkpoint``) scores a post-hoc control of
 the trained run instead of its plain argmax: the training favourite of each question type masked,
 or the scores divided by the training prior (:mod:`pkd.train.prior_adjust`); files
@@ -23,6 +23,7 @@ from typing import Annotated
 
 import typer
 
+from pkd.data.metric import evaluate_files, write_metrics
 from pkd.errors import PkdError
 from pkd.fsio import check_writable
 
@@ -34,17 +35,18 @@ Results = Annotated[Path | None, typer.Option(help="results JSON [{question_id, 
 Out = Annotated[Path | None, typer.Option(help="write the metrics JSON here")]
 Checkpoint = Annotated[Path | None, typer.Option(help="trained run folder (pkd train run.out_dir)")]
 Which = Annotated[str, typer.Option(help="best (on val) or last checkpoint of the run")]
-Split = Annotated[str | None, typer.Option(help="split to predict with --checkpoint (default: the run's data.test_split)")]
-Bootstrap = Annotated[int, typer.Option(help="bootstrap resamples for a 95% CI over questions (0: off; 1000 is usual)")]
-Adjust = Annotated[str, typer.Option(help="post-hoc control with --checkpoint: none, mask-favourite or prior-correction")]
+Split = Annotated[str | None, typer.Option(
+    help="split to predict with --checkpoint (default: the run's data.test_split)")]
+Bootstrap = Annotated[int, typer.Option(
+    help="bootstrap resamples for a 95% CI over questions (0: off; 1000 is usual)")]
+Adjust = Annotated[str, typer.Option(
+    help="post-hoc control with --checkpoint: none, mask-favourite or prior-correction")]
 
 
 def evaluate(questions: Questions = None, annotations: Answers = None, results: Results = None,
              out: Out = None, checkpoint: Checkpoint = None, split: Split = None,
              which: Which = "best", bootstrap: Bootstrap = 0, adjust: Adjust = "none") -> None:
     """Score VQA results with the official metric (same numbers as vqaEval.py)."""
-    from pkd.data.metric import evaluate_files, write_metrics
-
     if bootstrap < 0:
         raise PkdError(f"--bootstrap {bootstrap}: expected 0 (off) or a number of resamples")
     if 0 < bootstrap < MIN_RESAMPLES:
@@ -53,17 +55,20 @@ def evaluate(questions: Questions = None, annotations: Answers = None, results: 
     if out is not None:
         _check_output_file(out)
     if adjust != "none":
-        from pkd.train.prior_adjust import ADJUSTMENTS
+        from pkd.train.prior_adjust import ADJUSTMENTS  # torch: loaded only when the command runs
 
         if adjust not in ADJUSTMENTS:
             raise PkdError(f"--adjust {adjust!r}: expected one of {', '.join(ADJUSTMENTS)}")
     if checkpoint is not None:
-        from pkd.train.predict import evaluate_checkpoint, run_file
+        from pkd.train.predict import (  # torch: loaded only when the command runs
+            evaluate_checkpoint,
+            run_file,
+        )
 
         if which not in ("best", "last"):
             raise PkdError(f"--which {which!r}: expected best or last")
         if split is None:  # the run's own test split (data.test_split)
-            from pkd.train.predict import load_run_config
+            from pkd.train.predict import load_run_config  # torch: only when the command runs
 
             split = load_run_config(checkpoint).data.test_split
         check_writable(checkpoint, "run folder")  # before the predictions, not after them
@@ -95,8 +100,8 @@ def _check_output_file(out: Path) -> None:
 def _print_metrics(metrics: dict, out: Path | None) -> None:
     """One table: overall, then each answer type, then each question type (with a 95% CI
     column for the first two when ``metrics`` has ``bootstrap``)."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # rich: loaded only when a table prints
+    from rich.table import Table  # rich: loaded only when a table prints
 
     boot = metrics.get("bootstrap")
     table = Table(title=f"VQA accuracy ({metrics['answered']}/{metrics['questions']} answered)")

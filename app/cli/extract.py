@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pkd.cli.report import print_extract_report
 from pkd.errors import PkdError
 from pkd.fsio import check_writable
 
@@ -48,7 +49,7 @@ def _part(shard: str | None) -> tuple[int, int] | None:
 
 def _options(shard, workers, scheduler, overwrite, items_per_shard, threads, retry_failed=False,
              codec: str = "none"):
-    from pkd.pipeline.runner import RunOptions
+    from pkd.pipeline.runner import RunOptions  # zarr: loaded only when the command runs
 
     chunk = RunOptions.items_per_chunk
     if items_per_shard < 1 or (items_per_shard > chunk and items_per_shard % chunk):
@@ -67,15 +68,13 @@ def _options(shard, workers, scheduler, overwrite, items_per_shard, threads, ret
 
 
 def _source(data, dataset, splits, images, captions=False):
-    from pkd.pipeline.sources import SourceConfig
+    from pkd.pipeline.sources import SourceConfig  # PIL: loaded only when the command runs
 
     return SourceConfig(root=data, dataset=dataset, splits=tuple(s for s in splits.split(",") if s),
                         images=images, captions=captions)
 
 
 def _finish(report, strict: bool) -> None:
-    from pkd.cli.report import print_extract_report
-
     print_extract_report(report)
     if strict and report.failures:
         raise typer.Exit(1)
@@ -106,7 +105,10 @@ def foundation(
     codec: Codec = "none",
 ) -> None:
     """Frozen foundation model features: images, questions (and captions)."""
-    from pkd.pipeline.extract import FoundationRecipe, extract_foundation
+    from pkd.pipeline.extract import (  # zarr: loaded only when the command runs
+        FoundationRecipe,
+        extract_foundation,
+    )
 
     fast = device.startswith("cuda")  # the GPU's fast path; the CPU keeps exact float32
     recipe = FoundationRecipe(_source(data, dataset, splits, images, captions), model,
@@ -126,7 +128,8 @@ def foundation(
 def regions(
     data: Data,
     out: Annotated[Path, typer.Option(help="the regions store to write (NAME.zarr)")],
-    detector: Annotated[str | None, typer.Option(help="given:PATH|hf:MODEL|detectron2:CFG|grid:K|whole")] = None,
+    detector: Annotated[str | None, typer.Option(
+        help="given:PATH|hf:MODEL|detectron2:CFG|grid:K|whole")] = None,
     boxes_from: Annotated[str | None, typer.Option(help="reuse the boxes of this store")] = None,
     backbone: Annotated[str | None, typer.Option(help="HF backbone to pool box features")] = None,
     pooling: Annotated[str, typer.Option(
@@ -147,7 +150,10 @@ def regions(
     codec: Codec = "none",
 ) -> None:
     """Boxes and per-box features (a detector, or the boxes of another store)."""
-    from pkd.pipeline.extract import RegionRecipe, extract_regions
+    from pkd.pipeline.extract import (  # zarr: loaded only when the command runs
+        RegionRecipe,
+        extract_regions,
+    )
 
     recipe = RegionRecipe(_source(data, dataset, splits, images, captions), detector, boxes_from,
                           backbone, pooling, conf, iou, min_boxes, max_boxes, device, batch_size)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -75,7 +76,8 @@ def foundation(ctx: typer.Context, data: OptData = None, out: OptOut = None,
             raise typer.BadParameter("missing (needed by the foundation pre-training)",
                                      param_hint=name)
     lxmert_only = {"--regions": regions, "--l-layers": l_layers, "--x-layers": x_layers,
-                   "--r-layers": r_layers, "--attribute-mask-probability": attribute_mask_probability,
+                   "--r-layers": r_layers,
+                   "--attribute-mask-probability": attribute_mask_probability,
                    "--itm-negative-share": itm_negative_share,
                    "--hard-negative-share": hard_negative_share}
     if family == "lxmert":
@@ -107,12 +109,13 @@ def pretrain(data: Data, out: Out, family: Family = "clip",
              lock_vision: LockVision = None,
              ) -> None:
     """Pre-train a tiny CLIP/BLIP on the caption corpus (ITC, + ITM for BLIP) and save it."""
-    from dataclasses import replace
+    from transformers.utils import logging as hf_logging  # transformers: only when the command runs
 
-    from transformers.utils import logging as hf_logging
-
-    from pkd.train.pretrain import ModelSize, PretrainConfig
-    from pkd.train.pretrain import pretrain as run
+    from pkd.train.pretrain import (  # torch: loaded only when the command runs
+        ModelSize,
+        PretrainConfig,
+    )
+    from pkd.train.pretrain import pretrain as run  # torch: loaded only when the command runs
 
     def given(**values):
         return {k: v for k, v in values.items() if v is not None}
@@ -132,8 +135,8 @@ def pretrain(data: Data, out: Out, family: Family = "clip",
 
 def print_metrics(metrics: dict) -> None:
     """One table: retrieval R@1/R@5 and the attribute probes, each against chance."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # rich: loaded only when a table prints
+    from rich.table import Table  # rich: loaded only when a table prints
 
     r = metrics["retrieval"]
     table = Table(title=f"{metrics['family']}: {r['images']} held-out images",
@@ -164,10 +167,13 @@ def _refuse(options: dict, family: str) -> None:
 def pretrain_lxmert(data: Path, out: Path, regions: Path | None, seed: int, size: dict,
                     given: dict) -> None:
     """Pre-train the tiny LXMERT F0 (MLM + ITM) on the captions' region features and save it."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # transformers: only when the command runs
 
-    from pkd.train.pretrain.lxmert import LxmertPretrainConfig, LxmertSize
-    from pkd.train.pretrain.lxmert import pretrain_lxmert as run
+    from pkd.train.pretrain.lxmert import (  # torch: loaded only when the command runs
+        LxmertPretrainConfig,
+        LxmertSize,
+    )
+    from pkd.train.pretrain.lxmert import pretrain_lxmert as run  # torch: only when pretraining
 
     if regions is None:
         raise typer.BadParameter("missing (--family lxmert reads region features)",
@@ -181,8 +187,8 @@ def pretrain_lxmert(data: Path, out: Path, regions: Path | None, seed: int, size
 
 def print_lxmert_metrics(metrics: dict) -> None:
     """One table: held-out ITM (binary, pairwise, held-out pairs) and MLM word accuracies."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # rich: loaded only when a table prints
+    from rich.table import Table  # rich: loaded only when a table prints
 
     h = metrics["heldout"]
     table = Table(title=f"lxmert: {h['captions']} held-out captions of {h['images']} images",
@@ -215,7 +221,10 @@ def regions(data: Annotated[Path, typer.Option(help="folder with detection/insta
             threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
             ) -> None:
     """Pre-train a region backbone with bottom-up's object + attribute heads and save it."""
-    from pkd.train.pretrain.regions import RegionPretrainConfig, pretrain_regions
+    from pkd.train.pretrain.regions import (  # torch: loaded only when the command runs
+        RegionPretrainConfig,
+        pretrain_regions,
+    )
 
     given = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr,
                                     threads=threads).items() if v is not None}

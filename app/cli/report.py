@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pkd.demo import TEXT_COLUMNS, markdown_table
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -42,12 +44,10 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
     """A table whose cells are never cut. On a terminal wide enough for every cell: a rich
     table; otherwise (CI, a pipe, ``| tee``, a narrow terminal): the padded Markdown table of
     :func:`pkd.demo.markdown_table`, plain text that a narrow window wraps instead of cutting."""
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
-    from rich.text import Text
-
-    from pkd.demo import TEXT_COLUMNS, markdown_table
+    from rich.console import Console  # rich: loaded only when a table prints
+    from rich.measure import Measurement  # rich: loaded only when a table prints
+    from rich.table import Table  # rich: loaded only when a table prints
+    from rich.text import Text  # rich: loaded only when a table prints
 
     console = console or Console()
     if console.is_terminal:

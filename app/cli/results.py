@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from pkd.cli.report import print_table
+from pkd.demo import extra_tables, results_table
+from pkd.demo.results_file import rebuild
+
 
 def results(
     out: Annotated[Path, typer.Argument(
@@ -17,10 +21,6 @@ def results(
 ) -> None:
     """Rewrite results.md, results_families.md and results.png from OUT/results.json (nothing
     trained) and print the tables."""
-    from pkd.cli.report import print_table
-    from pkd.demo import extra_tables, results_table
-    from pkd.demo.results_file import rebuild
-
     saved = rebuild(out, readme)
     print_table(*results_table(saved))
     for table in extra_tables(saved):  # grounding checks, blind rules and targets

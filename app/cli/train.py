@@ -7,15 +7,18 @@ from typing import Annotated
 
 import typer
 
+from pkd.train.method_lines import methods_help
+
 
 def train(
     config: Annotated[Path | None, typer.Argument(help="YAML config (defaults if omitted)")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="dotted key=value overrides")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="dotted key=value overrides")] = None,
     resume: Annotated[bool, typer.Option(help="continue RUN/ckpt exactly")] = False,
 ) -> None:
     """Train from feature stores; checkpoints, metrics and curves go to run.out_dir."""
-    from pkd.train.config import load_config
-    from pkd.train.loop import fit
+    from pkd.train.config_load import load_config  # torch: loaded only when the command runs
+    from pkd.train.loop import fit  # torch: loaded only when the command runs
 
     if config is not None and "=" in str(config) and not config.exists():
         overrides, config = [str(config), *(overrides or [])], None
@@ -24,4 +27,6 @@ def train(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command("train", epilog="Methods (method.name):\n\n" + methods_help()
+                + "\n\nThe demo's rows are these methods with settings: configs/rows/*.yaml "
+                  "(pkd train configs/rows/lmh.yaml runs one after pkd demo).")(train)

@@ -19,7 +19,7 @@ def wise_ft(
     = None,
 ) -> None:
     """Interpolate the weights of a fine-tuned run with its foundation model (WiSE-FT)."""
-    from pkd.train.wise_ft import wise_ft as interpolate_run
+    from pkd.train.wise_ft import wise_ft as interpolate_run  # torch: only when the command runs
 
     target = out or run.with_name(f"{run.name}-wise{alpha:g}")
     print(f"wrote {interpolate_run(run, alpha, target)} (alpha {alpha:g}); evaluate it with "

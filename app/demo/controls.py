@@ -33,7 +33,7 @@ def posthoc_rows(run: Path, name: str, seed: int, adjust: str,
                  splits: tuple[str, ...]) -> list[dict]:
     """One row per split of the trained ``run`` scored with the post-hoc ``adjust``
     (``RUN/{results,metrics}_<split>_<adjust>.json``; the run's plain files stay as they were)."""
-    from pkd.train.predict import evaluate_checkpoint
+    from pkd.train.predict import evaluate_checkpoint  # torch: only when a control row is scored
 
     rows = []
     for split in splits:

@@ -17,8 +17,9 @@ each draw's mean over its seeds, then the mean and t interval over the draws
 
 from __future__ import annotations
 
-from pkd.demo import SPLITS, markdown_table, reference_of
+from pkd.demo.config import SPLITS
 from pkd.demo.draws import mean_over_runs, paired_over_runs, run_key
+from pkd.demo.summary import markdown_table, reference_of
 
 FAMILIES_FILE = "results_families.md"
 

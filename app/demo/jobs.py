@@ -39,7 +39,7 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
 def locked(out: Path, name: str) -> Iterator[None]:
     """Hold the exclusive lock ``OUT/locks/<name>.lock`` for the block (wait while another
     process holds it)."""
-    import fcntl  # POSIX only: imported where it is used, so pkd.demo imports everywhere
+    import fcntl  # fcntl: POSIX only, so pkd.demo imports everywhere
 
     folder = Path(out) / "locks"
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pkd.data.vqa import dataset_files, load_questions
 from pkd.errors import PkdError
 from pkd.roi import box_iou
 from pkd.stores import FeatureStore
@@ -108,8 +109,6 @@ def probe_store(store_path: Path, boxes_json: Path, train_ids: np.ndarray, eval_
 
 def split_image_ids(data: Path, split: str) -> np.ndarray:
     """Sorted image ids of a synthetic benchmark split (``synth_<split>_questions.json``)."""
-    from pkd.data.vqa import dataset_files, load_questions
-
     questions, _ = dataset_files(Path(data), "synth", split)
     if not questions.is_file():
         raise PkdError(f"{questions}: no such split file (a `pkd data synth` folder?)")
@@ -120,7 +119,10 @@ def probe_benchmark_store(store_path: Path, data: Path, train_split: str = "trai
                           eval_split: str = "test") -> dict[str, dict[str, float]]:
     """:func:`probe_store` with the benchmark folder's boxes and splits; refused (one line)
     when the store was made from another folder's boxes or images."""
-    from pkd.stores.made_from import check_boxes, check_images
+    from pkd.stores.made_from import (  # PIL: loaded only when the image check runs
+        check_boxes,
+        check_images,
+    )
 
     data = Path(data)
     store = FeatureStore.open(store_path, kind="regions")

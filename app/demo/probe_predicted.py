@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pkd.data.normalize import normalize_answer
+from pkd.data.vqa import dataset_files, load_split
+from pkd.demo.probe import fit_probe
 from pkd.errors import PkdError
 from pkd.stores import FeatureStore
 
@@ -38,9 +41,6 @@ SOURCES = ("predicted pair", "foundation pair", "prior")
 
 def _labels(data_root: Path, dataset: str, split: str) -> dict[int, tuple[int, str, str]]:
     """``{question_id: (image_id, question_type, multiple_choice_answer)}`` of a split."""
-    from pkd.data.normalize import normalize_answer
-    from pkd.data.vqa import dataset_files, load_split
-
     questions, annotations = dataset_files(data_root, dataset, split)
     if annotations is None:
         raise PkdError(f"{questions}: split {split!r} has no annotations to probe against")
@@ -98,8 +98,6 @@ def _pair(f: dict, source: str) -> np.ndarray:
 
 def answer_probes(train: dict, evals: dict[str, dict]) -> dict[str, dict[str, dict[str, float]]]:
     """``{split: {source: {"all": %, question type: %}}}`` (module doc, point 2)."""
-    from pkd.demo.probe import fit_probe
-
     hits = {s: {src: {} for src in SOURCES} for s in evals}
     train_types = np.asarray(train["type"])
     eval_types = {split: np.asarray(f["type"]) for split, f in evals.items()}  # once per split
@@ -156,7 +154,7 @@ def probe_run(cfg, splits: tuple[str, ...]) -> dict:
     (``data.predicted``) fits the probes; each of ``splits`` is predicted by the same frozen
     predictors into ``<data.predicted stem>-<split>.zarr`` beside it (``pkd extract predicted
     --split``; kept, reused when complete) and scored, with the foundation stores of the config."""
-    from pkd.train.predicted_extract import split_predictions
+    from pkd.train.predicted_extract import split_predictions  # safetensors.torch: only to probe
 
     data = cfg.data
     if not data.predicted or not data.foundation_image or not data.foundation_text:

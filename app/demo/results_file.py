@@ -27,9 +27,13 @@ is not JSON or has no ``"rows"`` is refused, never overwritten. ``pkd results OU
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
+from pkd.demo.families import FAMILIES_FILE, families_markdown
+from pkd.demo.jobs import locked
+from pkd.demo.summary import plot_results, results_markdown, summarize
 from pkd.errors import PkdError
 from pkd.fsio import write_atomic
 
@@ -110,8 +114,6 @@ def merge_into(results: dict, out: Path) -> dict:
     Rows that cannot be paired with their reference (seeds that differ, e.g. a method run on
     fewer seeds than its reference in another invocation) are still saved, without
     ``"summary"``, before the one-line PkdError of :func:`pkd.demo.summarize` is raised."""
-    from pkd.demo import summarize
-    from pkd.demo.jobs import locked
 
     path = Path(out) / RESULTS_FILE
     with locked(out, "results"):
@@ -133,8 +135,6 @@ def write_tables(results: dict, out: Path) -> list[Path]:
     """``results.md`` (:func:`pkd.demo.results_markdown`), ``results_families.md`` (when rows
     carry per-question-type scores, :mod:`pkd.demo.families`) and ``results.png`` in ``out``;
     returns the paths written."""
-    from pkd.demo import plot_results, results_markdown
-    from pkd.demo.families import FAMILIES_FILE, families_markdown
 
     out = Path(out)
     written = [write_atomic(out / "results.md", results_markdown(results))]
@@ -172,7 +172,6 @@ def rebuild(out: Path, readme: Path | None = None) -> dict:
     """``pkd results OUT``: the tables and plot of ``OUT/results.json`` written again (nothing
     trained, results.json untouched) and, with ``readme``, results.md put between its marker
     lines; returns the results with a fresh ``"summary"``."""
-    from pkd.demo import summarize
 
     results = load_results(Path(out) / RESULTS_FILE)
     if readme is not None:
@@ -180,5 +179,19 @@ def rebuild(out: Path, readme: Path | None = None) -> dict:
     results["summary"] = summarize(results["rows"])
     write_tables(results, out)
     if readme is not None:
-        replace_between_markers(readme, (Path(out) / "results.md").read_text())
+        replace_between_markers(readme, readme_block(results, Path(out), Path(readme)))
     return results
+
+
+def readme_block(results: dict, out: Path, readme: Path) -> str:
+    """The README's block: the main table of ``results.md`` and a link to the whole file (the
+    grounding checks, blind rules, targets and per-family tables stay there)."""
+    full = out / "results.md"
+    try:
+        link = os.path.relpath(full.resolve(), readme.resolve().parent)
+    except ValueError:  # another drive (Windows): an absolute path
+        link = str(full.resolve())
+    return (results_markdown(results, main_only=True)
+            + "\nGrounding checks, blind rules, targets and the per-family tables: "
+            + f"[{link}]({link})"
+              " (`pkd results` writes both from the run's `results.json`).\n")

@@ -7,7 +7,7 @@ below is ``model.arch=vlm`` on that ``F0`` (``METHODS.md``, PKD's setting):
 
 | row | what |
 |---|---|
-| ``zero-shot`` | ``F0`` as pre-trained, answering through its masked-LM / matching heads (no training) |
+| ``zero-shot`` | ``F0`` as pre-trained, answering through its masked-LM / matching heads |
 | ``scratch`` | the same architecture from random weights, fine-tuned (no pre-training) |
 | ``finetune`` | ``F0`` fine-tuned through its heads: the reference of every row here |
 | ``new-head`` | ``F0`` fine-tuned with a new classifier on the pooled output (the usual recipe) |
@@ -15,11 +15,11 @@ below is ``model.arch=vlm`` on that ``F0`` (``METHODS.md``, PKD's setting):
 | ``wise-ft`` | ``(1 - α) θ_F0 + α θ_finetune``, α = 0.5 (nothing trained) |
 | ``kd-id`` | fine-tuning + ``F0``'s outputs distilled on the VQA pairs (the biased baseline) |
 | ``lwf-oracle`` | fine-tuning + ``F0``'s outputs distilled on the real caption corpus (the ideal) |
-| ``pkd-vlm`` | PKD (:mod:`pkd.train.tasks.pkd_vlm`): memory of predicted pre-training-like pairs + ``L_mkd`` |
+| ``pkd-vlm`` | PKD (:mod:`pkd.train.tasks.pkd_vlm`): memory of predicted pairs + ``L_mkd`` |
 | ``pkd-vlm-mlm`` | PKD with ``L_mkd`` on the masked-LM head too (ours: D answers through it) |
 | ``pkd-vlm-mlm-real`` | the same, the masked-LM term on the predicted text with the real regions |
 | ``pkd-vlm-memory`` / ``-model-kd`` | PKD without its memory / without ``L_mkd`` |
-| ``pkd-vlm-noitm`` / ``-nodiv`` | ``pkd-vlm-mlm-real`` on predictors trained without ``L_itm`` / ``L_div`` |
+| ``pkd-vlm-noitm`` / ``-nodiv`` | ``pkd-vlm-mlm-real``, predictors without ``L_itm`` / ``L_div`` |
 
 Each row also reports forgetting: ``D``'s caption matching and masked-word accuracy on the
 captions ``F0``'s pre-training held out (:func:`forgetting`), against ``F0``'s own.
@@ -33,22 +33,12 @@ from pathlib import Path
 VLM_ROWS = ("zero-shot", "scratch", "finetune", "new-head", "lp", "lp-ft", "wise-ft", "kd-id",
             "lwf-oracle", "pkd-vlm", "pkd-vlm-mlm", "pkd-vlm-mlm-real", "pkd-vlm-memory",
             "pkd-vlm-model-kd", "pkd-vlm-noitm", "pkd-vlm-nodiv")
-# stage-1 ablations: predictors trained without L_itm / without L_div, read by the headline
-# stage 2 (pkd-vlm-mlm-real's settings)
-STAGE1_ABLATIONS = {"pkd-vlm-noitm": {"method.pkd.lambda_itm": 0.0},
-                    "pkd-vlm-nodiv": {"method.pkd.lambda_div": 0.0}}
-PREDICTOR_RUNS = ("pkd-vlm-predictors", *(f"{row}-predictors" for row in STAGE1_ABLATIONS))
-VLM_NEEDS = {"lp-ft": ("lp",), "wise-ft": ("finetune",),  # runs a row builds on
-             **{run: () for run in PREDICTOR_RUNS},  # (not the "pkd" family's predictors)
-             **{row: (f"{row}-predictors" if row in STAGE1_ABLATIONS else "pkd-vlm-predictors",)
-                for row in VLM_ROWS if row.startswith("pkd-vlm")}}
-PKD_VLM = {"method.pkd.predictor_hidden": 64, "method.pkd.predictor_layers": 1,
-           "method.pkd.memory_size": 256}  # the predictors' size (stage 1 and 2)
+# PKD's stage-1 runs in this setting (rows build on them, they are not rows of the table):
+# the predictors, and the predictors trained without L_itm / without L_div (configs/rows/)
+PREDICTOR_RUNS = ("pkd-vlm-predictors", "pkd-vlm-noitm-predictors", "pkd-vlm-nodiv-predictors")
 WISE_ALPHA = 0.5  # the wise-ft row's α
 CAPTION_REGIONS = "caption_regions.zarr"  # the caption images' regions (student backbone)
 FOUNDATION_DIR = "foundation-lxmert"  # F0's folder in the draw's folder
-VLM_OPTIM = {"optim.lr": 3e-4, "optim.warmup_steps": 50, "optim.grad_clip": 1.0,
-             "data.max_question_length": 24}  # prompts are longer than the questions
 
 
 def foundation_dir(out: Path) -> Path:
@@ -60,10 +50,16 @@ def prepare_vlm(data: Path, out: Path, stores: Path, max_boxes: int, epochs: int
     """The caption images' regions (the student's backbone and boxes) and ``F0``, once
     (``threads``: torch threads of its pre-training, 0 = every usable core; one per job when
     jobs share the machine — two threads on two busy cores made an epoch 20x slower)."""
-    from pkd.pipeline.extract import RegionRecipe, extract_regions
-    from pkd.pipeline.runner import RunOptions
-    from pkd.pipeline.sources import SourceConfig
-    from pkd.train.pretrain.lxmert import LxmertPretrainConfig, pretrain_lxmert
+    from pkd.pipeline.extract import (  # zarr: loaded only when the VLM rows are prepared
+        RegionRecipe,
+        extract_regions,
+    )
+    from pkd.pipeline.runner import RunOptions  # zarr: loaded only when the VLM rows are prepared
+    from pkd.pipeline.sources import SourceConfig  # PIL: loaded only when the VLM rows are prepared
+    from pkd.train.pretrain.lxmert import (  # torch: loaded only when the VLM rows are prepared
+        LxmertPretrainConfig,
+        pretrain_lxmert,
+    )
 
     source = SourceConfig(root=data, splits=(), captions=True)
     extract_regions(RegionRecipe(source, detector=f"given:{data / 'boxes.json'}",
@@ -78,44 +74,9 @@ def prepare_vlm(data: Path, out: Path, stores: Path, max_boxes: int, epochs: int
     return f0
 
 
-def vlm_overrides(out: Path, stores: Path, name: str, epochs: int, run_of) -> dict:
-    """The config of one row of :data:`VLM_ROWS` (``run_of(name)``: a row's run folder)."""
-    base = {"model.arch": "vlm", "model.foundation": foundation_dir(out), **VLM_OPTIM,
-            "run.epochs": epochs}
-    new = {"model.answer_head": "new"}
-    pkd = {"method.name": "pkd-vlm", "method.pkd.predictors": run_of("pkd-vlm-predictors")}
-    predictors = {**PKD_VLM, "method.name": "pkd-vlm-predictors",
-                  "run.epochs": max(1, epochs // 2)}
-    headline = {**pkd, **PKD_VLM, "method.pkd.mkd_heads": "itm+mlm",
-                "method.pkd.mkd_vision": "real"}
-    ablations = {**{f"{row}-predictors": {**predictors, **off}
-                    for row, off in STAGE1_ABLATIONS.items()},
-                 **{row: {**headline, "method.pkd.predictors": run_of(f"{row}-predictors")}
-                    for row in STAGE1_ABLATIONS}}
-    return {**base, **{
-        **ablations,
-        "zero-shot": {"run.epochs": 0},
-        "scratch": {"model.init": "scratch"},
-        "finetune": {},
-        "wise-ft": {},  # its folder holds the finetune run's config (pkd.train.wise_ft)
-        "new-head": new,
-        "lp": {**new, "model.trainable": "heads", "optim.lr": 3e-3},
-        "lp-ft": {**new, "model.init_from": run_of("lp")},
-        "kd-id": {"method.name": "kd-id"},
-        "lwf-oracle": {"method.name": "lwf-oracle",
-                       "method.lwf.caption_regions": stores / CAPTION_REGIONS},
-        "pkd-vlm-predictors": predictors,
-        "pkd-vlm": {**pkd, **PKD_VLM},
-        "pkd-vlm-mlm": {**pkd, **PKD_VLM, "method.pkd.mkd_heads": "itm+mlm"},
-        "pkd-vlm-mlm-real": headline,
-        "pkd-vlm-memory": {**pkd, **PKD_VLM, "method.pkd.use_memory": False},
-        "pkd-vlm-model-kd": {**pkd, **PKD_VLM, "method.pkd.use_model_kd": False},
-    }[name]}
-
-
 def make_wise_ft(finetuned: Path, target: Path) -> Path:
     """The wise-ft row's run folder (α = :data:`WISE_ALPHA`), made once from ``finetuned``."""
-    from pkd.train.wise_ft import wise_ft
+    from pkd.train.wise_ft import wise_ft  # torch: loaded only when WiSE-FT runs
 
     if not (target / "best" / "latest.json").is_file():
         wise_ft(finetuned, WISE_ALPHA, target)
@@ -128,11 +89,11 @@ def forgetting(run: Path, data: Path, stores: Path) -> dict:
     path = run / "forgetting.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from pkd.train import checkpoint as ck
-    from pkd.train.config import load_config
-    from pkd.train.models.vlm import load_foundation
-    from pkd.train.pretrain.lxmert import caption_metrics
-    from pkd.train.pretrain.lxmert_data import load_heldout_captions
+    from pkd.train import checkpoint as ck  # torch: loaded only when forgetting is measured
+    from pkd.train.config_load import load_config  # torch: loaded only when forgetting is measured
+    from pkd.train.models.vlm import load_foundation  # torch: only when forgetting is measured
+    from pkd.train.pretrain.lxmert import caption_metrics  # torch: only when forgetting is measured
+    from pkd.train.pretrain.lxmert_data import load_heldout_captions  # torch: for forgetting only
 
     f0 = Path(load_config(run / "config.yaml").model.foundation)
     pre = json.loads((f0 / "pretrain_metrics.json").read_text())["config"]

@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from pkd.errors import PkdError
 
-MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold: larger images are refused undecoded
+# Pillow's decompression-bomb threshold: larger images are refused undecoded
+MAX_PIXELS = 89_478_485
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
 
@@ -112,7 +113,8 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS,
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (unknown format)") from None
     except Image.DecompressionBombError as err:
-        raise ImageError(f"{path}: image too large ({str(err).split(',')[0]}); not decoded") from None
+        raise ImageError(f"{path}: image too large ({str(err).split(',')[0]}); "
+                         "not decoded") from None
     except (OSError, SyntaxError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ImageError(f"{path}: truncated or corrupt image ({reason})") from None

@@ -113,7 +113,8 @@ def gqa_accuracy(gold: str, answer: str) -> float:
     words, which it leaves unchanged except articles/number words (``"a"`` dropped, ``"two"`` ->
     ``"2"`` on both sides alike).
     """
-    return float(preprocess_answer(clean_whitespace(gold)) == preprocess_answer(clean_whitespace(answer)))
+    return float(preprocess_answer(clean_whitespace(gold))
+                 == preprocess_answer(clean_whitespace(answer)))
 
 
 def evaluate_gqa(annotations: Sequence[Annotation], results: Mapping[int, str],
@@ -208,9 +209,9 @@ def bootstrap_metrics(annotations: Sequence[Annotation], results: Mapping[int, s
     ``{"method", "resamples", "seed", "level", "overall": [low, high],
     "perAnswerType": {type: [low, high]}}``. Test-set sampling noise of one model only; the
     training noise is measured over seeds (:func:`pkd.stats.mean_ci`)."""
-    import numpy as np
+    import numpy as np  # numpy: loaded only when --bootstrap asks for CIs
 
-    from pkd.stats import bootstrap_ci
+    from pkd.stats import bootstrap_ci  # numpy: loaded only when --bootstrap asks for CIs
 
     scores = 100.0 * np.asarray(question_scores(annotations, results, gqa))  # (m,) percent
     types = np.array([a.answer_type for a in annotations])  # (m,)

@@ -75,7 +75,8 @@ class SynthConfig:
     test_images: int = 600  # images of the test split (shifted prior)
     test_comp_images: int = 600  # images of test_comp (held-out shape x colour combinations)
     test_iid_images: int = 600  # images of the test_iid split (train prior)
-    caption_images: int = 6000  # images of the unbiased caption corpus (the foundation's tagger overfits 2,000: README)
+    # images of the unbiased caption corpus (the foundation's tagger overfits 2,000: README)
+    caption_images: int = 6000
     captions_per_image: int = 2  # captions per caption image
     caption_relations: bool = False  # each caption also states one spatial relation that holds
     caption_max_objects: int = 4  # objects per caption image, 1..this, P(n) ∝ n
@@ -84,8 +85,10 @@ class SynthConfig:
     heldout: tuple[str, ...] = HELDOUT  # "colour shape" pairs never in VQA train/val/test/test_iid
     questions_per_image: int = 3  # at most this many questions per VQA image (1..9)
     candidates_per_type: int = 5  # candidate questions per family and scene before acceptance
-    direct_weight: float = 0.4  # the direct colour / shape families keep this share of questions (v5)
-    yes_no_weight: float = 0.5  # "is there a" keeps this share of its questions (v6; any constant scores >= 50 there in test)
+    # the direct colour / shape families keep this share of questions (v5)
+    direct_weight: float = 0.4
+    # "is there a" keeps this share of its questions (v6; any constant scores >= 50 there in test)
+    yes_no_weight: float = 0.5
     bias: float = 0.75  # share of the train favourite in train (VQA-CP-strength prior)
     test_bias: float = 0.4  # share of the test favourite (a random non-favourite, v6) in test
     yes_no_bias: float = 0.85  # share of "yes" in train; test and test_comp are 50 / 50

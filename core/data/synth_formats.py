@@ -90,10 +90,11 @@ def _listing(objects: list[SceneObject]) -> str:
 
 def relation_sentence(scene: Scene, rng: np.random.Generator) -> str | None:
     """"the blue square is right of the red circle." for a random (object, relation, anchor),
-    both named uniquely (:func:`~pkd.data.synth_questions.unique_name`), among the ordered pairs that stand in exactly
-    one relation (``related``), so each other relation word makes the sentence false; None
-    when there is no such pair."""
-    named = [(o, n) for o in scene.objects if (n := unique_name(scene, o, "color", "shape")) is not None]
+    both named uniquely (:func:`~pkd.data.synth_questions.unique_name`), among the ordered pairs
+    that stand in exactly one relation (``related``), so each other relation word makes the
+    sentence false; None when there is no such pair."""
+    named = [(o, n) for o in scene.objects
+             if (n := unique_name(scene, o, "color", "shape")) is not None]
     options = []
     for a, a_name in named:
         for o, o_name in named:

@@ -16,7 +16,8 @@ asked about is named by its shape (colour) alone when that is unique in the scen
 and shape (size and colour) when that is unique; otherwise it is not asked about.
 
 Relational questions (v4: the two "what is the ... of the" families and every "is there a"
-question) name the object asked about by where it lies from an anchor object (named as above): B is "left of" A when B's box ends at or before A's box starts on the x
+question) name the object asked about by where it lies from an anchor object (named as above):
+B is "left of" A when B's box ends at or before A's box starts on the x
 axis (``x_B + w_B <= x_A``), "right of", "above", "below" likewise; "what is the" asks a relation
 only when exactly one object of the scene stands in it to the anchor. The answer needs the regions'
 *positions*: a one-glimpse UpDn, whose region features carry no box geometry, can only narrow
@@ -77,7 +78,8 @@ import numpy as np
 
 from pkd.data.synth_scene import COLORS, SHAPES, Combo, Scene, SceneObject
 
-COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q = "what color is the", "what shape is the", "how many", "is there a"
+COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q = ("what color is the", "what shape is the", "how many",
+                                      "is there a")
 REL_COLOR_Q, REL_SHAPE_Q = "what is the color of the", "what is the shape of the"
 QUESTION_TYPES = (COLOR_Q, SHAPE_Q, COUNT_Q, EXIST_Q, REL_COLOR_Q, REL_SHAPE_Q)
 ANSWER_TYPE = {COLOR_Q: "other", SHAPE_Q: "other", COUNT_Q: "number", EXIST_Q: "yes/no",
@@ -98,7 +100,8 @@ class Question:
 
 
 def answers_of(question_type: str, max_objects: int) -> tuple[str, ...]:
-    """Every answer of a question type, in a fixed canonical order (train ranks: :class:`Priors`)."""
+    """Every answer of a question type, in a fixed canonical order (train ranks:
+    :class:`Priors`)."""
     if question_type in (COLOR_Q, REL_COLOR_Q):
         return COLORS_ASKED
     if question_type in (SHAPE_Q, REL_SHAPE_Q):
@@ -231,8 +234,8 @@ def _existence(scene: Scene, rng: np.random.Generator, per_type: int, heldout: f
     that the scene holds but not in that relation (it needs the boxes' positions), or an absent
     pair that shares the colour or the shape of a present object (it needs colour-shape
     binding). A pair with the shape of an anchor named by its shape alone is never asked: that
-    shape is unique in the scene, so the text alone would say "no". Outside ``comp`` a held-out pair is never asked; in ``comp`` only held-out pairs
-    are.
+    shape is unique in the scene, so the text alone would say "no". Outside ``comp`` a held-out
+    pair is never asked; in ``comp`` only held-out pairs are.
     """
     def allowed(pair: Combo) -> bool:
         return (pair in heldout) == comp
@@ -289,7 +292,8 @@ def target_prior(question_type: str, prior: str, priors: Priors, bias: float,
         return {"yes": yes_no_bias, "no": 1.0 - yes_no_bias}
     if prior == "train":
         weights = [k - j for j in range(1, k)]  # k-1, ..., 1 for a_2 .. a_k
-        rest = {a: (1.0 - bias) * w / sum(weights) for a, w in zip(answers[1:], weights, strict=True)}
+        rest = {a: (1.0 - bias) * w / sum(weights)
+                for a, w in zip(answers[1:], weights, strict=True)}
         return {answers[0]: bias, **rest}
     fixed = {answers[0]: rare, priors.shifted[question_type]: test_bias}
     share = (1.0 - rare - test_bias) / max(1, k - 2)

@@ -1,1 +1,2 @@
-"""Hugging Face model helpers shared by the pipeline, the trainer and the tests (tiny models built from configs)."""
+"""Hugging Face model helpers shared by the pipeline, the trainer and the tests (tiny models
+built from configs)."""

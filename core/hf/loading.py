@@ -7,9 +7,13 @@ each other.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from pkd.errors import PkdError
+from pkd.progress import quiet_transformers
 
 
 def resolve_model(model: str) -> tuple[str, bool]:
@@ -37,13 +41,9 @@ def model_identity(model: str) -> str:
 def load_errors() -> tuple[type[BaseException], ...]:
     """What ``from_pretrained`` raises for a broken checkpoint folder (a truncated or corrupt
     weights file, a malformed JSON file...): callers turn these into one-line PkdErrors."""
-    import pickle
-
     errors: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeError, KeyError,
                                                TypeError, EOFError, pickle.UnpicklingError)
     try:
-        from safetensors import SafetensorError
-
         errors += (SafetensorError,)
     except ImportError:  # pragma: no cover - safetensors comes with transformers
         pass
@@ -60,6 +60,4 @@ def first_line(err: BaseException) -> str:
 def quiet_loading() -> None:
     """No transformers progress bars ("Loading weights ...") unless the output is interactive:
     tqdm's carriage returns flood CI logs and pipes (same rule as :mod:`pkd.progress`)."""
-    from pkd.progress import quiet_transformers
-
     quiet_transformers()

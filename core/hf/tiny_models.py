@@ -96,8 +96,8 @@ def _clip_tokenizer(vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.BPEDecoder(suffix="</w>")
     specials = list(CLIP_SPECIALS.values())  # ids 0..3: bos eos pad unk
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  end_of_word_suffix="</w>")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  show_progress=False, end_of_word_suffix="</w>")
     return tok, trainer
 
 

@@ -6,7 +6,7 @@ the student's boxes) are projected to a shared ``nce_dim`` and L2-normalized::
     z_s,i = W_s h_s,i / ||W_s h_s,i||        z_t,i = W_t h_t,i / ||W_t h_t,i||
     q_k   = W_t u_k   / ||W_t u_k||           u_k: the queued teacher token vectors (K of them)
 
-    L_nce = -(1/|V|) Σ_{i∈V} log [ exp(z_s,i·z_t,i/τ) / (exp(z_s,i·z_t,i/τ) + Σ_k exp(z_s,i·q_k/τ)) ]
+    L_nce = -(1/|V|) Σ_{i∈V} log[exp(z_s,i·z_t,i/τ) / (exp(z_s,i·z_t,i/τ) + Σ_k exp(z_s,i·q_k/τ))]
 
 over the valid tokens ``V`` of the batch (padding masked out), τ the temperature (0.07).
 

@@ -29,7 +29,8 @@ class MatchingBCE(nn.Module):
     def forward(self, positive: torch.Tensor, negative: torch.Tensor,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
         """``positive``, ``negative`` (B,) logits; ``valid`` (B,) bool marks real negatives."""
-        pos = F.binary_cross_entropy_with_logits(positive.float(), torch.ones_like(positive.float()))
+        pos = F.binary_cross_entropy_with_logits(positive.float(),
+                                                 torch.ones_like(positive.float()))
         neg = F.binary_cross_entropy_with_logits(negative.float(),
                                                  torch.zeros_like(negative.float()),
                                                  reduction="none")  # (B,)

@@ -10,7 +10,9 @@ Batch keys a model reads (names flow unchanged from the stores):
 | `region_geometry` | (B, N, 6) float | `regions` store (fusion only) |
 | `region_mask` | (B, N) bool | True on real regions |
 | `image_embeds`, `text_embeds` | (B, De) float | foundation stores (`use_foundation_features`) |
-| `predicted_image_embed`, `predicted_text_embed` | (B, De) float | predicted store, instead (`foundation_inputs=predicted`) |
+
+With `foundation_inputs=predicted` the predicted store's `predicted_image_embed`,
+`predicted_text_embed` (B, De) float come instead of `image_embeds`, `text_embeds`.
 
 Every model returns a dict with at least `logits` (B, A) and `joint` (B, H) (the fused
 representation an ITM head reads), `word_features` / `region_features_in` (the features after the

@@ -13,9 +13,9 @@ Token sequence (T = 1 + L + 1 + N [+ 2]):
 ``S`` are token-type embeddings. The encoder is BERT's post-LN layer written in plain torch with
 *eager* attention, ``A = softmax(QK^T / sqrt(d_head))`` over the valid keys (key padding mask),
 so each layer can return its attention probabilities (B, heads, T, T) (before attention
-dropout) for DistillVLM's attention loss (:mod:`pkd.train.models.attention`). ``hidden_states`` is (embeddings, layer 1, ..., layer
-K) as in transformers. The VQA head is VinVL's MLP over the final [CLS] state:
-``Linear(D, 2D) -> GELU -> LayerNorm -> Dropout -> Linear(2D, A)``.
+dropout) for DistillVLM's attention loss (:mod:`pkd.train.models.attention`). ``hidden_states``
+is (embeddings, layer 1, ..., layer K) as in transformers. The VQA head is VinVL's MLP over the
+final [CLS] state: ``Linear(D, 2D) -> GELU -> LayerNorm -> Dropout -> Linear(2D, A)``.
 
 All sizes come from :class:`ModelConfig`, so one class serves as DistillVLM teacher and student.
 Teacher and student given the same batch get the same token layout (token i is the same word or

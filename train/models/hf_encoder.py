@@ -53,11 +53,12 @@ def _sizes(config) -> dict[str, int | None]:
 
 
 class HFEncoder(nn.Module):
-    """``forward(tokens (B,T,D), mask (B,T), ...)`` -> ``{"hidden", ["attentions"], ["hidden_states"]}``."""
+    """``forward(tokens (B,T,D), mask (B,T), ...)`` ->
+    ``{"hidden", ["attentions"], ["hidden_states"]}``."""
 
     def __init__(self, source: str, hidden_size: int, num_layers: int, num_heads: int):
         super().__init__()
-        from transformers import AutoModel
+        from transformers import AutoModel  # transformers: loaded only when an encoder is built
 
         quiet_loading()
         where = f"model.encoder=hf:{source}"

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from pkd.errors import PkdError
+from pkd.hf.loading import first_line, load_errors, quiet_loading, resolve_model
+from pkd.train import checkpoint as ck
 from pkd.train.models.verbalizer import Verbalizer
 
 
@@ -43,9 +45,11 @@ def foundation_tokenizer(source: str):
 def load_foundation(source: str, init: str = "pretrained", tokenizer_only: bool = False):
     """(``LxmertForPreTraining``, tokenizer) of ``source`` (hub id or folder); ``init="scratch"``:
     the same config with fresh random weights. Eager attention (attention maps stay readable)."""
-    from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining  # heavy: lazy
-
-    from pkd.hf.loading import first_line, load_errors, quiet_loading, resolve_model
+    from transformers import (  # transformers: loaded only when a model loads
+        AutoTokenizer,
+        LxmertConfig,
+        LxmertForPreTraining,
+    )
 
     source, local = resolve_model(source)
     quiet_loading()
@@ -89,8 +93,6 @@ def build_vlm(cfg, answers: list[str], words, region_dim: int) -> FoundationVQA:
 
 def start_from(model: nn.Module, run_dir: str) -> None:
     """Load the best weights of the run ``run_dir`` into ``model`` (same architecture)."""
-    from pkd.train import checkpoint as ck
-
     best = ck.latest_checkpoint(Path(run_dir) / "best")
     if best is None:
         raise PkdError(f"model.init_from={run_dir!r}: no best/ checkpoint there (train it first)")

@@ -35,14 +35,25 @@ class PretrainConfig:
     warmup_fraction: float = 0.05  # share of the steps with linear warmup, cosine decay after
     itc_temperature: float = 0.07  # BLIP's fixed ITC temperature τ (CLIP learns its own)
     itm_weight: float = 1.0  # weight of the BLIP ITM loss
-    swap_weight: float = 0.0  # weight of L_swap: each image vs its caption and that caption's swapped negative (needs swap_negatives > 0)
-    tag_weight: float = 0.0  # weight of L_tag: the image embedding predicts the (colour, shape) pairs its captions name (pkd.train.pretrain.tags; 0 = off)
-    tag_epochs: int = 0  # stage A: epochs training the image tower as a tagger of its captions' objects before the ITC (pkd.train.pretrain.tag_pretrain; 0 = off)
-    lock_vision: bool = False  # stage B: the ITC trains with the image tower frozen (LiT; needs tag_epochs > 0)
-    swap_negatives: int = 0  # attribute-swapped negative captions drawn per caption (one per step joins the ITC; 0 = plain in-batch ITC)
+    # weight of L_swap: each image vs its caption and that caption's swapped negative (needs
+    # swap_negatives > 0)
+    swap_weight: float = 0.0
+    # weight of L_tag: the image embedding predicts the (colour, shape) pairs its captions name
+    # (pkd.train.pretrain.tags; 0 = off)
+    tag_weight: float = 0.0
+    # stage A: epochs training the image tower as a tagger of its captions' objects before the ITC
+    # (pkd.train.pretrain.tag_pretrain; 0 = off)
+    tag_epochs: int = 0
+    # stage B: the ITC trains with the image tower frozen (LiT; needs tag_epochs > 0)
+    lock_vision: bool = False
+    # attribute-swapped negative captions drawn per caption (one per step joins the ITC; 0 = plain
+    # in-batch ITC)
+    swap_negatives: int = 0
     eval_fraction: float = 0.1  # share of caption images held out for evaluation
     seed: int = 0  # seeds init, held-out split, data order and hard-negative sampling
-    threads: int = 0  # torch CPU threads (0 = every usable core: the data sit in RAM, no reader thread; 1 for bitwise reproducibility)
+    # torch CPU threads (0 = every usable core: the data sit in RAM, no reader thread; 1 for bitwise
+    # reproducibility)
+    threads: int = 0
 
     def validate(self) -> None:
         """Raise PkdError naming the first unusable field."""

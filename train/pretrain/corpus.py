@@ -142,7 +142,7 @@ def canonical_token_ids(folder: Path, texts: list[str]) -> None:
     its vocabulary no longer depends on tie-breaks; BPE keeps all (its merges need them).
     The model's ``vocab_size`` may then exceed the vocabulary: spare embedding rows go unused.
     """
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer  # tokenizers: loaded only when a vocabulary is pruned
 
     path = folder / "tokenizer.json"
     spec = json.loads(path.read_text(encoding="utf-8"))

@@ -3,9 +3,10 @@
 Each epoch visits the training images in a seeded order with one seeded random caption each
 (:func:`epoch_batches`); a step's loss is ``L = L_itc + itm_weight · L_itm`` (ITM for BLIP
 only; the losses are in :mod:`pkd.train.losses.pretrain`), the ITC with one attribute-swapped
-negative caption per caption when ``swap_negatives > 0`` (:mod:`pkd.train.pretrain.negatives`), plus
-``tag_weight · L_tag`` with ``tag_weight > 0`` (:mod:`pkd.train.pretrain.tags`). AdamW with linear warmup and cosine
-decay (:func:`pkd.train.schedule.make_scheduler`); CLIP's ``logit_scale`` is clamped at
+negative caption per caption when ``swap_negatives > 0`` (:mod:`pkd.train.pretrain.negatives`),
+plus ``tag_weight · L_tag`` with ``tag_weight > 0`` (:mod:`pkd.train.pretrain.tags`). AdamW with
+linear warmup and cosine decay (:func:`pkd.train.schedule.make_scheduler`); CLIP's
+``logit_scale`` is clamped at
 ``log 100`` after every step, as in CLIP. One generator seeded with ``cfg.seed`` drives the
 epoch order, the caption choice and the hard-negative draws.
 """

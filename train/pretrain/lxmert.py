@@ -96,7 +96,8 @@ class LxmertSize:
 
 @dataclass
 class LxmertPretrainConfig:
-    data_dir: Path  # folder with captions.json (+ *_questions.json, *_annotations.json, synth_meta.json)
+    # folder with captions.json (+ *_questions.json, *_annotations.json, synth_meta.json)
+    data_dir: Path
     regions: Path  # regions store holding every caption image (pkd extract regions --captions)
     out_dir: Path  # model folder to write (save_pretrained layout)
     size: LxmertSize = field(default_factory=LxmertSize)  # architecture of the tiny LXMERT
@@ -106,10 +107,12 @@ class LxmertPretrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay (matrices only)
     warmup_fraction: float = 0.05  # share of the steps with linear warmup, cosine decay after
     mlm_probability: float = 0.15  # chance to mask an ordinary word token (BERT)
-    attribute_mask_probability: float = 0.5  # chance to mask a colour / shape / size / count word (ours)
+    # chance to mask a colour / shape / size / count word (ours)
+    attribute_mask_probability: float = 0.5
     itm_weight: float = 1.0  # weight of L_itm
     itm_negative_share: float = 0.5  # chance that a caption is replaced by a negative (label 0)
-    hard_negative_share: float = 0.5  # share of negatives that are the caption attribute-swapped (else another image's caption)
+    # share of negatives that are the caption attribute-swapped (else another image's caption)
+    hard_negative_share: float = 0.5
     eval_fraction: float = 0.1  # share of caption images held out (never trained on)
     seed: int = 0  # seeds init, dropout, held-out split, caption order, pairs and masking
     threads: int = 0  # torch CPU threads (0 = every usable core; 1 for bitwise reproducibility)
@@ -129,7 +132,8 @@ class LxmertPretrainConfig:
             (self.itm_weight >= 0 and self.threads >= 0, "need itm_weight >= 0 and threads >= 0"),
             (min(s.hidden, s.heads, s.l_layers, s.x_layers, s.r_layers) >= 1
              and s.hidden % s.heads == 0, "need layers >= 1 and hidden a multiple of heads"),
-            (s.intermediate >= 0 and s.max_positions >= 8, "need intermediate >= 0, max_positions >= 8"),
+            (s.intermediate >= 0 and s.max_positions >= 8,
+             "need intermediate >= 0, max_positions >= 8"),
         ]
         for ok, problem in checks:
             if not ok:
@@ -160,9 +164,12 @@ def lxmert_losses(prediction_logits: torch.Tensor, cross_relationship_score: tor
 def build_lxmert(cfg: LxmertPretrainConfig, texts: list[str], visual_feat_dim: int, folder: Path):
     """(model in train mode, tokenizer) of a fresh tiny LXMERT saved into ``folder`` (seeded),
     its tokenizer's ids made canonical (:func:`canonical_token_ids`)."""
-    from transformers import AutoTokenizer, LxmertForPreTraining
+    from transformers import (  # transformers: loaded only when a model is built
+        AutoTokenizer,
+        LxmertForPreTraining,
+    )
 
-    from pkd.hf.tiny_models import build_tiny_lxmert
+    from pkd.hf.tiny_models import build_tiny_lxmert  # transformers: only when a model is built
 
     s = cfg.size
     build_tiny_lxmert(folder, texts, hidden=s.hidden, l_layers=s.l_layers, x_layers=s.x_layers,
@@ -272,7 +279,8 @@ def itm_metrics(true: torch.Tensor, false: torch.Tensor, named: torch.Tensor) ->
     ``itm_pairwise = 100 · mean(true > false)``, ``heldout_pairs`` = the same over ``named``
     (None when no caption is named)."""
     pair = true > false  # (M,) the caption outscores its swapped copy
-    return {"itm_accuracy": 100.0 * ((true > 0).sum() + (false <= 0).sum()).item() / (2 * len(true)),
+    return {"itm_accuracy":
+            100.0 * ((true > 0).sum() + (false <= 0).sum()).item() / (2 * len(true)),
             "itm_pairwise": 100.0 * pair.float().mean().item(),
             "heldout_pairs": 100.0 * pair[named].float().mean().item() if named.any() else None,
             "heldout_pairs_n": int(named.sum())}

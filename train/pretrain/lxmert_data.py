@@ -56,8 +56,9 @@ class RegionCaptions:
         """The images ``idx`` (corpus indices), in that order."""
         keep = idx.tolist()
         return replace(self, image_ids=[self.image_ids[i] for i in keep],
-                       captions=[self.captions[i] for i in keep], visual_feats=self.visual_feats[idx],
-                       visual_pos=self.visual_pos[idx], visual_mask=self.visual_mask[idx])
+                       captions=[self.captions[i] for i in keep],
+                       visual_feats=self.visual_feats[idx], visual_pos=self.visual_pos[idx],
+                       visual_mask=self.visual_mask[idx])
 
     def visual(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """LXMERT's visual inputs of images ``idx`` (B,), cut to their longest region count."""
@@ -101,7 +102,7 @@ def heldout_split(data_dir: str | Path, seed: int, eval_fraction: float
 def read_regions(regions: str | Path, image_ids: list[int]) -> tuple[torch.Tensor, ...]:
     """(feats (N, R, d) float32, pos (N, R, 4), mask (N, R) long) of ``image_ids`` from a
     ``regions`` store; PkdError naming the store when some are absent or failed."""
-    from pkd.stores import FeatureStore
+    from pkd.stores import FeatureStore  # zarr: loaded only when regions are read
 
     store = FeatureStore.open(regions, kind="regions")
     ids = np.asarray(image_ids, dtype=np.int64)
@@ -181,7 +182,8 @@ def group_token_ids(tokenizer) -> dict[str, torch.Tensor]:
         ids = tokenizer.convert_tokens_to_ids(list(words))
         if tokenizer.unk_token_id in ids:
             word = words[ids.index(tokenizer.unk_token_id)]
-            raise PkdError(f"tokenizer: attribute word {word!r} is not one token (raise vocab_size)")
+            raise PkdError(f"tokenizer: attribute word {word!r} is not one token "
+                           "(raise vocab_size)")
         out[group] = torch.tensor(ids)
     return out
 

@@ -32,9 +32,17 @@ def build_model(cfg: PretrainConfig, texts: list[str], image_size: int, folder: 
     The :mod:`pkd.hf.tiny_models` builder trains the tokenizer on ``texts`` and saves a random
     model into ``folder``; it is loaded back with eager attention, as ``load_foundation`` does.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, BlipForImageTextRetrieval, CLIPModel
+    from transformers import (  # transformers: loaded only when a model is built
+        AutoImageProcessor,
+        AutoTokenizer,
+        BlipForImageTextRetrieval,
+        CLIPModel,
+    )
 
-    from pkd.hf.tiny_models import build_tiny_blip_itm, build_tiny_clip
+    from pkd.hf.tiny_models import (  # transformers: loaded only when a model is built
+        build_tiny_blip_itm,
+        build_tiny_clip,
+    )
 
     s = cfg.size
     if image_size % s.patch_size:

@@ -127,7 +127,11 @@ class RegionPretrainConfig:
 def build_backbone(size: RegionBackboneSize, seed: int):
     """``(ResNetModel, ConvNextImageProcessorPil)``: basic blocks, no stride in the first stage,
     so the map is ``image_side / 4 / 2^(stages-1)`` cells a side."""
-    from transformers import ConvNextImageProcessorPil, ResNetConfig, ResNetModel
+    from transformers import (  # transformers: loaded only when a backbone is built
+        ConvNextImageProcessorPil,
+        ResNetConfig,
+        ResNetModel,
+    )
 
     config = ResNetConfig(embedding_size=size.embedding, hidden_sizes=list(size.hidden),
                           depths=list(size.depths), layer_type="basic",

@@ -79,8 +79,9 @@ def pooled(model, pixel_values: torch.Tensor) -> torch.Tensor:
 def fit_tag_epochs(model, cfg: PretrainConfig, pixels: torch.Tensor, tags: torch.Tensor,
                    train_idx: torch.Tensor, normalize: PixelNormalizer) -> list[dict]:
     """Stage A in place on ``model.vision_model``: ``[{epoch, tag_loss}]`` (mean per epoch).
-    AdamW (``cfg.lr``, ``cfg.weight_decay`` on matrices only, as in the ITC), linear warmup then cosine decay, batches of
-    ``cfg.batch_size`` images in a seeded order (a last batch under 2 images is dropped)."""
+    AdamW (``cfg.lr``, ``cfg.weight_decay`` on matrices only, as in the ITC), linear warmup then
+    cosine decay, batches of ``cfg.batch_size`` images in a seeded order (a last batch under 2
+    images is dropped)."""
     head = nn.Linear(model.vision_model.config.hidden_size, tags.shape[1])
     optimizer = adamw([model.vision_model, head], cfg)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -13,9 +13,10 @@ names (``"a small red circle"`` -> red circle), the union over an image's captio
 (a plain linear head on unit embeddings has logits bounded by ``|w_k|`` and barely leaves
 ``log 2`` in 20 epochs: measured, tag loss 0.57 against 0.33 for the constant base rate).
 
-Only the caption corpus is read (its text), as for the ITC. The head ``(w, b)`` is a training-only
-cosine classifier d_e -> |C|·|S|: it is not saved with the model, so the saved foundation model is a plain
-CLIP / BLIP; it acts through the image embedding the zero-shot probes and PKD read.
+Only the caption corpus is read (its text), as for the ITC. The head ``(w, b)`` is a
+training-only cosine classifier d_e -> |C|·|S|: it is not saved with the model, so the saved
+foundation model is a plain CLIP / BLIP; it acts through the image embedding the zero-shot probes
+and PKD read.
 """
 
 from __future__ import annotations

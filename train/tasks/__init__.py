@@ -18,14 +18,15 @@ from pkd.train.tasks.distillvlm import DistillVLM, DistillVLMTask, TeacherAdapt,
 from pkd.train.tasks.foundation_kd import FoundationKDTask, InDomainKD, LwfOracle
 from pkd.train.tasks.lmh import LMH, LMHTask
 from pkd.train.tasks.method import Method
-from pkd.train.tasks.pkd import PKD, PKDPredictors, PKDPredictorTask, PKDSetup, PKDTask
+from pkd.train.tasks.pkd import PKD, PKDTask
+from pkd.train.tasks.pkd_predictors import PKDPredictors, PKDPredictorTask, PKDSetup
 from pkd.train.tasks.pkd_vlm import PKDVLM, PKDVLMPredictors
 from pkd.train.tasks.question_only import QuestionOnly, QuestionOnlyTask
 from pkd.train.tasks.rubi import RUBi, RUBiTask
 
-__all__ = ["METHODS", "BaselineTask", "DistillVLMTask", "FoundationKDTask", "LMHTask", "Method", "PKDPredictorTask",
-           "PKDSetup", "PKDTask", "QuestionOnlyTask", "RUBiTask", "TeacherAdaptTask", "build_task",
-           "method_of"]
+__all__ = ["METHODS", "BaselineTask", "DistillVLMTask", "FoundationKDTask", "LMHTask", "Method",
+           "PKDPredictorTask", "PKDSetup", "PKDTask", "QuestionOnlyTask", "RUBiTask",
+           "TeacherAdaptTask", "build_task", "method_of"]
 
 METHODS: dict[str, Method] = {
     "baseline": Baseline(),

@@ -56,6 +56,7 @@ from pkd.train.losses.vqa import VQALoss
 from pkd.train.models import build_model
 from pkd.train.tasks.baseline import BaselineTask
 from pkd.train.tasks.method import FrozenOutside, Method
+from pkd.train.teacher_cache import cached_layers
 
 TEACHER_INPUTS = {  # batch key of the teacher's input -> the model input it replaces
     "teacher_region_features": "region_features",
@@ -107,7 +108,8 @@ def check_aligned(student_mask: torch.Tensor, teacher_mask: torch.Tensor) -> Non
         raise PkdError(
             f"data.teacher: teacher tokens {tuple(teacher_mask.shape)} do not line up with the "
             f"student's {tuple(student_mask.shape)} (batch, tokens): teacher and student must see "
-            "the same questions (max_question_length) and the same boxes, without foundation tokens")
+            "the same questions (max_question_length) and the same boxes, without foundation "
+            "tokens")
     differ = (student_mask != teacher_mask.bool()).any(dim=1)  # (B,)
     if differ.any():
         raise PkdError(
@@ -297,6 +299,4 @@ class DistillVLM(Method):
             dim = int(stores.teacher_regions.spec.dims["feature_dim"])
             teacher = load_teacher(cfg.method.distill, len(vocabs.words), len(vocabs.answers), dim)
             return self.task(cfg, model, teacher=teacher)
-        from pkd.train.teacher_cache import cached_layers  # it imports this module
-
         return self.task(cfg, model, cached_layers=cached_layers(stores.teacher))

@@ -22,13 +22,12 @@ from torch import nn
 from pkd.errors import PkdError
 from pkd.train.losses.lwf import lwf_loss
 from pkd.train.losses.vqa import VQALoss
+from pkd.train.models.vlm import build_vlm
 from pkd.train.tasks.method import FrozenOutside, Method
 
 
 def frozen_foundation(cfg, vocabs, stores) -> nn.Module:
     """F0 answering with its inherited heads (pre-trained weights), frozen in eval mode."""
-    from pkd.train.models.vlm import build_vlm
-
     spec = replace(cfg.model, init="pretrained", answer_head="mlm", trainable="all",
                    init_from="")
     region_dim = int(stores.regions.spec.dims["feature_dim"])
@@ -107,11 +106,12 @@ class LwfOracle(InDomainKD):
     def problems(self, cfg) -> list[tuple[str, str]]:
         if not cfg.method.lwf.caption_regions:
             return [*super().problems(cfg), ("method.lwf.caption_regions", "is empty: "
-                    "lwf-oracle reads the caption images' regions (pkd extract regions --captions)")]
+                    "lwf-oracle reads the caption images' regions (pkd extract regions "
+                    "--captions)")]
         return super().problems(cfg)
 
     def build_task(self, cfg, model: nn.Module, vocabs, stores) -> FoundationKDTask:
-        from pkd.train.caption_pairs import CaptionPairs
+        from pkd.train.caption_pairs import CaptionPairs  # PIL: loaded only when the task is built
 
         captions = CaptionPairs(cfg.data.root, cfg.method.lwf.caption_regions,
                                 cfg.model.foundation, vocabs.words.tokenizer, cfg.run.seed)

@@ -18,18 +18,15 @@ The prior has one row per training question type plus a last "no bias" row ``p =
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from pkd.train.config import LMHConfig
+from pkd.train.data import SplitData, question_type_ids, question_type_vocab
 from pkd.train.losses.debias import LMHLoss
 from pkd.train.models.answer_prior import answer_prior_sparse
+from pkd.train.splits import training_questions
 from pkd.train.tasks.method import Method
-
-if TYPE_CHECKING:  # the data module imports the tasks (teacher cache): types only here
-    from pkd.train.data import SplitData
 
 NO_BIAS = 0.5  # p = 1/2 gives b = log(1/2 + t) - log(1/2 + t) = 0
 
@@ -39,8 +36,6 @@ def training_prior(split: SplitData, num_answers: int, eps: float = 0.0
     """(types' vocabulary, prior (K + 1, A)) of the training ``split``: row ``k`` is
     ``p(a | type k)`` (:func:`pkd.train.models.answer_prior.answer_prior_sparse`), row ``K`` the
     "no bias" row."""
-    from pkd.train.data import question_type_ids, question_type_vocab  # see TYPE_CHECKING
-
     vocab = question_type_vocab(split)
     ids = question_type_ids(split.question_types, vocab)
     prior = answer_prior_sparse(ids, split.answer_index, split.answer_score, num_answers,
@@ -80,9 +75,7 @@ class LMH(Method):
         return LMHTask(model, prior, cfg.method.lmh)
 
     def build_task(self, cfg, model: nn.Module, vocabs, stores) -> LMHTask:
-        from pkd.train.prepare import split_batches  # prepare imports the tasks
-
         # exactly the trainer's training questions (carve and store joins included)
-        train, _ = split_batches(cfg, cfg.data.train_split, vocabs, stores, teacher=True)
+        train = training_questions(cfg, vocabs, stores)
         _, prior = training_prior(train, len(vocabs.answers), cfg.method.lmh.prior_eps)
         return self.task(cfg, model, prior)

@@ -5,18 +5,18 @@ one literal mapping in :mod:`pkd.train.tasks`) instead of comparing names:
 
 | declares | default | who asks |
 |---|---|---|
-| ``run_config(cfg)`` | ``cfg`` | the config model and data are built from (teacher-adapt: the teacher's) |
+| ``run_config(cfg)`` | ``cfg`` | config of the model and data (teacher-adapt: the teacher's) |
 | ``vocab_source(cfg)`` | ``""`` | an earlier run whose vocabularies this run copies |
-| ``teacher_stores(cfg)`` | ``()`` | the extra training stores it reads (``teacher_regions`` / ``teacher``) |
+| ``teacher_stores(cfg)`` | ``()`` | extra stores it trains on (``teacher_regions``, ``teacher``) |
 | ``foundation_tokens(cfg)`` | ``False`` | training batches carry the foundation tokens (PKD) |
 | ``validates`` | ``True`` | it trains a VQA model scored on the validation split (``best/``) |
 | ``ddp_unused_parameters`` | ``False`` | parameters without gradient in some steps (DDP) |
 | ``built_models(cfg)`` | ``[("model", cfg.model)]`` | config validation: the models it builds |
 | ``problems(cfg)`` | ``[]`` | config validation: its own rules between fields |
 | ``attach(model, cfg, foundation_dims)`` | nothing | parts of the VQA model's own saved state |
-| ``vqa_model(cfg, model)`` | ``model`` | the VQA model trained, saved in ``best/`` and evaluated (question-only: no image) |
+| ``vqa_model(cfg, model)`` | ``model`` | VQA model trained, evaluated (question-only: no image) |
 | ``task(cfg, model, **parts)`` | — | the task (model + losses) from loaded parts |
-| ``build_task(cfg, model, vocabs, stores)`` | ``task(cfg, model)`` | loads the parts, then ``task`` |
+| ``build_task(cfg, model, vocabs, stores)`` | ``task(cfg, model)`` | loads parts, then ``task`` |
 
 Every method reads the ``regions`` store, and the foundation stores when they are configured;
 validation and evaluation read only what the VQA model's forward reads.
@@ -24,13 +24,12 @@ validation and evaluation read only what the VQA model's forward reads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from torch import nn
 
-if TYPE_CHECKING:  # the data module imports the tasks (teacher cache): types only here
-    from pkd.train.config import ModelConfig, TrainConfig
-    from pkd.train.data import Stores, Vocabs
+from pkd.train.config import ModelConfig, TrainConfig
+from pkd.train.data import Stores, Vocabs
 
 
 class Method:
@@ -79,8 +78,8 @@ class FrozenOutside(nn.Module):
 
     ``self.hold(name, module)`` sets the attribute without registering it: not a parameter (the
     optimizer and DDP never see it), not in ``state_dict`` (checkpoints stay the trained part's
-    size), and ``train()`` never switches it out of eval mode (callers freeze it); ``.to()`` / ``.cuda()`` /
-    ``.half()`` still reach it (``_apply`` is forwarded).
+    size), and ``train()`` never switches it out of eval mode (callers freeze it); ``.to()`` /
+    ``.cuda()`` / ``.half()`` still reach it (``_apply`` is forwarded).
     """
 
     _held: tuple[str, ...] = ()

@@ -1,21 +1,9 @@
-"""PKD (pre-training-like knowledge distillation for OOD VQA): the two training stages.
+"""PKD (pre-training-like knowledge distillation for OOD VQA), stage 2: D, its memory, ``L_mkd``.
 
 Which parts are the paper's and which are **our reading** is spelled out in
 ``shared/METHODS.md``; every weight and choice below is a :class:`~pkd.train.config.PKDConfig`
-field. ``F`` is the frozen foundation matching head (:mod:`pkd.train.foundation_head`, kept out
-of the module tree like DistillVLM's online teacher: not a parameter, not in ``state_dict``, always
-eval; ``.to()`` reaches it), ``P_v`` / ``P_t`` the predictors (:mod:`pkd.train.models.predictors`).
-
-Stage 1, :class:`PKDPredictorTask` (``method.name = "pkd-predictors"``)::
-
-    L = λ_itm · L_itm + λ_div · L_div          (losses/itm.py, losses/divergence.py)
-    L_div = D(ṽ, v^F) + D(t̃, t^F)              divergence_on = "tokens" (pooled unless token-wise)
-          = D(e_v, e_I) + D(e_t, e_Q)          divergence_on = "embeddings":
-                                                 e_v = F.embed_image(ṽ), e_t = F.embed_text(t̃)
-
-With a CLIP head ``M(ṽ, t)`` and ``e_v`` read ṽ's first token only and ``e_t`` t̃'s last valid one,
-so pooled token-wise ``L_div`` leaves the tokens the head reads free (``L_itm`` then pulls ``e_v``
-toward the *question*); ``divergence_on = "embeddings"`` pins exactly what the head reads.
+field. Stage 1 — the predictors ``P_v`` / ``P_t`` trained through the frozen foundation matching
+head ``F`` — is :mod:`pkd.train.tasks.pkd_predictors`.
 
 Stage 2, :class:`PKDTask` (``method.name = "pkd"``)::
 
@@ -51,167 +39,50 @@ the predictors, ``F`` or any foundation feature (unless ``model.use_foundation_f
 ``image_embeds`` / ``text_embeds``), so validation and ``pkd evaluate`` join no foundation store
 (:func:`pkd.train.prepare.forward_stores`).
 
-Training batch keys needed (besides the VQA ones): ``vision_tokens`` (B,P,d_v), ``text_tokens``
-(B,L,d_t), ``text_mask`` (B,L), ``image_embeds``, ``text_embeds`` (B,d_e) — the data must be read
-with ``foundation_tokens=True`` — and, for a BLIP foundation model, ``input_ids`` (B,L) trimmed
-like ``text_tokens`` (the exact ITM score of real text needs token ids).
+Training batch keys needed (besides the VQA ones): stage 1's
+(:mod:`pkd.train.tasks.pkd_predictors`) while the predictors run each step; with a ``predicted``
+store (``data.predicted``, frozen predictors) its ``predicted_*`` keys instead of the tokens.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from pkd.errors import PkdError
-from pkd.train.checkpoint import load_checkpoint, load_weights
 from pkd.train.config import PKDConfig, TrainConfig
 from pkd.train.foundation_head import FoundationHead
 from pkd.train.losses.debias import LMHLoss
-from pkd.train.losses.divergence import FeatureDivergence, pool_tokens
-from pkd.train.losses.itm import MatchingBCE, negative_partners
+from pkd.train.losses.itm import negative_partners
 from pkd.train.losses.model_kd import BinaryKL
 from pkd.train.losses.vqa import VQALoss
 from pkd.train.models.itm_head import ITMHead, PairProjector
 from pkd.train.models.layers import FOUNDATION_KEYS
 from pkd.train.models.memory import FeatureMemory, PKDFeatureFusion
-from pkd.train.models.predictors import PREDICTED_TEXT, PREDICTED_VISION, CrossModalPredictors
+from pkd.train.models.predictors import CrossModalPredictors
+from pkd.train.predicted_cache import check_predicted_store, weights_digest
+from pkd.train.splits import training_questions
 from pkd.train.tasks.lmh import training_prior
-from pkd.train.tasks.method import FrozenOutside, Method
-
-NEEDS_TOKENS = "PKD reads foundation tokens: data.foundation_image / foundation_text stores " \
-               "read with foundation_tokens=True"
-
-
-@dataclass
-class PKDSetup:
-    head: FoundationHead | None  # frozen matching head (None only with use_predictors off)
-    num_words: int  # question vocabulary size (the predictors' word embeddings)
-    max_words: int  # question tokens per item at most (data.max_question_length)
-    region_dim: int  # raw region feature size d_r (regions store)
-    vision_tokens: int  # P: vision tokens per image in the foundation_image store
-    text_tokens: int  # L: max_text_len of the foundation_text store
-
-
-@dataclass
-class Predicted:
-    vision: torch.Tensor  # (B, P', d_v) ṽ
-    text: torch.Tensor  # (B, L', d_t) t̃
-    text_mask: torch.Tensor  # (B, L') bool, valid predicted text tokens
+from pkd.train.tasks.method import Method
+from pkd.train.tasks.pkd_predictors import (
+    FrozenHeadTask,
+    PKDSetup,
+    Predicted,
+    PredictorObjective,
+    build_predictors,
+    load_predictors,
+    need_key,
+    need_setup,
+    pkd_setup,
+    predicted_view,
+    predictor_problems,
+    twice,
+)
 
 
-def load_foundation_head(cfg: PKDConfig, producer: dict, where: str) -> FoundationHead:
-    """The frozen head of ``cfg.foundation_model`` ("" = ``producer["model"]``, the model the
-    store at ``where`` was extracted with), checked against that store's provenance."""
-    model_dir = cfg.foundation_model or str(producer.get("model", ""))
-    if not model_dir:
-        raise PkdError(f"{where}: the store names no foundation model; set "
-                       "method.pkd.foundation_model")
-    head = FoundationHead.from_pretrained(model_dir, text_entry=cfg.blip_text_entry)
-    head.check_producer(producer, where)
-    return head
-
-
-def predicted_view(raw: dict[str, torch.Tensor], batch: dict, tokenwise: bool) -> Predicted:
-    """Token-wise mode: ``t̃`` cut to the batch's text length and masked like ``text_mask``;
-    pooled mode (``predictor_tokens > 0``): every predicted token is valid."""
-    vision, text = raw[PREDICTED_VISION], raw[PREDICTED_TEXT]
-    if tokenwise:
-        mask = _need(batch, "text_mask")  # (B, L_b)
-        if mask.shape[1] > text.shape[1]:
-            raise PkdError(f"data.foundation_text: batch has {mask.shape[1]} text tokens, the "
-                           f"predictors were built for {text.shape[1]}")
-        return Predicted(vision, text[:, : mask.shape[1]], mask.bool())
-    return Predicted(vision, text, torch.ones(text.shape[:2], dtype=torch.bool,
-                                              device=text.device))
-
-
-def _twice(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, x])  # (B, ...) -> (2B, ...)
-
-
-def _pair(x: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, x[pi]])  # (B, ...) -> (2B, ...): items, then their partners
-
-
-def _need(batch: dict, key: str) -> torch.Tensor:
-    if key not in batch:
-        raise PkdError(f"batch has no '{key}' ({NEEDS_TOKENS})")
-    return batch[key]
-
-
-class PredictorObjective(nn.Module):
-    """``L_itm`` and ``L_div`` of predicted tokens against the batch's cached ones."""
-
-    def __init__(self, cfg: PKDConfig):
-        super().__init__()
-        self.itm, self.div = MatchingBCE(), FeatureDivergence(cfg.divergence, cfg.div_temperature)
-        self.tokenwise = cfg.predictor_tokens == 0
-        self.on_embeddings = cfg.divergence_on == "embeddings"
-
-    def forward(self, head: FoundationHead, pred: Predicted, batch: dict
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        v, t, mask = (_need(batch, k) for k in ("vision_tokens", "text_tokens", "text_mask"))
-        ids = _need(batch, "input_ids") if head.family == "blip" else None
-        pi, valid = negative_partners(_need(batch, "image_embeds"), _need(batch, "text_embeds"))
-        # first half positives, second half negatives: (2B,) logits each
-        real_text = head(_twice(pred.vision), _pair(t, pi), _pair(mask, pi),
-                         None if ids is None else _pair(ids, pi))  # M(ṽ, t^F), M(ṽ, t^F_π)
-        real_image = head(_pair(v, pi), _twice(pred.text), _twice(pred.text_mask))
-        b = v.shape[0]
-        itm = (self.itm(real_text[:b], real_text[b:], valid)
-               + self.itm(real_image[:b], real_image[b:], valid))
-        if self.on_embeddings:
-            return itm, self._embedding_divergence(head, pred, batch)
-        return itm, self._divergence(pred, v, t, mask.bool())
-
-    def _embedding_divergence(self, head: FoundationHead, pred: Predicted, batch: dict
-                              ) -> torch.Tensor:
-        """``D(e_v, e_I) + D(e_t, e_Q)``: the head's unit-norm embeddings of ``ṽ``, ``t̃`` against
-        the cached ones of the item's real image and question, each as one token."""
-        e_v = head.embed_image(pred.vision)[:, None]  # (B, 1, d_e)
-        e_t = head.embed_text(pred.text, pred.text_mask)[:, None]
-        return (self.div(e_v, _need(batch, "image_embeds")[:, None].to(e_v.dtype))
-                + self.div(e_t, _need(batch, "text_embeds")[:, None].to(e_t.dtype)))
-
-    def _divergence(self, pred: Predicted, v: torch.Tensor, t: torch.Tensor,
-                    mask: torch.Tensor) -> torch.Tensor:
-        if not self.tokenwise:
-            return (self.div(pool_tokens(pred.vision), pool_tokens(v))
-                    + self.div(pool_tokens(pred.text, pred.text_mask), pool_tokens(t, mask)))
-        if pred.vision.shape[1] != v.shape[1]:
-            raise PkdError(f"data.foundation_image: {v.shape[1]} vision tokens per image, the "
-                           f"predictors predict {pred.vision.shape[1]} (predictor_tokens=0)")
-        return self.div(pred.vision, v) + self.div(pred.text, t, mask)
-
-
-class _FrozenHeadTask(FrozenOutside):
-    """Holds the frozen head outside the module tree (:class:`FrozenOutside`)."""
-
-    def __init__(self, head: FoundationHead | None):
-        super().__init__()
-        self.hold("head", head)
-
-
-class PKDPredictorTask(_FrozenHeadTask):
-    """Stage 1: ``L = λ_itm L_itm + λ_div L_div``; only the predictors are trainable."""
-
-    def __init__(self, predictors: CrossModalPredictors, head: FoundationHead, cfg: PKDConfig):
-        super().__init__(head)
-        self.predictors, self.objective = predictors, PredictorObjective(cfg)
-        self.lambda_itm, self.lambda_div = cfg.lambda_itm, cfg.lambda_div
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        pred = predicted_view(self.predictors(batch), batch, self.objective.tokenwise)
-        itm, div = self.objective(self.head, pred, batch)
-        loss = self.lambda_itm * itm + self.lambda_div * div
-        return {"loss": loss, "itm_loss": itm, "div_loss": div}
-
-
-class PKDTask(_FrozenHeadTask):
+class PKDTask(FrozenHeadTask):
     """Stage 2 (module docstring): D + its memory hook + ITM head / projector [+ predictors]."""
 
     def __init__(self, model: nn.Module, cfg: PKDConfig, head: FoundationHead | None = None,
@@ -299,10 +170,11 @@ class PKDTask(_FrozenHeadTask):
         the items' ``(e_v, e_t)``; the positives' teacher logits come from the batch
         (``predicted_teacher``) when a predicted store is read."""
         v, t, mask = pred.vision.detach(), pred.text.detach(), pred.text_mask
-        pi, valid = negative_partners(_need(batch, "image_embeds"), _need(batch, "text_embeds"))
+        pi, valid = negative_partners(need_key(batch, "image_embeds"),
+                                      need_key(batch, "text_embeds"))
         m = mkd_items(len(pi), self.cfg.mkd_fraction)
         pi, valid = pi[:m], valid[:m]  # partners of the first m items, from the whole batch
-        v2 = _twice(v[:m])
+        v2 = twice(v[:m])
         t2, m2 = torch.cat([t[:m], t[pi]]), torch.cat([mask[:m], mask[pi]])
         with torch.no_grad():
             if "predicted_teacher" in batch and not self.finetune:  # M(ṽ_i, t̃_i) cached
@@ -311,7 +183,7 @@ class PKDTask(_FrozenHeadTask):
             else:
                 teacher = self.head(v2, t2, m2)  # (2m,) M(ṽ, t̃)
         e_v, e_t = embeds
-        pair = (_twice(e_v[:m]), torch.cat([e_t[:m], e_t[pi]]))  # (2m, d_e) each
+        pair = (twice(e_v[:m]), torch.cat([e_t[:m], e_t[pi]]))  # (2m, d_e) each
         # the pair's embeddings under both input names D may read (model.foundation_inputs)
         pair_embeds = {k: x for keys in FOUNDATION_KEYS.values()
                        for k, x in zip(keys, pair, strict=True)}
@@ -374,35 +246,8 @@ def mkd_items(batch_size: int, fraction: float) -> int:
     return max(1, min(batch_size, math.ceil(fraction * batch_size - 1e-9)))
 
 
+
 # ----------------------------------------------------------------------------- building
-
-
-def build_predictors(cfg: PKDConfig, setup: PKDSetup) -> CrossModalPredictors:
-    """``P_v``, ``P_t`` sized from the stores and the head (``predictor_tokens`` 0 = as stored)."""
-    if setup.head is None:
-        raise ValueError("the predictors need the foundation matching head")
-    n = cfg.predictor_tokens
-    return CrossModalPredictors(
-        setup.num_words, setup.max_words, setup.region_dim,
-        vision_tokens=n or setup.vision_tokens, vision_dim=setup.head.vision_dim,
-        text_tokens=n or setup.text_tokens, text_dim=setup.head.text_dim,
-        hidden=cfg.predictor_hidden, heads=cfg.predictor_heads, layers=cfg.predictor_layers,
-        inputs=cfg.predictor_inputs, null_key=cfg.predictor_null_key)
-
-
-def load_predictors(predictors: CrossModalPredictors, path: str) -> CrossModalPredictors:
-    """Load ``predictors.*`` weights of a stage-1 run (``RUN``, ``RUN/ckpt`` or a step dir)."""
-    root = Path(path)
-    if (root / "ckpt").is_dir():
-        root = root / "ckpt"
-    weights, _ = load_checkpoint(root)
-    mine = {k.removeprefix("predictors."): v for k, v in weights.items()
-            if k.startswith("predictors.")}
-    if not mine:
-        raise PkdError(f"{path}: holds no predictor weights (a method.name=pkd-predictors run)")
-    load_weights(predictors, mine, f"{path}: predictor weights do not fit method.pkd / the "
-                                   "run's vocabulary and stores")
-    return predictors
 
 
 def pkd_memory_dim(cfg: PKDConfig, model: nn.Module, dims: dict | None) -> int:
@@ -413,7 +258,8 @@ def pkd_memory_dim(cfg: PKDConfig, model: nn.Module, dims: dict | None) -> int:
         return model.joint_dim
     need = ("embed_dim",) if cfg.memory_holds == "embeddings" else ("vision_dim", "text_dim")
     if not dims or any(k not in dims for k in need):
-        raise PkdError(f"data.foundation_image: PKD's memory needs the foundation {' and '.join(need)}")
+        raise PkdError("data.foundation_image: PKD's memory needs the foundation "
+                       f"{' and '.join(need)}")
     return dims["embed_dim"] if cfg.memory_holds == "embeddings" else max(
         dims["vision_dim"], dims["text_dim"])
 
@@ -433,13 +279,6 @@ def attach_pkd_fusion(model: nn.Module, cfg: PKDConfig, dims: dict | None
                             at_test=cfg.memory_at_test)
     model.feature_fusion = hook  # a registered submodule: saved with the model
     return hook
-
-
-def pkd_stage1_task(cfg: TrainConfig, setup: PKDSetup) -> PKDPredictorTask:
-    """Stage 1: the predictors (built from ``setup``) through the frozen matching head."""
-    if setup.head is None:
-        raise ValueError("stage 1 needs the foundation matching head")
-    return PKDPredictorTask(build_predictors(cfg.method.pkd, setup), setup.head, cfg.method.pkd)
 
 
 def pkd_stage2_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup,
@@ -476,31 +315,6 @@ def pkd_stage2_task(cfg: TrainConfig, model: nn.Module, setup: PKDSetup,
     return PKDTask(model, p, head, predictors, projector, itm_head, lmh, prior)
 
 
-def pkd_setup(cfg: TrainConfig, stores, num_words: int, needs_head: bool) -> PKDSetup:
-    """The frozen foundation matching head (when ``needs_head``) and the sizes PKD's predictors
-    need, from the run's stores (``pkd.train.data.Stores``) and config."""
-    p, fi, ft = cfg.method.pkd, stores.foundation_image, stores.foundation_text
-    head = None
-    if needs_head:
-        if fi is None or ft is None:
-            raise PkdError(f"method.name={cfg.method.name}: set data.foundation_image and "
-                           "data.foundation_text (pkd extract foundation)")
-        head = load_foundation_head(p, fi.spec.producer, cfg.data.foundation_image)
-        head.check_producer(ft.spec.producer, cfg.data.foundation_text)
-    return PKDSetup(head, num_words, cfg.data.max_question_length,
-                    int(stores.regions.spec.dims["feature_dim"]),
-                    vision_tokens=int(fi.spec.dims["vision_tokens"]) if fi else 0,
-                    text_tokens=int(ft.spec.dims["max_text_len"]) if ft else 0)
-
-
-def predictor_problems(p: PKDConfig) -> list[tuple[str, str]]:
-    """Config rules of the predictors (stage 1, and stage 2 with ``use_predictors``)."""
-    if p.predictor_hidden % p.predictor_heads:
-        return [("method.pkd.predictor_heads", f"{p.predictor_heads} does not divide "
-                                               f"method.pkd.predictor_hidden={p.predictor_hidden}")]
-    return []
-
-
 def memory_problems(p: PKDConfig) -> list[tuple[str, str]]:
     """Config rules of the memory (stage 2): it must not be left empty."""
     if not p.use_memory or p.learnable_slots:
@@ -512,32 +326,6 @@ def memory_problems(p: PKDConfig) -> list[tuple[str, str]]:
         return [("method.pkd.memory_size", "0 with method.pkd.learnable_slots=0 leaves the "
                  "memory empty (set one > 0, or method.pkd.use_memory=false)")]
     return []
-
-
-def _need_setup(cfg: TrainConfig, pkd: PKDSetup | None) -> PKDSetup:
-    if pkd is None:
-        raise ValueError(f"method.name={cfg.method.name}: build_task needs a PKDSetup")
-    return pkd
-
-
-class PKDPredictors(Method):
-    """``method.name = "pkd-predictors"``: stage 1, the predictors only (no VQA model to
-    validate; stage 2 loads them from ``method.pkd.predictors``)."""
-
-    name = "pkd-predictors"
-    validates = False
-
-    def foundation_tokens(self, cfg) -> bool:
-        return True
-
-    def problems(self, cfg) -> list[tuple[str, str]]:
-        return predictor_problems(cfg.method.pkd)
-
-    def task(self, cfg, model: nn.Module, pkd: PKDSetup | None = None) -> PKDPredictorTask:
-        return pkd_stage1_task(cfg, _need_setup(cfg, pkd))
-
-    def build_task(self, cfg, model, vocabs, stores) -> PKDPredictorTask:
-        return self.task(cfg, model, pkd=pkd_setup(cfg, stores, len(vocabs.words), True))
 
 
 class PKD(Method):
@@ -573,20 +361,16 @@ class PKD(Method):
 
     def task(self, cfg, model: nn.Module, pkd: PKDSetup | None = None,
              prior: torch.Tensor | None = None) -> PKDTask:
-        return pkd_stage2_task(cfg, model, _need_setup(cfg, pkd), prior)
+        return pkd_stage2_task(cfg, model, need_setup(cfg, pkd), prior)
 
     def build_task(self, cfg, model, vocabs, stores) -> PKDTask:
         setup = pkd_setup(cfg, stores, len(vocabs.words), cfg.method.pkd.use_predictors)
         prior = None
         if cfg.method.pkd.vqa_loss == "lmh":
-            from pkd.train.prepare import split_batches  # prepare imports the tasks
-
-            train, _ = split_batches(cfg, cfg.data.train_split, vocabs, stores, teacher=True)
+            train = training_questions(cfg, vocabs, stores)
             _, prior = training_prior(train, len(vocabs.answers), cfg.method.lmh.prior_eps)
         task = self.task(cfg, model, pkd=setup, prior=prior)
         if getattr(stores, "predicted", None) is not None and task.predictors is not None:
-            from pkd.train.predicted_cache import check_predicted_store, weights_digest
-
             inputs = {"regions": stores.regions, "foundation_image": stores.foundation_image}
             check_predicted_store(stores.predicted, weights_digest(task.predictors),
                                   {k: s for k, s in inputs.items() if s is not None},

@@ -54,7 +54,9 @@ from pkd.train.losses.model_kd import BinaryKL
 from pkd.train.losses.vqa import VQALoss
 from pkd.train.models.memory import FeatureMemory, PKDFeatureFusion
 from pkd.train.models.predictors import PREDICTED_TEXT, PREDICTED_VISION, CrossModalPredictors
+from pkd.train.tasks.foundation_kd import frozen_foundation
 from pkd.train.tasks.method import FrozenOutside, Method
+from pkd.train.tasks.pkd_predictors import load_predictors
 
 
 class PairPredictors(nn.Module):
@@ -224,12 +226,6 @@ def _vlm_problem(cfg, name: str) -> list[tuple[str, str]]:
     return []
 
 
-def _frozen_f0(cfg, vocabs, stores) -> nn.Module:
-    from pkd.train.tasks.foundation_kd import frozen_foundation
-
-    return frozen_foundation(cfg, vocabs, stores)
-
-
 def _max_regions(stores) -> int:
     return int(stores.regions.spec.dims.get("max_regions", 0)) or 8
 
@@ -251,7 +247,7 @@ class PKDVLMPredictors(Method):
 
     def build_task(self, cfg, model, vocabs, stores):
         predictors = build_pair_predictors(cfg, model, len(vocabs.words), _max_regions(stores))
-        return self.task(cfg, model, predictors, _frozen_f0(cfg, vocabs, stores))
+        return self.task(cfg, model, predictors, frozen_foundation(cfg, vocabs, stores))
 
 
 class PKDVLM(Method):
@@ -282,9 +278,7 @@ class PKDVLM(Method):
                           p.mkd_vision == "real")
 
     def build_task(self, cfg, model, vocabs, stores) -> PKDVLMTask:
-        from pkd.train.tasks.pkd import load_predictors
-
         stage1 = replace(cfg, method=replace(cfg.method, name="pkd-vlm-predictors"))
         predictors = build_pair_predictors(stage1, model, len(vocabs.words), _max_regions(stores))
         load_predictors(predictors, str(Path(cfg.method.pkd.predictors)))
-        return self.task(cfg, model, predictors, _frozen_f0(cfg, vocabs, stores))
+        return self.task(cfg, model, predictors, frozen_foundation(cfg, vocabs, stores))
