@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from pkd.cli import main
@@ -53,3 +54,37 @@ def test_bad_data_seeds_are_one_line(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--data-seeds", "1,x"]) == 2
     assert "--data-seeds '1,x': expected comma-separated integers >= 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_pkd_results_add_merges_draws_run_in_separate_folders(tmp_path, capsys):
+    """Draws 10 and 11 run in two folders (two machines): `pkd results A --add B` puts B's rows
+    and invocations into A/results.json, then every table covers both draws."""
+    from pkd.demo import save_results
+
+    def rows(draw: int, shift: float) -> list[dict]:
+        return [{"method": m, "seed": s, "split": "test", "overall": base + shift + s,
+                 "perAnswerType": {}, "perQuestionType": {}, "ms_per_question": 0.0,
+                 "prior": 0.0, "prior_gold": 0.0, "data_seed": draw}
+                for m, base in (("baseline", 50.0), ("lmh", 53.0)) for s in range(2)]
+
+    def inv(r):
+        return {"elapsed_s": 1.0, "rows": r, "models": {}, "preset": "full",
+                "machine": {"cpu": "x", "cores": 2}, "draws": {str(r[0]["data_seed"]): {}}}
+
+    a, b = tmp_path / "d10", tmp_path / "d11"
+    save_results(inv(rows(10, 0.0)), a)
+    save_results(inv(rows(11, 2.0)), b)
+    save_results(inv(rows(11, 2.0)), b)  # a second invocation in b: both are kept
+    assert main(["results", str(a), "--add", str(b)]) == 0
+    merged = json.loads((a / "results.json").read_text())
+    assert {r["data_seed"] for r in merged["rows"]} == {10, 11} and len(merged["rows"]) == 8
+    assert len(merged["invocations"]) == 3 and set(merged["draws"]) == {"10", "11"}
+    lmh = next(s for s in summarize(merged["rows"])
+               if s["method"] == "lmh" and s["split"] == "test")
+    assert (lmh["n"], lmh["data_seeds"], lmh["diff_mean"]) == (2, [10, 11], pytest.approx(3.0))
+    assert main(["results", str(a), "--add", str(b)]) == 0  # again: the same rows, replaced
+    assert len(json.loads((a / "results.json").read_text())["rows"]) == 8
+    capsys.readouterr()
+    assert main(["results", str(a), "--add", str(a)]) == 2
+    assert "cannot be added to itself" in capsys.readouterr().err
+    assert main(["results", str(a), "--add", str(tmp_path / "none")]) == 2

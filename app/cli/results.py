@@ -18,10 +18,13 @@ def results(
     readme: Annotated[Path | None, typer.Option(
         help="also put results.md between this file's <!-- results:begin --> and "
              "<!-- results:end --> lines")] = None,
+    add: Annotated[list[Path] | None, typer.Option(
+        help="merge this folder's results.json into OUT's first (repeatable: data draws run "
+             "in separate folders or on other machines)")] = None,
 ) -> None:
     """Rewrite results.md, results_families.md and results.png from OUT/results.json (nothing
     trained) and print the tables."""
-    saved = rebuild(out, readme)
+    saved = rebuild(out, readme, tuple(add or ()))
     print_table(*results_table(saved))
     for table in extra_tables(saved):  # grounding checks, blind rules and targets
         print_table(*table)

@@ -131,6 +131,25 @@ def merge_into(results: dict, out: Path) -> dict:
     return results
 
 
+def add_folder(out: Path, other: Path) -> dict:
+    """Merge ``OTHER/results.json`` into ``OUT/results.json`` (created when missing), under
+    ``OUT``'s ``results`` lock: its rows replace ``OUT``'s rows with the same key and add the
+    others, its dicts merge key by key, its invocations follow ``OUT``'s. For data draws run in
+    separate folders (one machine each); returns the merged results, without ``"summary"``."""
+    if Path(other).resolve() == Path(out).resolve():
+        raise PkdError(f"pkd results {out} --add {other}: a folder cannot be added to itself")
+    new = load_results(Path(other) / RESULTS_FILE)
+    path = Path(out) / RESULTS_FILE
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with locked(out, "results"):
+        old = load_results(path) if path.exists() else None
+        merged = merge_results(old, {k: v for k, v in new.items() if k != "invocations"}, now())
+        added = new.get("invocations") or ([invocation(new, None)] if new["rows"] else [])
+        merged["invocations"] = [*merged["invocations"][:-1], *added]
+        write_atomic(path, json.dumps(merged, indent=2))
+    return merged
+
+
 def write_tables(results: dict, out: Path) -> list[Path]:
     """``results.md`` (:func:`pkd.demo.results_markdown`), ``results_families.md`` (when rows
     carry per-question-type scores, :mod:`pkd.demo.families`) and ``results.png`` in ``out``;
@@ -168,14 +187,16 @@ def replace_between_markers(path: Path, text: str) -> Path:
     return write_atomic(Path(path), "".join([*lines[:begin + 1], body, *lines[end:]]))
 
 
-def rebuild(out: Path, readme: Path | None = None) -> dict:
+def rebuild(out: Path, readme: Path | None = None, add: tuple[Path, ...] = ()) -> dict:
     """``pkd results OUT``: the tables and plot of ``OUT/results.json`` written again (nothing
-    trained, results.json untouched) and, with ``readme``, results.md put between its marker
-    lines; returns the results with a fresh ``"summary"``."""
-
-    results = load_results(Path(out) / RESULTS_FILE)
+    trained; results.json untouched unless ``add`` names folders whose results.json are merged
+    into it first, :func:`add_folder`) and, with ``readme``, the main table put between its
+    marker lines; returns the results with a fresh ``"summary"``."""
     if readme is not None:
         _marked(readme)  # a README without its markers: an error before anything is written
+    for other in add:
+        add_folder(out, other)
+    results = load_results(Path(out) / RESULTS_FILE)
     results["summary"] = summarize(results["rows"])
     write_tables(results, out)
     if readme is not None:
