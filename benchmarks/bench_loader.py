@@ -114,8 +114,17 @@ class RamRegions:
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = arrays
 
-    def read(self, rows: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        return {name: self.arrays[name][rows] for name in names}
+    def read(self, rows: np.ndarray, names: list[str], out: dict | None = None,
+             crop: dict | None = None) -> dict[str, np.ndarray]:
+        """As the store: rows cut to ``crop`` (then copied once), into ``out`` when given."""
+        got = {}
+        for name in names:
+            a = self.arrays[name][(slice(None), *(crop or {}).get(name, ()))]
+            if out is not None and name in out:
+                got[name] = np.take(a, rows, axis=0, out=out[name][:len(rows)], mode="clip")
+            else:
+                got[name] = a[rows]
+        return got
 
 
 def timed_steps(feed, batches: list, step, ahead: bool) -> tuple[float, float]:

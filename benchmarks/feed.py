@@ -8,7 +8,8 @@ target::
     E3 store write / raw write, default codec, to disk = 0.93x (target >= 0.8x: met)
 
 (``MISSED`` when not met). E1 / E2 (``feed_extract.run_e1_e2``: one stubbed ``pkd extract
-foundation`` run), T1 (``feed_train.run_t1``) and T3 (``feed_steps.run_t3``) live in their
+foundation`` run), T1 (``feed_train.run_t1``), T2 (``feed_supply.run_t2``, on 1 and 2 cores: run
+it without ``taskset``) and T3 (``feed_steps.run_t3``) live in their
 modules, which return rows and ``(id, what, value, op, bound)`` target tuples; ``from_module``
 adapts them. E3 (``feed_e3.py``, its codecs in ``feed_codecs.py``): the store's codecs on real
 float16 activations, and the store write against a raw sequential write of the same bytes to the
@@ -45,6 +46,14 @@ def t1(args) -> Result:
                        "feed_train.py)", "batch reads", rows, targets)
 
 
+def t2(args) -> Result:
+    from feed_supply import run_t2
+
+    rows, targets = run_t2(repeat=args.repeat, work=args.tmp)
+    return from_module("feed T2: supply of device-ready batches on 1 and 2 cores, store vs RAM "
+                       "(benchmarks/feed_supply.py)", "batches supplied", rows, targets)
+
+
 def t3(args) -> Result:
     from feed_steps import run_t3
 
@@ -54,7 +63,7 @@ def t3(args) -> Result:
 
 
 # the benchmarks --only picks from (E1 and E2 share one run)
-BENCHMARKS = {"E1": e1_e2, "E2": e1_e2, "E3": e3, "T1": t1, "T3": t3}
+BENCHMARKS = {"E1": e1_e2, "E2": e1_e2, "E3": e3, "T1": t1, "T2": t2, "T3": t3}
 
 
 def main(argv: list[str] | None = None) -> int:

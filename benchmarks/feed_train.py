@@ -10,6 +10,12 @@ fetched in one read (then split, a copy per chunk for the cache) or one read per
 the default lz4 codec, through Zarr), and an uncompressed store (``--codec none``) read as mmap
 views of its shard files (:mod:`pkd.stores.raw_chunks`).
 
+Both sides are also read into reused output buffers (``np.take(..., out=)`` for the memmap,
+``FeatureStore.read(..., out=)`` for the store), as the GPU feed's ring of pinned slots does
+(``train/host_buffers.py``): a fresh 20-40 MB array per batch costs page faults on both sides,
+and how much depends on the allocator's state (glibc serves arrays above its mmap threshold
+with fresh pages), so the reused-buffer ratio is the steadier one.
+
 Figures per variant: GB/s delivered, ratio to the memmap gather (target >= 0.9), chunk decodes
 per epoch (misses / chunks; target 1), bytes copied / delivered (target <= 1.2).
 
@@ -82,11 +88,21 @@ def store_epoch(path: Path, names: list[str], batches, cache_mib: int, coalesce:
     return store
 
 
-def memmap_epoch(maps: dict[str, np.ndarray], batches) -> int:
+def memmap_epoch(maps: dict[str, np.ndarray], batches, bufs: dict | None = None) -> int:
+    """Bytes of ``memmap[rows]`` for every batch (into ``bufs``, reused, when given)."""
     total = 0
     for rows in batches:
-        total += sum(m[rows].nbytes for m in maps.values())
+        if bufs is None:
+            total += sum(m[rows].nbytes for m in maps.values())
+        else:
+            total += sum(np.take(m, rows, axis=0, out=bufs[k][:len(rows)], mode="clip").nbytes
+                         for k, m in maps.items())
     return total
+
+
+def buffers(maps: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """One reused output buffer per array (the GPU feed's ring slot; page faults paid once)."""
+    return {k: np.ones((batch, *m.shape[1:]), m.dtype) for k, m in maps.items()}
 
 
 def run_t1(images: int = 1024, batch: int = 256, window: int = 16, cache_mib: int = 256,
@@ -107,7 +123,7 @@ def run_t1(images: int = 1024, batch: int = 256, window: int = 16, cache_mib: in
                 maps[name] = np.load(Path(tmp) / f"{kind}-{name}.npy", mmap_mode="r")
             del arrays
             batches = epoch_batches(images, batch, window)
-            best, stores = measure(path, names, maps, batches, cache_mib, repeat)
+            best, stores = measure(path, names, maps, batches, cache_mib, repeat, batch)
             delivered = memmap_epoch(maps, batches)
             rows.append({"what": f"{label}: memmap gather",
                          "GB/s": delivered / best["memmap"] / 1e9, "x memmap": 1.0,
@@ -115,19 +131,27 @@ def run_t1(images: int = 1024, batch: int = 256, window: int = 16, cache_mib: in
             for variant, what in (("runs", "store lz4, runs of chunks"),
                                   ("chunks", "store lz4, per chunk"),
                                   ("none", "store uncompressed (--codec none, mmap views)"),
-                                  ("none, epoch 2", "  the same, a later epoch (crc32c checked)")):
-                st = stores[variant]
+                                  ("none, epoch 2", "  the same, a later epoch (crc32c checked)"),
+                                  ("memmap, reused", "memmap gather into reused buffers"),
+                                  ("none, reused", "store none, later epoch, reused buffers")):
+                st = stores.get(variant)
+                ref = best["memmap, reused" if "reused" in variant else "memmap"]
                 rows.append({"what": f"{label}: {what}",
                              "GB/s": delivered / best[variant] / 1e9,
-                             "x memmap": best["memmap"] / best[variant],
-                             "decodes/chunk": st.stats["decoded"] / _chunk_bytes(st, names),
-                             "copied/delivered": st.stats["copied"] / st.stats["delivered"]})
+                             "x memmap": ref / best[variant],
+                             "decodes/chunk": "" if st is None else
+                             st.stats["decoded"] / _chunk_bytes(st, names),
+                             "copied/delivered": 1.0 if st is None else
+                             st.stats["copied"] / st.stats["delivered"]})
             chosen = min(("runs", "chunks", "none"), key=best.get)
             st = stores[chosen]
             targets += [("T1", f"{label} store / memmap ({chosen}, first epoch)",
                          best["memmap"] / best[chosen], ">=", 0.9),
                         ("T1", f"{label} store / memmap (none, a later epoch)",
                          best["memmap"] / best["none, epoch 2"], ">=", 0.9),
+                        ("T1", f"{label} store / memmap, both into reused buffers (none, a "
+                         "later epoch)", best["memmap, reused"] / best["none, reused"], ">=",
+                         0.9),
                         ("T1", f"{label} chunk decodes per epoch ({chosen})",
                          st.stats["decoded"] / _chunk_bytes(st, names), "<=", 1.0),
                         ("T1", f"{label} bytes copied / delivered ({chosen})",
@@ -135,14 +159,16 @@ def run_t1(images: int = 1024, batch: int = 256, window: int = 16, cache_mib: in
     return rows, targets
 
 
-def measure(path: Path, names: list[str], maps: dict, batches, cache_mib: int, repeat: int
-            ) -> tuple[dict[str, float], dict]:
+def measure(path: Path, names: list[str], maps: dict, batches, cache_mib: int, repeat: int,
+            batch: int) -> tuple[dict[str, float], dict]:
     """Fastest epoch of each variant over ``repeat`` interleaved rounds, and the last store
-    opened per store variant (its counters)."""
+    opened per store variant (its counters). ``reused``: both sides read into the same reused
+    buffers (as the GPU feed's ring of pinned slots does, ``train/host_buffers.py``)."""
     from common import timed
 
     best = {"memmap": np.inf, "runs": np.inf, "chunks": np.inf, "none": np.inf,
-            "none, epoch 2": np.inf}
+            "none, epoch 2": np.inf, "memmap, reused": np.inf, "none, reused": np.inf}
+    bufs = buffers(maps, batch)
     stores = {}
     raw = path.with_name(path.name.replace(".zarr", "-none.zarr"))
     warm = store_epoch(raw, names, batches, cache_mib, False)  # its chunks' crc32c checked
@@ -151,6 +177,10 @@ def measure(path: Path, names: list[str], maps: dict, batches, cache_mib: int, r
         best["none, epoch 2"] = min(best["none, epoch 2"],
                                     timed(lambda: [warm.read(r, names) for r in batches])[0])
         best["memmap"] = min(best["memmap"], timed(lambda: memmap_epoch(maps, batches))[0])
+        best["memmap, reused"] = min(best["memmap, reused"],
+                                     timed(lambda: memmap_epoch(maps, batches, bufs))[0])
+        best["none, reused"] = min(best["none, reused"], timed(
+            lambda: [warm.read(r, names, out=bufs) for r in batches])[0])
         for variant in ("runs", "chunks", "none"):
             seconds, stores[variant] = timed(lambda v=variant: store_epoch(
                 raw if v == "none" else path, names, batches, cache_mib, v == "runs"))

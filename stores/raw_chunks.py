@@ -57,7 +57,7 @@ class RawChunks:
         self.per_shard = shard_rows // chunk_rows
         self.item = shape[1:]
         self._maps: dict[int, tuple[mmap.mmap | None, np.ndarray | None]] = {}
-        self._checked: set[int] = set()
+        self._views: dict[int, np.ndarray] = {}  # checked chunks' views (a batch: dict hits)
         self._lock = threading.Lock()
 
     @classmethod
@@ -113,6 +113,9 @@ class RawChunks:
     def chunk(self, c: int) -> np.ndarray:
         """Rows of inner chunk ``c`` (a read-only view into the page cache; fill values for a
         chunk never written)."""
+        view = self._views.get(c)
+        if view is not None:
+            return view
         s, j = divmod(c, self.per_shard)
         first = c * self.chunk_rows
         rows = min(self.chunk_rows, self.shape[0] - first)
@@ -121,12 +124,12 @@ class RawChunks:
             return np.full((rows, *self.item), self.fill_value, dtype=self.dtype)
         offset, nbytes = int(index[j, 0]), int(index[j, 1])
         data = memoryview(mm)[offset:offset + nbytes]
-        if c not in self._checked:
-            if not _crc_ok(data[:-4], bytes(data[-4:])):
-                raise ChecksumError("Stored and computed checksum do not match")
-            self._checked.add(c)
+        if not _crc_ok(data[:-4], bytes(data[-4:])):
+            raise ChecksumError("Stored and computed checksum do not match")
         view = np.frombuffer(data[:-4], dtype=self.dtype)
-        return view.reshape(self.chunk_rows, *self.item)[:rows]
+        view = view.reshape(self.chunk_rows, *self.item)[:rows]
+        self._views[c] = view
+        return view
 
     def write_shard(self, s: int, data: np.ndarray) -> None:
         """Write shard ``s`` (rows ``[s * shard_rows, ...)``, all of them) as one file: each
@@ -171,4 +174,5 @@ class RawChunks:
             raise
         with self._lock:  # a map of the old file must not be served
             self._maps.pop(s, None)
-        self._checked.difference_update(range(s * self.per_shard, (s + 1) * self.per_shard))
+            for c in range(s * self.per_shard, (s + 1) * self.per_shard):
+                self._views.pop(c, None)

@@ -36,7 +36,7 @@ from pkd.stores.raw_chunks import RawChunks
 from pkd.stores.records import failures_of, inputs_sha256, n_shards, read_records, shard_range
 from pkd.stores.schema import Failure, StoreSpec, canonical, done_path, read_attrs
 
-ROW_LOOP_BYTES = 4096  # rows at least this large are copied one by one (no temporary)
+ROW_LOOP_BYTES = 4096  # rows at least this large are gathered as row views (no temporary)
 DAMAGED = (ValueError, RuntimeError)  # zarr: "checksum do not match"; blosc: undecodable bytes
 
 
@@ -193,14 +193,25 @@ class FeatureStore:
                            f"({int(missing.sum())} of {len(ids)} requested ids missing)")
         return rows.astype(np.int64)
 
-    def read(self, rows: Sequence[int] | np.ndarray,
-             names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def read(self, rows: Sequence[int] | np.ndarray, names: Sequence[str] | None = None,
+             out: dict[str, np.ndarray] | None = None,
+             crop: dict[str, tuple[slice, ...]] | None = None) -> dict[str, np.ndarray]:
         """``{name: array [len(rows), *item_shape]}`` for ``rows`` in the given order.
 
         Chunks held by the cache are not read again; the others are fetched concurrently as runs
         of consecutive chunks and (with a cache) kept for the next batches. Each requested row
         is copied once, straight from its decoded chunk into the output (no concatenation of
-        the chunks first): bytes copied = bytes delivered.
+        the chunks first): bytes copied = bytes delivered. Rows of ``ROW_LOOP_BYTES`` or more
+        are gathered in one ``np.concatenate`` of row views (one C loop of copies; a fancy index
+        per chunk would copy through a temporary).
+
+        ``out``: ``{name: buffer}`` to write into instead of new arrays (each of shape
+        ``(>= len(rows), *item_shape)`` and the array's dtype; the result is
+        ``buffer[:len(rows)]``): reused (or pinned) buffers skip the page faults of a fresh
+        allocation (``benchmarks/feed_train.py`` T1).
+
+        ``crop``: ``{name: slices of the item axes}``: each row of ``name`` is cut to
+        ``item[slices]`` as it is copied (a batch's first tokens: only those bytes are copied).
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_items):
@@ -210,26 +221,32 @@ class FeatureStore:
         arrays = {name: self._array(name) for name in names}
         ipc = self.spec.items_per_chunk
         chunk_of = rows // ipc
-        order = np.argsort(chunk_of, kind="stable")  # output positions grouped by chunk
-        chunks, first = np.unique(chunk_of[order], return_index=True)
-        bounds = np.r_[first, len(rows)]
+        chunks, inverse = np.unique(chunk_of, return_inverse=True)
         have = self._fetch_chunks(arrays, chunks.tolist())
-        out = {}
+        local = rows - chunk_of * ipc
+        row_chunks, row_local = inverse.tolist(), local.tolist()
+        got = {}
         for name, array in arrays.items():
-            dest = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
-            big = dest[0].nbytes >= ROW_LOOP_BYTES if len(dest) else False
-            for i, c in enumerate(chunks.tolist()):
-                pos = order[bounds[i]:bounds[i + 1]]
-                chunk, local = have[name, c], rows[pos] - c * ipc
-                if big:  # one copy per row (a fancy index would copy into a temporary first)
-                    for p, r in zip(pos.tolist(), local.tolist(), strict=True):
-                        dest[p] = chunk[r]
-                else:
-                    dest[pos] = chunk[local]
-            out[name] = dest
+            cut = tuple((crop or {}).get(name, ()))
+            item = np.empty((0, *array.shape[1:]), array.dtype)[(slice(None), *cut)].shape[1:]
+            dest = _destination(out, name, len(rows), item, array.dtype)
+            parts = [have[name, c] for c in chunks.tolist()]
+            if not parts:
+                pass
+            elif dest[0].nbytes >= ROW_LOOP_BYTES:  # each row copied once, in one C loop
+                np.concatenate([parts[i][(slice(r, r + 1), *cut)]
+                                for i, r in zip(row_chunks, row_local, strict=True)], out=dest)
+            else:  # small rows: the batch's chunks stacked (few bytes), one gather
+                stack = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                if len(parts) > 1:
+                    self.stats["copied"] += stack.nbytes
+                starts = np.cumsum([0, *(len(p) for p in parts[:-1])])
+                np.take(stack[(slice(None), *cut)], starts[inverse] + local, axis=0, out=dest,
+                        mode="clip")
+            got[name] = dest
             self.stats["delivered"] += dest.nbytes
             self.stats["copied"] += dest.nbytes
-        return out
+        return got
 
     def _raw_chunks(self, name: str) -> RawChunks | None:
         if name not in self._raw:
@@ -290,6 +307,19 @@ class FeatureStore:
                            f"{self.n_items} rows)")
         return {name: self._checked_read(name, self._array(name), start, stop)
                 for name in (names or self.spec.names)}
+
+
+def _destination(out: dict[str, np.ndarray] | None, name: str, n: int, item: tuple,
+                 dtype: np.dtype) -> np.ndarray:
+    """``out[name][:n]`` after checking its shape and dtype, else a new array."""
+    if out is None or name not in out:
+        return np.empty((n, *item), dtype=dtype)
+    buf = out[name]
+    if buf.shape[1:] != item or len(buf) < n or buf.dtype != dtype \
+            or not buf.flags.c_contiguous:
+        raise PkdError(f"read into {name!r}: a buffer of shape {buf.shape} {buf.dtype}, "
+                       f"expected contiguous ({n}+, {', '.join(map(str, item))}) {dtype}")
+    return buf[:n]
 
 
 def describe(producer: dict) -> str:

@@ -6,12 +6,14 @@ import json
 
 import pytest
 import torch
+from host_buffer_checks import assert_ring_batches_equal
 from safetensors.torch import load_file
 from train_fixtures import make_benchmark, make_regions_store, train_overrides
 
 from pkd.cli import main
 from pkd.stores import FeatureStore
 from pkd.train.checkpoint import resolve_checkpoint
+from pkd.train.config_load import load_config
 
 TEACHER = {"method.distill.teacher_model.arch": "fusion",
            "method.distill.teacher_model.hidden_size": 32,
@@ -76,6 +78,24 @@ def test_cached_and_online_teacher_runs(aligned, tmp_path):
     for key in ("vqa_loss", "att_loss", "kd_loss"):  # same losses from cache and online teacher
         assert a[key] == pytest.approx(b[key], rel=2e-2, abs=1e-4), key
     assert main(["evaluate", "--checkpoint", str(tmp_path / "cached"), "--split", "test"]) == 0
+
+
+def test_ring_of_host_buffers_gives_the_same_teacher_batches(aligned, tmp_path):
+    """The GPU feed's pinned ring (here unpinned: no CUDA): teacher regions, cached teacher
+    signals cut to the batch's tokens as they are read, the same values as the plain read."""
+    _, _, _, _, root = aligned
+    args = _student_args(aligned, tmp_path / "ring")
+    if not (root / "teacher-cache.zarr").exists():  # the cached-teacher test builds it too
+        cfg = tmp_path / "student.yaml"
+        cfg.write_text("")
+        assert main(["extract", "teacher", str(cfg), *args]) == 0
+    got = assert_ring_batches_equal(load_config(None, args), tmp_path / "ring", teacher=True)
+    assert {"region_features", "teacher_hidden", "teacher_attentions"} <= got["in_slot"]
+    online = _student_args(aligned, tmp_path / "ring-online",
+                           **{"method.distill.online_teacher": True})
+    got = assert_ring_batches_equal(load_config(None, online), tmp_path / "ring-online",
+                                    teacher=True)
+    assert {"region_features", "teacher_region_features"} <= got["in_slot"]
 
 
 def test_unaligned_ablation_from_the_cli(aligned, tmp_path, capsys):

@@ -10,11 +10,13 @@ import json
 import pytest
 import torch
 import yaml
+from host_buffer_checks import assert_ring_batches_equal
 from train_fixtures import make_benchmark, make_regions_store, train_overrides
 
 from pkd.cli import main
 from pkd.data.vqa import dataset_files, load_split
 from pkd.stores import FeatureStore
+from pkd.train.config_load import load_config
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,18 @@ def test_foundation_stores_hold_no_test_item(pkd_data):
     assert images.complete and questions.complete
     assert not {q.image_id for q, _ in test} & set(images.ids.tolist())
     assert not {q.question_id for q, _ in test} & set(questions.ids.tolist())
+
+
+def test_ring_of_host_buffers_gives_the_same_foundation_batches(pkd_data, tmp_path):
+    """The GPU feed's ring (unpinned here) with the foundation stores' tokens, cut to the
+    batch's longest text as they are read: the same values as the plain read."""
+    data, regions, root, _ = pkd_data
+    cfg = load_config(None, train_overrides(data, regions, tmp_path / "ring", **_foundation(root),
+                                            **{"method.name": "pkd-predictors"}))
+    got = assert_ring_batches_equal(cfg, tmp_path / "ring", foundation_tokens=True, teacher=True)
+    assert {"region_features", "image_embeds", "vision_tokens", "text_embeds",
+            "text_tokens"} <= got["in_slot"]
+    assert got["batch"]["text_mask"].shape == got["batch"]["text_tokens"].shape[:2]
 
 
 def test_stage1_logs_predictor_losses_and_no_validation(pkd_data):

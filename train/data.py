@@ -27,9 +27,10 @@ from pkd.data.answers import AnswerVocab
 from pkd.data.vqa import dataset_files, load_split
 from pkd.errors import PkdError
 from pkd.stores import FeatureStore
+from pkd.train.host_buffers import HostBatch, HostBuffers, HostSlot
 from pkd.train.predicted_cache import read_predicted
 from pkd.train.prompts import PromptTokenizer
-from pkd.train.teacher_cache import read_teacher
+from pkd.train.teacher_cache import read_teacher, teacher_crop
 from pkd.train.text import QuestionTokenizer
 
 MAX_ANSWERS = 10  # distinct answers per question at most (10 annotators)
@@ -189,6 +190,8 @@ class VQABatches(torch.utils.data.Dataset):
         # float16 store arrays stay float16 on the host (half the bytes to pin and copy; the
         # device converts them: :func:`to_device`) — for a GPU; on a CPU they become float32 here
         self.half_on_host = False
+        # GPU feed: a ring of pinned buffers the stores read into (train/host_buffers.py)
+        self.buffers: HostBuffers | None = None
 
     def __len__(self) -> int:
         return len(self.split)
@@ -203,43 +206,46 @@ class VQABatches(torch.utils.data.Dataset):
             "question_mask": tokens > 0,
             "targets": self.split.targets(pos, self.num_answers),
         }
-        regions = self.stores.regions.read(
-            self.rows["regions"][pos], ["region_features", "region_geometry", "num_regions"])
-        batch["region_mask"] = _trim(regions, regions.pop("num_regions"),
-                                     ["region_features", "region_geometry"])
+        slot = self.buffers.take() if self.buffers is not None else None
+        regions, batch["region_mask"] = _read_trimmed(
+            self.stores.regions, self.rows["regions"][pos],
+            ["region_features", "region_geometry"], "num_regions", slot, "regions")
         batch.update(regions)
-        batch.update(self._foundation(pos))
-        batch.update(self._teacher(pos, batch["region_mask"], tokens.shape[1]))
+        batch.update(self._foundation(pos, slot))
+        batch.update(self._teacher(pos, batch["region_mask"], tokens.shape[1], slot))
         if self.stores.predicted is not None:
             batch.update(read_predicted(self.stores.predicted, self.rows["predicted"][pos]))
-        return {k: _tensor(v, self.half_on_host) for k, v in batch.items()}
-
-    def _foundation(self, pos: np.ndarray) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        if self.stores.foundation_image is not None:
-            names = ["image_embeds"] + (["vision_tokens"] if self.foundation_tokens else [])
-            out.update(self.stores.foundation_image.read(self.rows["foundation_image"][pos], names))
-        if self.stores.foundation_text is not None:
-            tokens = ["text_tokens", "input_ids", "num_tokens"] if self.foundation_tokens else []
-            text = self.stores.foundation_text.read(self.rows["foundation_text"][pos],
-                                                    ["text_embeds", *tokens])
-            if self.foundation_tokens:
-                text["text_mask"] = _trim(text, text.pop("num_tokens"),
-                                          ["text_tokens", "input_ids"])
-                text["input_ids"] = text["input_ids"].astype(np.int64)
-            out.update(text)
+        out = HostBatch({k: _tensor(v, self.half_on_host) for k, v in batch.items()})
+        out.slot = slot
         return out
 
-    def _teacher(self, pos: np.ndarray, region_mask: np.ndarray, n_words: int
-                 ) -> dict[str, np.ndarray]:
+    def _foundation(self, pos: np.ndarray, slot: HostSlot | None) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if (store := self.stores.foundation_image) is not None:
+            names = ["image_embeds"] + (["vision_tokens"] if self.foundation_tokens else [])
+            rows = self.rows["foundation_image"][pos]
+            out.update(store.read(rows, names, out=slot and slot.out("image", store, names,
+                                                                      len(rows))))
+        if (store := self.stores.foundation_text) is not None:
+            rows = self.rows["foundation_text"][pos]
+            out.update(store.read(rows, ["text_embeds"], out=slot and slot.out(
+                "text", store, ["text_embeds"], len(rows))))
+            if self.foundation_tokens:
+                text, out["text_mask"] = _read_trimmed(
+                    store, rows, ["text_tokens", "input_ids"], "num_tokens", slot, "text")
+                out.update(text)
+                out["input_ids"] = out["input_ids"].astype(np.int64)
+        return out
+
+    def _teacher(self, pos: np.ndarray, region_mask: np.ndarray, n_words: int,
+                 slot: HostSlot | None) -> dict[str, np.ndarray]:
         """DistillVLM teacher inputs (aligned regions, or any with ``aligned_teacher=False``:
         the unaligned ablation) and/or cached teacher signals."""
         out: dict[str, np.ndarray] = {}
         if self.stores.teacher_regions is not None:
-            got = self.stores.teacher_regions.read(
-                self.rows["teacher_regions"][pos],
-                ["region_features", "region_geometry", "num_regions"])
-            mask = _trim(got, got.pop("num_regions"), ["region_features", "region_geometry"])
+            got, mask = _read_trimmed(
+                self.stores.teacher_regions, self.rows["teacher_regions"][pos],
+                ["region_features", "region_geometry"], "num_regions", slot, "teacher_regions")
             if self.aligned_teacher and (mask.shape != region_mask.shape
                                          or (mask != region_mask).any()):
                 raise PkdError(f"{self.stores.teacher_regions.path}: teacher regions do not line "
@@ -250,8 +256,26 @@ class VQABatches(torch.utils.data.Dataset):
                         "teacher_region_mask": mask})
         if self.stores.teacher is not None:
             tokens = 2 + n_words + region_mask.shape[1]  # [CLS] words [SEP] regions
-            out.update(read_teacher(self.stores.teacher, self.rows["teacher"][pos], tokens))
+            store, rows = self.stores.teacher, self.rows["teacher"][pos]
+            crop = teacher_crop(tokens)
+            out.update(read_teacher(store, rows, tokens, out=slot and slot.out(
+                "teacher", store, list(crop), len(rows), crop)))
         return out
+
+
+def _read_trimmed(store: FeatureStore, rows: np.ndarray, names: list[str], count_name: str,
+                  slot: HostSlot | None, prefix: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``names`` of store ``rows`` with padded axis 1 cut to the batch's max ``count_name``, and
+    the (B, n) mask. With a ``slot``, the count is read first and the rows are cut as they are
+    copied into the slot's buffers (contiguous: no second copy before the device)."""
+    if slot is None:
+        got = store.read(rows, [*names, count_name])
+        return got, _trim(got, got.pop(count_name), names)
+    count = store.read(rows, [count_name])[count_name]
+    n = max(1, int(count.max()) if len(count) else 1)
+    crop = {name: (slice(0, n),) for name in names}
+    got = store.read(rows, names, out=slot.out(prefix, store, names, len(rows), crop), crop=crop)
+    return got, np.arange(n)[None, :] < count[:, None]
 
 
 def _tensor(a: np.ndarray, keep_half: bool = False) -> torch.Tensor:
@@ -268,9 +292,13 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     for k, v in batch.items():
         v = v.to(device, non_blocking=True)
         out[k] = v.float() if v.dtype == torch.float16 else v
+    if (slot := getattr(batch, "slot", None)) is not None:  # its buffers free after the copy
+        slot.record(device)
     return out
 
 
 def pinned(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch in page-locked memory (for an asynchronous host -> device copy)."""
-    return {k: v.pin_memory() for k, v in batch.items()}
+    out = HostBatch({k: v if v.is_pinned() else v.pin_memory() for k, v in batch.items()})
+    out.slot = getattr(batch, "slot", None)  # read into pinned buffers: not copied again
+    return out

@@ -31,6 +31,7 @@ from pkd.train.config import TrainConfig
 from pkd.train.config_load import config_to_dict, save_config, validate_config
 from pkd.train.data import pinned, to_device
 from pkd.train.distributed import World, all_reduce_sum, barrier, close_world, init_world
+from pkd.train.host_buffers import HostBuffers
 from pkd.train.losses.vqa import vqa_score
 from pkd.train.metrics_log import MetricsLog, plot_curves
 from pkd.train.prepare import build_run_model, open_stores, split_batches, vocabs
@@ -133,6 +134,10 @@ class Trainer:
                                            type_vocab=self.train.type_vocab)
         cuda = self.world.device.type == "cuda"
         self.train.half_on_host = self.val.half_on_host = cuda  # float16 crosses, then converts
+        if cuda:  # stores read straight into pinned buffers (DataLoader workers: their own)
+            self.val.buffers = HostBuffers(slots=5, pin=True)  # read-ahead depth 2 + 3
+            if cfg.run.num_workers <= 0:
+                self.train.buffers = HostBuffers(slots=5, pin=True)
         if self.validates:  # best/ is chosen on val: refuse an empty split before training
             require_questions(val_data, "validation")
         self.model = build_run_model(cfg, self.vocabs, stores)

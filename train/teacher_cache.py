@@ -77,9 +77,17 @@ def trim_teacher(arrays: dict[str, np.ndarray], num_tokens: int,
             "teacher_token_mask": mask[:, :n]}
 
 
-def read_teacher(store: FeatureStore, rows: np.ndarray, num_tokens: int) -> dict[str, np.ndarray]:
-    """The teacher batch keys of store ``rows``, cut to a batch of ``num_tokens`` tokens."""
-    arrays = store.read(rows, list(BATCH_KEYS))
+def teacher_crop(num_tokens: int) -> dict[str, tuple]:
+    """The store arrays a batch of ``num_tokens`` tokens cuts (``FeatureStore.read``'s crop)."""
+    n = slice(0, num_tokens)
+    return {"teacher_hidden": (n,), "teacher_attentions": (Ellipsis, n, n)}
+
+
+def read_teacher(store: FeatureStore, rows: np.ndarray, num_tokens: int,
+                 out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The teacher batch keys of store ``rows``, cut to a batch of ``num_tokens`` tokens as they
+    are read (only those bytes copied; into ``out`` buffers when given)."""
+    arrays = store.read(rows, list(BATCH_KEYS), out=out, crop=teacher_crop(num_tokens))
     return trim_teacher(arrays, num_tokens, store.path)
 
 
