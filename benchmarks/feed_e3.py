@@ -25,7 +25,10 @@ features (36 x 2048 ReLU'd Gaussians, float16, about half zeros: ``bench_loader`
 Disk table: a raw sequential write of the same uncompressed bytes (``open(..., "wb").write``,
 then ``os.fsync``) against ``StoreWriter.write_shard`` + an fsync of every file it wrote, in
 the same folder (``--tmp``); ``x raw`` = writer GB/s / raw GB/s (both uncompressed bytes / s).
-Target: store write with the default codec >= 0.8x raw, to disk.
+Target: store write with the default codec >= 0.8x raw, to disk. The writer queues each chunk
+for writeback as soon as it is written (``pkd.stores.writeback``), so its CPU work overlaps the
+disk; one more raw row gets the same help (chunk-sized writes, each queued): the ratio to it is
+what the writer's own work (crc32c, the finite check, one core) still costs.
 
 Variants are interleaved ``--repeat`` times and the fastest round of each is kept (the machine
 may be shared); codecs compressing over 5x slower than the old default (lz4hc 3) are measured
@@ -149,12 +152,24 @@ def store_write(path: Path, data: np.ndarray, make: Callable[[], list], fsync: b
     return written, time.perf_counter() - start
 
 
-def raw_write(path: Path, data: np.ndarray) -> tuple[float, float]:
-    """(seconds of one sequential write of ``data``'s bytes, seconds including the fsync)."""
+def raw_write(path: Path, data: np.ndarray, writeback: bool = False) -> tuple[float, float]:
+    """(seconds of one sequential write of ``data``'s bytes, seconds including the fsync).
+    ``writeback``: written a chunk at a time, each queued for writeback at once, as the store
+    writer does (``pkd.stores.writeback``): the raw write equally improved."""
+    from pkd.stores.writeback import start_writeback
+
     path.unlink(missing_ok=True)
     start = time.perf_counter()
     with open(path, "wb") as f:
-        f.write(memoryview(data).cast("B"))
+        if writeback:
+            step = CHUNK * data[0].nbytes
+            flat = memoryview(data).cast("B")
+            for offset in range(0, len(flat), step):
+                f.write(flat[offset:offset + step])
+                f.flush()
+                start_writeback(f.fileno(), offset, min(step, len(flat) - offset))
+        else:
+            f.write(memoryview(data).cast("B"))
         f.flush()
         written = time.perf_counter() - start
         os.fsync(f.fileno())
@@ -204,7 +219,9 @@ def disk_round(folder: Path, data: np.ndarray, writes: dict, best: Best, r: int)
     rotates with ``r``; each file is deleted before the next write starts)."""
     labels = list(writes)
     for label in labels[r % len(labels):] + labels[:r % len(labels)]:
-        if writes[label] is None:
+        if label == "raw, writeback":
+            written, total = raw_write(folder / "raw.bin", data, writeback=True)
+        elif writes[label] is None:
             written, total = raw_write(folder / "raw.bin", data)
         else:
             written, total = store_write(folder / "disk.zarr", data, writes[label], fsync=True)
@@ -230,8 +247,8 @@ def e3(args) -> Result:
     if default not in {v.label for v in variants}:
         variants.append(Codec(default, default_codec, None))
     by_label = {v.label: v for v in variants}
-    writes = {"raw": None, default: default_codec, OLD_DEFAULT: by_label[OLD_DEFAULT].zarr,
-              "none": by_label["none"].zarr}
+    writes = {"raw": None, "raw, writeback": None, default: default_codec,
+              OLD_DEFAULT: by_label[OLD_DEFAULT].zarr, "none": by_label["none"].zarr}
     regions = region_chunks()
     ratio_regions = {v.label: sum(c.nbytes for c in regions)  # deterministic: measured once
                      / codec_alone(v.raw(2), regions)[2] if v.raw else 1.0 for v in variants}
@@ -257,7 +274,9 @@ def e3(args) -> Result:
                      "decompress GB/s": best.rate(gb, v.label, "decompress"),
                      "ratio regions": ratio_regions[v.label], "rounds": rounds[v.label]})
     raw_fsync, raw_page = best.rate(gb, "raw", "disk fsync"), best.rate(gb, "raw", "disk page")
-    names = {"raw": "raw write (open/write/fsync)", "none": "StoreWriter, none (crc32c only)",
+    names = {"raw": "raw write (open/write/fsync)",
+             "raw, writeback": "raw write, writeback per chunk (as the store)",
+             "none": "StoreWriter, none (crc32c only)",
              OLD_DEFAULT: f"StoreWriter, {OLD_DEFAULT} (old default)",
              default: f"StoreWriter, {default} (default)"}
     disk = [{"write": names[label], "GB/s to disk": best.rate(gb, label, "disk fsync"),
@@ -282,5 +301,8 @@ def e3(args) -> Result:
               rows, "codec (+ crc32c)"),
         Table("store write vs raw write, same bytes, same folder", disk, "write"),
     ], [Target("E3", "store write / raw write, default codec, to disk",
-               best.rate(gb, default, "disk fsync") / raw_fsync, ">=", 0.8)], [need])
+               best.rate(gb, default, "disk fsync") / raw_fsync, ">=", 0.8)],
+        [need, "the store queues each chunk for writeback as it writes it (pkd.stores.writeback):"
+         " its checksums and finite check overlap the disk; the row 'raw write, writeback per "
+         "chunk' is the raw write given the same help"])
 

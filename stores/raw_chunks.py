@@ -33,6 +33,8 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
+from pkd.stores.writeback import start_writeback
+
 MISSING = np.uint64(2**64 - 1)  # an index entry of a chunk that was never written (fill value)
 
 
@@ -163,6 +165,8 @@ class RawChunks:
                     raw = part.view(np.uint8).reshape(-1)
                     f.write(raw.data)
                     f.write(np.uint32(google_crc32c.value(raw)).tobytes())
+                    f.flush()  # the disk writes this chunk while the next one is checked
+                    start_writeback(f.fileno(), offset, chunk_bytes + 4)
                     index[j] = (offset, chunk_bytes + 4)
                     offset += chunk_bytes + 4
                 table = index.tobytes()

@@ -79,19 +79,28 @@ def codec(name: str = "none") -> list:
 
 
 def finite_rows(a: np.ndarray) -> np.ndarray:
-    """(n,) bool: row ``i`` of ``a`` (n, ...) holds no inf / nan (True for non-float dtypes)."""
+    """(n,) bool: row ``i`` of ``a`` (n, ...) holds no inf / nan (True for non-float dtypes).
+
+    On the bits, with ``E`` the exponent bits (all ones: inf / nan) and ``S`` the sign bit: a
+    positive element is inf / nan iff its bits as a *signed* integer are ``>= E``, a negative one
+    iff its bits as an *unsigned* integer are ``>= S | E``. So a row is finite iff
+    ``max(signed) < E`` and ``max(unsigned) < S | E``: two integer max reductions, no copy
+    (~3.5x faster than comparing every element to the mask, >10x isfinite on float16)."""
     if not np.issubdtype(a.dtype, np.floating):
         return np.ones(len(a), dtype=bool)
-    mask = EXPONENT_BITS.get(a.dtype.itemsize)
+    exponent = EXPONENT_BITS.get(a.dtype.itemsize)
     out = np.empty(len(a), dtype=bool)
     for s in range(0, len(a), FINITE_CHECK_ROWS):  # blocks: no temporary the size of the shard
         block = np.ascontiguousarray(a[s:s + FINITE_CHECK_ROWS]).reshape(
             min(FINITE_CHECK_ROWS, len(a) - s), -1)
-        if mask is None:
+        if exponent is None:  # float128 and the like
             out[s:s + len(block)] = np.isfinite(block).all(axis=1)
-        else:  # exponent bits all ones <=> inf or nan; ~4x faster than isfinite on float16
-            bits = block.view(f"u{a.dtype.itemsize}")
-            out[s:s + len(block)] = ((bits & mask) != mask).all(axis=1)
+            continue
+        bits = 8 * a.dtype.itemsize
+        signed = block.view(f"i{a.dtype.itemsize}").max(axis=1, initial=0) < exponent
+        negative = (1 << (bits - 1)) | exponent
+        unsigned = block.view(f"u{a.dtype.itemsize}").max(axis=1, initial=0) < negative
+        out[s:s + len(block)] = signed & unsigned
     return out
 
 
@@ -120,7 +129,7 @@ def sorted_ids(ids: Sequence[int], where: Path) -> np.ndarray:
 
 def create_store(path: Path, spec: StoreSpec, ids: np.ndarray, compression: str = "none") -> None:
     """Build the empty store in a temporary sibling folder and rename it to ``path``; its feature
-    arrays are written with :func:`codec` ``(compression)`` (``ok`` and ``ids`` with lz4)."""
+    arrays are written with :func:`codec` ``(compression)`` (``ok`` and ``ids``: the default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -167,7 +176,7 @@ class StoreWriter:
         self._check_same()
         self._group = zarr.open_group(self.path, mode="r+", zarr_format=3)
         self._arrays = {name: self._group[name] for name in [*spec.names, "ok"]}
-        self._raw = {name: RawChunks.of(self.path / name) for name in spec.names}
+        self._raw = {name: RawChunks.of(self.path / name) for name in [*spec.names, "ok"]}
         self.n_shards = n_shards(len(self.ids), spec.items_per_shard)
 
     def __enter__(self) -> StoreWriter:
@@ -233,13 +242,12 @@ class StoreWriter:
         arrays, failures = self._refuse_non_finite(k, arrays, list(failures))
         ok_column = self._ok_column(k, failures, ok)
         done_path(self.path, k).unlink(missing_ok=True)  # a rewrite is pending until it finishes
-        for name in self.spec.names:
+        for name, values in (*((n, arrays[n]) for n in self.spec.names), ("ok", ok_column)):
             raw = self._raw.get(name)
             if raw is not None:  # uncompressed: the shard file written directly (raw_chunks)
-                raw.write_shard(k, arrays[name])
+                raw.write_shard(k, values)
             else:
-                self._arrays[name][rows.start:rows.stop] = arrays[name]
-        self._arrays["ok"][rows.start:rows.stop] = ok_column
+                self._arrays[name][rows.start:rows.stop] = values
         digests = inputs({int(f.id) for f in failures}) if inputs is not None else None
         write_record(self.path, k, rows, failures, digests)
         return failures

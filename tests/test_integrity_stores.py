@@ -275,3 +275,19 @@ def test_import_help_keeps_the_list_brackets(monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "JSON {image_id: row} or [image_id, ...]." in text
     assert "\\[" not in text
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_finite_rows_agrees_with_isfinite_on_every_special_value(dtype):
+    from pkd.stores.writer import finite_rows
+
+    info = np.finfo(dtype)
+    specials = [np.inf, -np.inf, np.nan, -np.nan, info.max, -info.max, info.tiny, -0.0,
+                info.smallest_subnormal, -info.smallest_subnormal]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 3, 7)).astype(dtype)
+    for i, v in enumerate(specials):  # one special per row, somewhere in it
+        a[i, i % 3, i % 7] = v
+    want = np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    np.testing.assert_array_equal(finite_rows(a), want)
+    assert finite_rows(a[:, :, :0]).all() and finite_rows(a[:0]).shape == (0,)

@@ -157,3 +157,19 @@ def test_shards_written_directly_are_read_by_zarr_itself(tmp_path):
     np.testing.assert_array_equal(got[:8], np.arange(8))
     store = FeatureStore.open(tmp_path / "w.zarr")
     np.testing.assert_array_equal(store.read(np.arange(N))["num_regions"], got)
+
+
+def test_writeback_is_started_for_written_ranges_and_is_only_advice(tmp_path):
+    import sys
+
+    from pkd.stores.writeback import start_writeback
+
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as f:
+        f.write(b"x" * 8192)
+        f.flush()
+        queued = start_writeback(f.fileno(), 0, 8192)
+        assert queued == sys.platform.startswith("linux")
+        assert not start_writeback(f.fileno(), 0, 0)  # nothing to write back
+    assert not start_writeback(-1, 0, 10)  # a bad descriptor: refused, never raised
+    assert path.read_bytes() == b"x" * 8192
