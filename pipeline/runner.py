@@ -109,14 +109,14 @@ def _spec_of(stage, opts: RunOptions):
                                items_per_chunk=min(opts.items_per_chunk, opts.items_per_shard))
 
 
-def shard_job(stage, writer: StoreWriter, k: int, retry: Sequence[int] = ()
-              ) -> Callable[[], list[Failure]]:
-    """Compute shard ``k`` with ``stage`` now; return the write of it (done record last) as a
-    call that gives the failures recorded. ``retry``: ids of a done shard to compute again,
-    keeping its other rows as stored."""
+def shard_job(stage, writer: StoreWriter, k: int, retry: Sequence[int] = (),
+              computed: tuple[dict, list[Failure]] | None = None) -> Callable[[], list[Failure]]:
+    """Compute shard ``k`` with ``stage`` now (or take its ``computed`` arrays and failures);
+    return the write of it (done record last) as a call that gives the failures recorded.
+    ``retry``: ids of a done shard to compute again, keeping its other rows as stored."""
     inputs = functools.partial(shard_inputs, stage, writer.shard_ids(k))
     if not len(retry):
-        arrays, failures = stage.run(writer.shard_ids(k))
+        arrays, failures = computed or stage.run(writer.shard_ids(k))
         return functools.partial(_write, writer, k, arrays, failures, None, inputs)
     arrays, ok = writer.read_shard(k)
     pos = np.searchsorted(writer.shard_ids(k), np.asarray(retry, dtype=np.int64))
@@ -144,13 +144,25 @@ def compute_overlapped(stage, writer: StoreWriter, shards: Sequence[int],
     kill at any moment leaves shards without a done record, recomputed on resume."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkd-write") as pool:
         writing = None
-        for k in shards:
-            write = shard_job(stage, writer, k, retry.get(k, ()))
+        for k, computed in zip(shards, _streamed(stage, writer, shards, retry), strict=True):
+            write = shard_job(stage, writer, k, retry.get(k, ()), computed)
             if writing is not None:
                 yield writing.result()
             writing = pool.submit(write)
         if writing is not None:
             yield writing.result()
+
+
+def _streamed(stage, writer: StoreWriter, shards: Sequence[int], retry: dict
+              ) -> Iterator[tuple[dict, list[Failure]] | None]:
+    """Per shard: its arrays and failures from the stage's one stream over every shard
+    (``run_many``: images decoded across shard boundaries), or None to compute it alone
+    (a stage without ``run_many``, or a run that retries failed ids)."""
+    run_many = getattr(stage, "run_many", None)
+    if run_many is None or retry:
+        yield from (None for _ in shards)
+        return
+    yield from run_many([writer.shard_ids(k) for k in shards])
 
 
 def check_inputs(stage, writer: StoreWriter, records: dict[int, dict]) -> None:

@@ -65,6 +65,23 @@ def iter_image_batches(source: Source, ids: Sequence[int], batch_size: int,
     yield from prefetch_pool(load, batches(len(ids), batch_size), workers)
 
 
+def iter_shard_batches(source: Source, shards: Sequence[Sequence[int]], batch_size: int,
+                       prepare: Callable | None = None, workers: int = 1,
+                       draft: tuple[int, int] | None = None
+                       ) -> Iterator[tuple[int, ImageBatch]]:
+    """``(shard index, batch)`` for the batches of every shard in turn, as
+    :func:`iter_image_batches` but one stream: the workers decode the next shard's first images
+    while the consumer finishes this one (no idle start at a shard boundary)."""
+    def load(job: tuple[int, range]) -> tuple[int, ImageBatch]:
+        i, r = job
+        pos, images, failures = load_images(source, shards[i], r, draft)
+        return i, (pos, (prepare(images) if prepare is not None and images else images),
+                   failures)
+
+    jobs = ((i, r) for i, ids in enumerate(shards) for r in batches(len(ids), batch_size))
+    yield from prefetch_pool(load, jobs, workers)
+
+
 def image_inputs(source: Source, ids: Sequence[int], content: bool) -> str:
     """Digest of the image files of ``ids`` (:func:`pkd.data.inputs_digest.images_digest`)."""
     return images_digest(((int(i), source.image_path(int(i))) for i in ids), content)
@@ -120,17 +137,31 @@ class FoundationImageStage:
         return self._spec
 
     def run(self, ids: Sequence[int]) -> tuple[dict[str, np.ndarray], list[Failure]]:
-        arrays = empty_arrays(self._spec, len(ids))
-        failures: list[Failure] = []
-        batches = iter_image_batches(self.source, ids, self.batch_size, self.model.preprocess,
-                                     self.workers, self.draft)
-        for pos, pixels, failed in batches:
+        return next(self.run_many([ids]))
+
+    def run_many(self, shards: Sequence[Sequence[int]]
+                 ) -> Iterator[tuple[dict[str, np.ndarray], list[Failure]]]:
+        """``run(ids)`` of each shard in turn, decoded as one stream across shard boundaries
+        (:func:`iter_shard_batches`)."""
+        current, arrays, failures = 0, None, []
+        stream = iter_shard_batches(self.source, shards, self.batch_size, self.model.preprocess,
+                                    self.workers, self.draft)
+        for i, (pos, pixels, failed) in stream:
+            while current < i:  # every batch of shard `current` is done
+                yield (arrays if arrays is not None
+                       else empty_arrays(self._spec, len(shards[current]))), failures
+                current, arrays, failures = current + 1, None, []
+            if arrays is None:
+                arrays = empty_arrays(self._spec, len(shards[i]))
             failures += failed
             if pos:
                 out = self.model.encode_pixels(pixels)
                 for name in arrays:
                     arrays[name][pos] = out[name]
-        return arrays, failures
+        while current < len(shards):  # the last shard, and shards without any id
+            yield (arrays if arrays is not None
+                   else empty_arrays(self._spec, len(shards[current]))), failures
+            current, arrays, failures = current + 1, None, []
 
     def inputs(self, ids: Sequence[int], content: bool) -> str:
         return image_inputs(self.source, ids, content)
