@@ -8,21 +8,25 @@ target::
     E3 store write / raw write, default codec, to disk = 0.93x (target >= 0.8x: met)
 
 (``MISSED`` when not met). E1 / E2 (``feed_extract.run_e1_e2``: one stubbed ``pkd extract
-foundation`` run), T1 (``feed_train.run_t1``), T2 (``feed_supply.run_t2``, on 1 and 2 cores: run
-it without ``taskset``) and T3 (``feed_steps.run_t3``) live in their
+foundation`` run), T1 (``feed_train.run_t1``), T2 (``feed_supply.run_t2``, on 1 and 2 cores)
+and T3 (``feed_steps.run_t3``) live in their
 modules, which return rows and ``(id, what, value, op, bound)`` target tuples; ``from_module``
 adapts them. E3 (``feed_e3.py``, its codecs in ``feed_codecs.py``): the store's codecs on real
 float16 activations, and the store write against a raw sequential write of the same bytes to the
 same disk. Run:
-``python benchmarks/feed.py [--only E3] [--size cpu] [--store PATH] [--cache DIR]``; pin it
-for one-thread numbers: ``OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/feed.py``.
+``python benchmarks/feed.py [--only E3] [--size cpu] [--store PATH] [--cache DIR]``. Every
+benchmark runs on one core (the process pins itself to the first core it may use, with
+``OMP_NUM_THREADS=1`` unless set) except T2, which measures 1 and 2 cores: give the run two.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one-thread numbers (set before torch loads)
 
 from common import machine, print_table
 from feed_e3 import e3
@@ -95,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     for fn in (BENCHMARKS[n] for n in names):
         if fn not in run:
             run.append(fn)
-    for fn in run:
+    cores = sorted(os.sched_getaffinity(0))
+    for fn in run:  # one core each (the process pins itself), T2 every core it was given
+        os.sched_setaffinity(0, cores if fn is t2 else cores[:1])
         result = fn(args)
         print(result.header)
         print(machine())
