@@ -8,6 +8,7 @@ process (or dask worker) builds each stage once and runs many shards with it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 
 import numpy as np
@@ -29,15 +30,19 @@ def batches(n: int, size: int) -> Iterator[range]:
 
 
 def load_images(source: Source, ids: Sequence[int], positions: range,
-                draft: tuple[int, int] | None = None) -> ImageBatch:
+                draft: tuple[int, int] | None = None,
+                hashed: dict[int, tuple[int, str]] | None = None) -> ImageBatch:
     """Decode the images at ``positions`` of ``ids``; unreadable ones become failures.
-    ``draft``: JPEGs may be decoded down to that size (:func:`pkd.data.images.load_rgb`)."""
+    ``draft``: JPEGs may be decoded down to that size (:func:`pkd.data.images.load_rgb`).
+    ``hashed``: gets ``{id: (size, sha256)}`` of the bytes decoded (each file read once: the
+    shard's content digest takes them, :func:`pkd.data.inputs_digest.images_digest`)."""
     with span("decode", positions.start):
-        return _load_images(source, ids, positions, draft)
+        return _load_images(source, ids, positions, draft, hashed)
 
 
 def _load_images(source: Source, ids: Sequence[int], positions: range,
-                 draft: tuple[int, int] | None) -> ImageBatch:
+                 draft: tuple[int, int] | None,
+                 hashed: dict[int, tuple[int, str]] | None) -> ImageBatch:
     ok_pos, images, failures = [], [], []
     for p in positions:
         image_id = int(ids[p])
@@ -46,11 +51,22 @@ def _load_images(source: Source, ids: Sequence[int], positions: range,
             failures.append(Failure(image_id, "", "no image file for this id"))
             continue
         try:
-            images.append(load_rgb(path, draft=draft))
+            data = _read(path) if hashed is not None else None
+            if data:
+                hashed[image_id] = (len(data), hashlib.sha256(data).hexdigest())
+            images.append(load_rgb(path, draft=draft, data=data))
             ok_pos.append(p)
         except ImageError as err:
             failures.append(Failure(image_id, str(path), str(err)))
     return ok_pos, images, failures
+
+
+def _read(path) -> bytes | None:
+    """The file's bytes; None when it cannot be read (``load_rgb`` then says why)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def iter_image_batches(source: Source, ids: Sequence[int], batch_size: int,
@@ -67,14 +83,16 @@ def iter_image_batches(source: Source, ids: Sequence[int], batch_size: int,
 
 def iter_shard_batches(source: Source, shards: Sequence[Sequence[int]], batch_size: int,
                        prepare: Callable | None = None, workers: int = 1,
-                       draft: tuple[int, int] | None = None
+                       draft: tuple[int, int] | None = None,
+                       hashed: dict[int, tuple[int, str]] | None = None
                        ) -> Iterator[tuple[int, ImageBatch]]:
     """``(shard index, batch)`` for the batches of every shard in turn, as
     :func:`iter_image_batches` but one stream: the workers decode the next shard's first images
-    while the consumer finishes this one (no idle start at a shard boundary)."""
+    while the consumer finishes this one (no idle start at a shard boundary). ``hashed``: see
+    :func:`load_images`."""
     def load(job: tuple[int, range]) -> tuple[int, ImageBatch]:
         i, r = job
-        pos, images, failures = load_images(source, shards[i], r, draft)
+        pos, images, failures = load_images(source, shards[i], r, draft, hashed)
         return i, (pos, (prepare(images) if prepare is not None and images else images),
                    failures)
 
@@ -82,9 +100,11 @@ def iter_shard_batches(source: Source, shards: Sequence[Sequence[int]], batch_si
     yield from prefetch_pool(load, jobs, workers)
 
 
-def image_inputs(source: Source, ids: Sequence[int], content: bool) -> str:
-    """Digest of the image files of ``ids`` (:func:`pkd.data.inputs_digest.images_digest`)."""
-    return images_digest(((int(i), source.image_path(int(i))) for i in ids), content)
+def image_inputs(source: Source, ids: Sequence[int], content: bool,
+                 hashed: dict[int, tuple[int, str]] | None = None) -> str:
+    """Digest of the image files of ``ids`` (:func:`pkd.data.inputs_digest.images_digest`;
+    ``hashed``: the bytes hashed while decoding, taken instead of reading the files again)."""
+    return images_digest(((int(i), source.image_path(int(i))) for i in ids), content, hashed)
 
 
 def kept_ids(ids: Sequence[int], failed: Collection[int]) -> list[int]:
@@ -121,6 +141,7 @@ class FoundationImageStage:
         self.workers = workers  # decode + preprocess threads
         self.draft = model.decode_size if draft else None  # JPEG decode scale floor
         self.ids = source.image_ids
+        self._hashed: dict[int, tuple[int, str]] = {}  # bytes hashed as decoded, until digested
         d = model.dims
         self._spec = StoreSpec(
             kind=self.kind,
@@ -145,7 +166,7 @@ class FoundationImageStage:
         (:func:`iter_shard_batches`)."""
         current, arrays, failures = 0, None, []
         stream = iter_shard_batches(self.source, shards, self.batch_size, self.model.preprocess,
-                                    self.workers, self.draft)
+                                    self.workers, self.draft, self._hashed)
         for i, (pos, pixels, failed) in stream:
             while current < i:  # every batch of shard `current` is done
                 yield (arrays if arrays is not None
@@ -154,6 +175,8 @@ class FoundationImageStage:
             if arrays is None:
                 arrays = empty_arrays(self._spec, len(shards[i]))
             failures += failed
+            for f in failed:  # not part of the shard's digest: nothing to keep for it
+                self._hashed.pop(f.id, None)
             if pos:
                 out = self.model.encode_pixels(pixels)
                 for name in arrays:
@@ -164,7 +187,7 @@ class FoundationImageStage:
             current, arrays, failures = current + 1, None, []
 
     def inputs(self, ids: Sequence[int], content: bool) -> str:
-        return image_inputs(self.source, ids, content)
+        return image_inputs(self.source, ids, content, self._hashed if content else None)
 
 
 class FoundationTextStage:

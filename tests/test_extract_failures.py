@@ -200,19 +200,19 @@ def test_non_finite_features_at_extraction_are_failed_items(synth_data, tiny_cli
     recorded as failed (the run goes on; --strict makes it an exit status)."""
     from pkd.pipeline.stages import FoundationImageStage
 
-    run = FoundationImageStage.run
+    run_many = FoundationImageStage.run_many  # what the runner calls (every shard, one stream)
     blown = {}
 
-    def overflowing(self, ids):
-        arrays, failures = run(self, ids)
-        with np.errstate(over="ignore"):
-            arrays["vision_tokens"][0, 3, 1] = np.float32(7e4)  # beyond float16: inf
-        arrays["image_embeds"][2, 0] = np.nan
-        blown.update({int(ids[0]): "vision_tokens holds inf as float16 (overflows float16",
-                      int(ids[2]): "image_embeds holds nan as float32"})
-        return arrays, failures
+    def overflowing(self, shards):
+        for ids, (arrays, failures) in zip(shards, run_many(self, shards), strict=True):
+            with np.errstate(over="ignore"):
+                arrays["vision_tokens"][0, 3, 1] = np.float32(7e4)  # beyond float16: inf
+            arrays["image_embeds"][2, 0] = np.nan
+            blown.update({int(ids[0]): "vision_tokens holds inf as float16 (overflows float16",
+                          int(ids[2]): "image_embeds holds nan as float32"})
+            yield arrays, failures
 
-    monkeypatch.setattr(FoundationImageStage, "run", overflowing)
+    monkeypatch.setattr(FoundationImageStage, "run_many", overflowing)
     capsys.readouterr()
     assert extract_foundation(synth_data, tiny_clip_dir, tmp_path, "--splits", "val,test",
                               "--strict") == 1

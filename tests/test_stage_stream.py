@@ -66,3 +66,22 @@ def test_run_many_equals_shard_by_shard_and_decodes_ahead(tmp_path):
     forwards = sorted((e for e in log if e.kind == "forward"), key=lambda e: e.start)
     last_of_shard0 = forwards[2]  # shard 0: batches of 2, 2, 1 images
     assert sum(d.start < last_of_shard0.stop for d in decodes) >= 4
+
+
+def test_the_content_digest_takes_the_bytes_hashed_while_decoding(tmp_path):
+    from pkd.data.inputs_digest import images_digest
+    from pkd.pipeline.stages import kept_ids
+
+    ids = list(range(1, 7))
+    for i in ids:
+        Image.new("RGB", (5, 4), (i, 2 * i, 3 * i)).save(tmp_path / f"{i}.png")
+    (tmp_path / "3.png").write_bytes(b"broken")
+    stage = FoundationImageStage(FakeModel(), FakeSource(tmp_path, ids), batch_size=2,
+                                 producer={"m": "fake"})
+    (_, failures), = list(stage.run_many([ids]))
+    assert set(stage._hashed) == {1, 2, 4, 5, 6}  # each file read once, while decoded
+    kept = kept_ids(ids, {f.id for f in failures})
+    want = images_digest([(i, tmp_path / f"{i}.png") for i in kept], True)  # files read again
+    assert stage.inputs(kept, True) == want and not stage._hashed  # taken, not kept
+    assert stage.inputs(kept, False) == images_digest(
+        [(i, tmp_path / f"{i}.png") for i in kept], False)

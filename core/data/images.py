@@ -7,6 +7,7 @@ names (``COCO_val2014_000000000042.jpg``), COCO 2017 names (``000000000042.jpg``
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS,
-             draft: tuple[int, int] | None = None) -> Image.Image:
+             draft: tuple[int, int] | None = None, data: bytes | None = None) -> Image.Image:
     """Decode the whole image (so truncation is caught) and return it in RGB mode.
 
     ``draft`` (w, h): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, PIL's
@@ -91,17 +92,18 @@ def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS,
 
     Raises :class:`ImageError` with a one-line reason: missing, empty, not an image, larger than
     ``max_pixels`` (checked from the header, before any pixel is decoded), truncated or corrupt,
-    or a mode that cannot be converted.
+    or a mode that cannot be converted. ``data``: the file's bytes, already read (errors still
+    name ``path``).
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ImageError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
+    if (len(data) if data is not None else path.stat().st_size) == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():  # the size is checked below, with a one-line error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data) if data is not None else path)
         with img:
             if img.width * img.height > max_pixels:
                 raise ImageError(f"{path}: image too large ({img.width}x{img.height} pixels, "

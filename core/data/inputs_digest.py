@@ -31,11 +31,19 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def images_digest(entries: Iterable[tuple[int, Path | None]], content: bool = True) -> str:
+def images_digest(entries: Iterable[tuple[int, Path | None]], content: bool = True,
+                  known: dict[int, tuple[int, str]] | None = None) -> str:
     """Digest of ``(image_id, path)`` entries in order: content (``sha256`` of each file) or
-    listing (``name, size, mtime_ns``). A missing or unreadable file counts as ``id, -1``."""
+    listing (``name, size, mtime_ns``). A missing or unreadable file counts as ``id, -1``.
+    ``known``: ``{id: (size, sha256)}`` of bytes already read (hashed while they were decoded,
+    :func:`pkd.pipeline.stages.load_images`): the content digest takes them (popped) instead of
+    reading those files again — the same digest."""
     h = hashlib.sha256()
     for image_id, path in entries:
+        seen = known.pop(int(image_id), None) if content and known is not None else None
+        if seen is not None:
+            h.update(f"{int(image_id)}\0{seen[0]}\0{seen[1]}\n".encode())
+            continue
         try:
             st = path.stat() if path is not None else None
         except OSError:
