@@ -39,6 +39,8 @@ class ReaderStage(FoundationImageStage):
     run in pkd's prefetch thread one batch ahead of the forward pass. On CUDA the reader's copies
     and kernels go to a side stream, so they overlap the forward pass of the batch before."""
 
+    run_many = None  # the runner then calls run() shard by shard: this stage's own reader
+
     def __init__(self, fm: FoundationModel, source, batch_size: int, read: Callable):
         super().__init__(fm, source, batch_size, {**fm.provenance(), "stage": "foundation/images"})
         self.read = read
