@@ -225,12 +225,15 @@ class FeatureStore:
         have = self._fetch_chunks(arrays, chunks.tolist())
         local = rows - chunk_of * ipc
         row_chunks, row_local = inverse.tolist(), local.tolist()
-        got = {}
+        sizes = np.minimum(ipc, self.n_items - chunks * ipc)  # rows of each chunk (last: fewer)
+        stacked = np.cumsum(sizes) - sizes  # first row of each chunk in the chunks stacked
+        at = stacked[inverse] + local  # each row's position in the chunks stacked
+        chunk_list, got = chunks.tolist(), {}
         for name, array in arrays.items():
             cut = tuple((crop or {}).get(name, ()))
             item = np.empty((0, *array.shape[1:]), array.dtype)[(slice(None), *cut)].shape[1:]
             dest = _destination(out, name, len(rows), item, array.dtype)
-            parts = [have[name, c] for c in chunks.tolist()]
+            parts = [have[name, c] for c in chunk_list]
             if not parts:
                 pass
             elif dest[0].nbytes >= ROW_LOOP_BYTES:  # each row copied once, in one C loop
@@ -240,9 +243,7 @@ class FeatureStore:
                 stack = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 if len(parts) > 1:
                     self.stats["copied"] += stack.nbytes
-                starts = np.cumsum([0, *(len(p) for p in parts[:-1])])
-                np.take(stack[(slice(None), *cut)], starts[inverse] + local, axis=0, out=dest,
-                        mode="clip")
+                np.take(stack[(slice(None), *cut)], at, axis=0, out=dest, mode="clip")
             got[name] = dest
             self.stats["delivered"] += dest.nbytes
             self.stats["copied"] += dest.nbytes
