@@ -72,6 +72,18 @@ def load_pretrained(loader, model: str, what: str, where: str | None = None):
         raise PkdError(f"{where or model}: cannot load {what} ({first_line(err)})") from err
 
 
+def attach_frozen(owner, net: torch.nn.Module, folder, model: str, device: str) -> None:
+    """Set ``owner``'s frozen ``model`` (eval, no grad, on ``device``), its image ``processor``
+    and what identifies them (``model_id``, ``device``, ``weights_hash``, ``processor_hash``,
+    ``processor_file``): shared by the backbones and the HF detectors."""
+    owner.model = net.to(device).eval().requires_grad_(False)
+    owner.processor = load_image_processor(model)
+    owner.model_id, owner.device = model, device
+    owner.weights_hash = folder_weights_sha256(folder)
+    owner.processor_hash = image_processor_sha256(folder)
+    owner.processor_file = image_processor_file(folder, model)
+
+
 def forward_error(err: Exception, model: str, processor_file: str, shape) -> PkdError | None:
     """A one-line PkdError for a forward pass that refused the processor's pixels (a size the
     model was not built for, ...); None for errors that are not about the input (out of memory)."""
@@ -96,12 +108,7 @@ class RegionBackbone:
         quiet_loading()
         net, folder = load_pretrained(AutoModel, model, "a transformers backbone")
         net = getattr(net, "vision_model", net)  # CLIP/BLIP-style wrappers: the image tower
-        self.model = net.to(device).eval().requires_grad_(False)
-        self.processor = load_image_processor(model)
-        self.model_id, self.device = model, device
-        self.weights_hash = folder_weights_sha256(folder)
-        self.processor_hash = image_processor_sha256(folder)
-        self.processor_file = image_processor_file(folder, model)
+        attach_frozen(self, net, folder, model, device)
         self.output_size, self.sampling_ratio = output_size, sampling_ratio
         self.grid = grid_size(pooling, output_size)  # 0 = mean pooling
         self.pooling = pooling

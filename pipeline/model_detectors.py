@@ -22,13 +22,10 @@ from PIL import Image
 from pkd.errors import PkdError
 from pkd.hf.fingerprint import (
     file_sha256,
-    folder_weights_sha256,
-    image_processor_file,
-    image_processor_sha256,
 )
 from pkd.hf.hashing import config_sha256
 from pkd.hf.loading import first_line, model_identity, quiet_loading
-from pkd.pipeline.backbones import forward_error, load_image_processor, load_pretrained
+from pkd.pipeline.backbones import attach_frozen, forward_error, load_pretrained
 from pkd.pipeline.box_sources import Detections
 from pkd.pipeline.boxes import clip_boxes, cxcywh_to_xyxy, select_boxes
 
@@ -71,12 +68,7 @@ class HFDetector:
         quiet_loading()
         net, folder = load_pretrained(AutoModelForObjectDetection, model,
                                       "an object-detection model", f"hf:{model}")
-        self.model = net.to(device).eval().requires_grad_(False)
-        self.processor = load_image_processor(model)
-        self.model_id, self.device = model, device
-        self.weights_hash = folder_weights_sha256(folder)
-        self.processor_hash = image_processor_sha256(folder)
-        self.processor_file = image_processor_file(folder, model)
+        attach_frozen(self, net, folder, model, device)
         self.conf, self.iou, self.min_boxes, self.max_boxes = conf, iou, min_boxes, max_boxes
         config = self.model.config
         self.feature_dim = int(getattr(config, "d_model", None) or config.hidden_size)

@@ -231,7 +231,7 @@ class FeatureStore:
         chunk_list, got = chunks.tolist(), {}
         for name, array in arrays.items():
             cut = tuple((crop or {}).get(name, ()))
-            item = np.empty((0, *array.shape[1:]), array.dtype)[(slice(None), *cut)].shape[1:]
+            item = cropped_shape(array.shape[1:], cut)
             dest = _destination(out, name, len(rows), item, array.dtype)
             parts = [have[name, c] for c in chunk_list]
             if not parts:
@@ -308,6 +308,11 @@ class FeatureStore:
                            f"{self.n_items} rows)")
         return {name: self._checked_read(name, self._array(name), start, stop)
                 for name in (names or self.spec.names)}
+
+
+def cropped_shape(item_shape: Sequence[int], cut: Sequence) -> tuple[int, ...]:
+    """The shape of one item of ``item_shape`` cut to ``item[cut]`` (``read``'s crop)."""
+    return np.empty((0, *item_shape), np.uint8)[(slice(None), *cut)].shape[1:]
 
 
 def _destination(out: dict[str, np.ndarray] | None, name: str, n: int, item: tuple,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +54,21 @@ def _b64_bytes(field: bytes) -> int:
     return len(field) * 3 // 4 - field[-2:].count(b"=")
 
 
+def _lines(f) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, byte offset, line)`` of each non-blank line of the binary file ``f``."""
+    offset = 0
+    for number, line in enumerate(f, start=1):
+        start, offset = offset, offset + len(line)
+        if line.strip():
+            yield number, start, line
+
+
 def scan(path: Path) -> TsvIndex:
     """Pass 1: one sequential read of ``path`` (module docstring)."""
     ids, offsets, lines, skipped = [], [], [], []
-    layout, max_regions, dim, offset, seen = None, 1, 0, 0, False
+    layout, max_regions, dim, seen = None, 1, 0, False
     with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
+        for number, start, line in _lines(f):
             seen = True
             n_cols = line.count(b"\t") + 1
             layout = layout or LAYOUTS.get(n_cols)
@@ -108,12 +115,9 @@ def scan_predictions(path: Path) -> dict[int, int]:
     """``{image_id: byte offset}`` of a VinVL predictions.tsv (one sequential read)."""
     out: dict[int, int] = {}
     line_of: dict[int, int] = {}
-    offset, seen = 0, False
+    seen = False
     with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
+        for number, start, line in _lines(f):
             seen = True
             try:
                 image_id = _image_id(line.split(b"\t", 1)[0])

@@ -228,13 +228,15 @@ class VQABatches(torch.utils.data.Dataset):
                                                                       len(rows))))
         if (store := self.stores.foundation_text) is not None:
             rows = self.rows["foundation_text"][pos]
-            out.update(store.read(rows, ["text_embeds"], out=slot and slot.out(
-                "text", store, ["text_embeds"], len(rows))))
-            if self.foundation_tokens:
+            if self.foundation_tokens:  # one read of the embeddings and the cut tokens
                 text, out["text_mask"] = _read_trimmed(
-                    store, rows, ["text_tokens", "input_ids"], "num_tokens", slot, "text")
+                    store, rows, ["text_tokens", "input_ids"], "num_tokens", slot, "text",
+                    extra=("text_embeds",))
                 out.update(text)
                 out["input_ids"] = out["input_ids"].astype(np.int64)
+            else:
+                out.update(store.read(rows, ["text_embeds"], out=slot and slot.out(
+                    "text", store, ["text_embeds"], len(rows))))
         return out
 
     def _teacher(self, pos: np.ndarray, region_mask: np.ndarray, n_words: int,
@@ -264,17 +266,20 @@ class VQABatches(torch.utils.data.Dataset):
 
 
 def _read_trimmed(store: FeatureStore, rows: np.ndarray, names: list[str], count_name: str,
-                  slot: HostSlot | None, prefix: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+                  slot: HostSlot | None, prefix: str, extra: tuple[str, ...] = ()
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """``names`` of store ``rows`` with padded axis 1 cut to the batch's max ``count_name``, and
-    the (B, n) mask. With a ``slot``, the count is read first and the rows are cut as they are
-    copied into the slot's buffers (contiguous: no second copy before the device)."""
+    the (B, n) mask; ``extra`` arrays come in the same read, uncut. With a ``slot``, the count is
+    read first and the rows are cut as they are copied into the slot's buffers (contiguous: no
+    second copy before the device)."""
     if slot is None:
-        got = store.read(rows, [*names, count_name])
+        got = store.read(rows, [*extra, *names, count_name])
         return got, _trim(got, got.pop(count_name), names)
     count = store.read(rows, [count_name])[count_name]
     n = max(1, int(count.max()) if len(count) else 1)
     crop = {name: (slice(0, n),) for name in names}
-    got = store.read(rows, names, out=slot.out(prefix, store, names, len(rows), crop), crop=crop)
+    every = [*extra, *names]
+    got = store.read(rows, every, out=slot.out(prefix, store, every, len(rows), crop), crop=crop)
     return got, np.arange(n)[None, :] < count[:, None]
 
 

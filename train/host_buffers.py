@@ -23,6 +23,8 @@ import threading
 import numpy as np
 import torch
 
+from pkd.stores.reader import cropped_shape
+
 
 class HostSlot:
     """The buffers of one batch in the ring."""
@@ -48,8 +50,7 @@ class HostSlot:
         got = {}
         for name in names:
             spec = store.spec.array(name)
-            cut = (slice(None), *(crop or {}).get(name, ()))
-            item = np.empty((0, *spec.item_shape), spec.dtype)[cut].shape[1:]
+            item = cropped_shape(spec.item_shape, (crop or {}).get(name, ()))
             got[name] = self.array(f"{prefix}/{name}", (n, *item), spec.dtype)
         return got
 
